@@ -1,0 +1,80 @@
+r"""MRL on Fashion-MNIST: the embedded default (real data, no web needed).
+
+  python -m mrl_jax.main --config=configs/default.py --workdir=workdirs/default
+
+Arguments (comma-separated): `smoke` (tiny, < 1 min), `head=mrl|mrl_e|ff`.
+Hardware: 2 CPU cores. Data: TFDS `fashion_mnist`, prepared offline from the
+Debian package `dataset-fashion-mnist` (60k train / 10k test).
+Model: a small CNN (`small_cnn`) with a 128-d representation; nesting
+(8, 16, 32, 64, 128). Expected test top-1 and wall time: see README.md and
+BUILD_NOTES.md (measured, not guessed).
+"""
+import ml_collections
+from ml_collections import config_dict
+
+from mrl_jax import config_lib
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+  arg = config_lib.parse_arg(arg, smoke=False, head="mrl")
+  config = ml_collections.ConfigDict()
+  config.seed = 0
+  config.total_epochs = 6
+  config.total_steps = config_dict.placeholder(int)
+  config.batch_size = 128
+  config.eval_batch_size = 1000
+
+  config.data = ml_collections.ConfigDict()
+  config.data.name = "fashion_mnist"
+  config.data.data_dir = config_dict.placeholder(str)
+  config.data.train_split = "train"
+  config.data.eval_split = "test"
+  config.data.num_classes = 10
+  config.data.cache = True
+  config.data.shuffle_buffer = 60_000
+  config.data.train_preprocess = (
+      "flip_lr|normalize('fashion_mnist')|keep('image', 'label')")
+  config.data.eval_preprocess = "normalize('fashion_mnist')|keep('image', 'label')"
+
+  config.model = ml_collections.ConfigDict()
+  config.model.name = "small_cnn"
+  config.model.dtype = "float32"
+  config.model.kwargs = ml_collections.ConfigDict()
+
+  config.mrl = ml_collections.ConfigDict()
+  config.mrl.head = arg.head
+  config.mrl.nesting_dims = config_dict.placeholder(tuple)  # None: halving
+  config.mrl.relative_importance = config_dict.placeholder(tuple)  # None: 1s
+  config.mrl.ff_dim = config_dict.placeholder(int)  # FF-k only
+  config.mrl.implementation = "fused"
+
+  config.loss = ml_collections.ConfigDict()
+  config.loss.name = "softmax"
+  config.loss.label_smoothing = 0.1
+
+  config.optimizer = ml_collections.ConfigDict()
+  config.optimizer.name = "adamw"
+  config.optimizer.learning_rate = 3e-3
+  config.optimizer.weight_decay = 1e-4
+  config.optimizer.warmup_epochs = 0.5
+  config.optimizer.schedule = "cosine"
+
+  config.mesh = (("data", -1),)
+  config.log_every_steps = 100
+  config.checkpoint_every_steps = 1000
+  config.eval_every_steps = 0  # 0: evaluate only at the end
+  config.keep_checkpoints = 2
+
+  if arg.smoke:
+    config.total_epochs = None
+    config.total_steps = 12
+    config.batch_size = 32
+    config.eval_batch_size = 64
+    config.data.train_split = "train[:1024]"
+    config.data.eval_split = "test[:256]"
+    config.data.shuffle_buffer = 1024
+    config.model.kwargs.widths = (8, 16)
+    config.model.kwargs.embed_dim = 32
+    config.log_every_steps = 4
+    config.checkpoint_every_steps = 4
+  return config

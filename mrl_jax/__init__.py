@@ -1,0 +1,16 @@
+"""mrl_jax: Matryoshka Representation Learning (Kusupati et al., 2022) in JAX.
+
+Where things live:
+  mrl/nesting.py      nesting lists (defaults, validation)
+  mrl/heads.py        MRL, MRL-E and FF-k classification heads
+  mrl/losses.py       nested softmax / sigmoid cross-entropy
+  models/             backbones (resnet.py, vit.py, cnn.py), registry.py, classifier.py
+  data/               TFDS input pipeline, preprocessing ops, offline Fashion-MNIST
+  sharding.py         device mesh and array shardings
+  optim.py            optax optimizer and schedule from config
+  train_step.py       pure, jittable train and eval steps
+  train.py            train_and_evaluate(config, workdir) and evaluate(...)
+  checkpointing.py    Orbax CheckpointManager wrapper (resume, corruption fallback)
+  evaluators/         per-nesting-dim evaluation
+  main.py             absl launcher (the only file that defines flags)
+"""

@@ -1,0 +1,41 @@
+"""Helpers for config files: argument parsing and duration conversion."""
+from typing import Any
+
+import ml_collections
+
+
+def parse_arg(arg: str | None, **defaults: Any) -> ml_collections.ConfigDict:
+  """Parses `get_config`'s argument string, big_vision-style.
+
+  `"smoke,variant=B/16"` -> {smoke: True, variant: "B/16"}. Bare words are
+  booleans; `key=value` values take the type of the default. Unknown keys are
+  an error, so a typo in a command line never passes silently.
+  """
+  parsed = ml_collections.ConfigDict(defaults)
+  for token in filter(None, (arg or "").split(",")):
+    key, sep, value = token.partition("=")
+    key = key.strip()
+    if key not in defaults:
+      raise ValueError(f"unknown config argument {key!r}; known: "
+                       f"{', '.join(sorted(defaults))}")
+    default = defaults[key]
+    if not sep:
+      value = True
+    elif isinstance(default, bool):
+      value = value.lower() in ("1", "true", "yes")
+    elif default is not None:
+      value = type(default)(value)
+    parsed[key] = value
+  return parsed
+
+
+def steps(prefix: str, config: ml_collections.ConfigDict,
+          steps_per_epoch: int) -> int:
+  """Reads `<prefix>_steps`, else `<prefix>_epochs`, as a step count."""
+  num_steps = config.get(f"{prefix}_steps")
+  if num_steps is not None:
+    return int(num_steps)
+  num_epochs = config.get(f"{prefix}_epochs")
+  if num_epochs is None:
+    raise ValueError(f"set config.{prefix}_steps or config.{prefix}_epochs")
+  return max(int(round(num_epochs * steps_per_epoch)), 1)

@@ -1,0 +1,1 @@
+"""Evaluators that report every nesting dim."""

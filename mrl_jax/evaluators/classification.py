@@ -1,0 +1,58 @@
+"""Linear classification with the trained heads: top-1/top-5 per nesting dim."""
+from collections.abc import Callable, Iterable, Sequence
+import json
+import os
+from typing import Any
+
+import jax
+import numpy as np
+
+Batch = dict[str, jax.Array]
+
+
+def evaluate(eval_step: Callable[[Any, Batch], Batch], state: Any,
+             batches: Iterable[Batch],
+             nesting_dims: Sequence[int]) -> dict[str, Any]:
+  """Runs `eval_step` over `batches` and turns the sums into fractions.
+
+  Returns:
+    {"step", "nesting", "num_examples", "top1": {"<dim>": fraction},
+     "top5": {...}, "loss": {...}}; the format of eval_summary.json.
+  """
+  totals = None
+  for batch in batches:
+    sums = eval_step(state, batch)
+    totals = sums if totals is None else jax.tree.map(lambda a, b: a + b,
+                                                         totals, sums)
+  totals = jax.tree.map(lambda x: np.asarray(x, np.float64), totals)
+  count = max(float(totals["count"]), 1.0)
+  per_dim = lambda key: {str(d): float(v / count)
+                         for d, v in zip(nesting_dims, totals[key])}
+  return {"step": int(state.step), "nesting": [int(d) for d in nesting_dims],
+          "num_examples": int(totals["count"]), "top1": per_dim("top1"),
+          "top5": per_dim("top5"), "loss": per_dim("loss")}
+
+
+def as_scalars(summary: dict[str, Any], split: str) -> dict[str, float]:
+  """Flat metric names, e.g. {"val/top1/d=8": 0.9, ...}."""
+  return {f"{split}/{metric}/d={dim}": value
+          for metric in ("top1", "top5", "loss")
+          for dim, value in summary[metric].items()}
+
+
+def format_table(summary: dict[str, Any]) -> str:
+  """A per-dim accuracy table for humans."""
+  lines = [f"eval at step {summary['step']} on {summary['num_examples']} "
+           "examples", f"{'dim':>6}  {'top-1':>7}  {'top-5':>7}"]
+  for dim in summary["nesting"]:
+    lines.append(f"{dim:>6}  {summary['top1'][str(dim)]:>7.4f}  "
+                 f"{summary['top5'][str(dim)]:>7.4f}")
+  return "\n".join(lines)
+
+
+def write_summary(summary: dict[str, Any], path: str) -> None:
+  """Writes JSON atomically: a reader never sees a half-written file."""
+  tmp = f"{path}.tmp"
+  with open(tmp, "w") as f:
+    json.dump(summary, f, indent=1)
+  os.replace(tmp, path)

@@ -1,0 +1,54 @@
+r"""Launcher: the only module that defines flags.
+
+  python -m mrl_jax.main --config=configs/default.py[:arg] --workdir=DIR \
+      [--mode=train|eval] [--config.field=value ...]
+
+mode=train trains (resuming from DIR's checkpoints if any) and evaluates;
+mode=eval evaluates DIR's latest checkpoint. Both print the per-dim table and
+write DIR/eval_summary.json.
+"""
+import logging as pylogging
+import sys
+
+from absl import app
+from absl import flags
+from absl import logging
+from ml_collections import config_flags
+
+FLAGS = flags.FLAGS
+config_flags.DEFINE_config_file(
+    "config", None, "Config file, optionally with ':arg'.", lock_config=True)
+flags.DEFINE_string("workdir", None, "Checkpoints, metrics and summaries.")
+flags.DEFINE_enum("mode", "train", ["train", "eval"], "What to run.")
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+class _QuietLibraries(pylogging.Filter):
+  """Drops INFO chatter from orbax and tfds; warnings and errors still pass."""
+
+  def filter(self, record) -> bool:
+    noisy = "/orbax/" in record.pathname or "/tensorflow_datasets/" in (
+        record.pathname)
+    return record.levelno > pylogging.INFO or not noisy
+
+
+def main(argv: list[str]) -> None:
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  # Imported here so that --help and flag errors stay fast.
+  import tensorflow as tf  # pylint: disable=import-outside-toplevel
+  from mrl_jax import train  # pylint: disable=import-outside-toplevel
+  from mrl_jax.evaluators import classification  # pylint: disable=import-outside-toplevel
+  logging.get_absl_handler().addFilter(_QuietLibraries())
+  tf.config.set_visible_devices([], "GPU")  # tf.data only; JAX owns the GPUs.
+  run = train.train_and_evaluate if FLAGS.mode == "train" else train.evaluate
+  try:
+    summary = run(FLAGS.config, FLAGS.workdir)
+  except (ValueError, FloatingPointError) as e:
+    logging.info("stopping on error", exc_info=True)
+    sys.exit(f"mrl_jax: error: {e}")
+  print(classification.format_table(summary), flush=True)
+
+
+if __name__ == "__main__":
+  app.run(main)

@@ -1,0 +1,45 @@
+"""The MRL classifier: a registered backbone plus a nested head."""
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+
+from mrl_jax.models import registry
+from mrl_jax.mrl import heads
+
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+
+class MRLClassifier(nn.Module):
+  """images [B, H, W, C] -> (logits [G, B, C], {"embedding": z [B, d]})."""
+  backbone: nn.Module
+  head: heads.NestedHead
+
+  def __call__(self, images: jax.Array,
+               train: bool) -> tuple[jax.Array, dict[str, jax.Array]]:
+    z = self.backbone(images, train=train)
+    return self.head(z), {"embedding": z}
+
+
+def build_model(config: ml_collections.ConfigDict) -> MRLClassifier:
+  """Builds the classifier from config.model, config.mrl and config.data.
+
+  Raises:
+    ValueError: for an unknown model, dtype, head or a bad nesting list
+      (one line each, before anything is compiled).
+  """
+  if config.model.dtype not in DTYPES:
+    raise ValueError(f"unknown dtype {config.model.dtype!r}; set "
+                     f"config.model.dtype to one of {sorted(DTYPES)}")
+  kwargs: dict[str, Any] = dict(config.model.get("kwargs", {}))
+  backbone = registry.build_backbone(
+      config.model.name, dtype=DTYPES[config.model.dtype], **kwargs)
+  nesting = config.mrl.nesting_dims
+  head = heads.build_head(
+      config.mrl.head, backbone.embedding_dim, config.data.num_classes,
+      nesting_dims=None if nesting is None else tuple(nesting),
+      ff_dim=config.mrl.get("ff_dim"),
+      implementation=config.mrl.get("implementation", "fused"))
+  return MRLClassifier(backbone=backbone, head=head)

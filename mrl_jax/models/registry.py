@@ -1,0 +1,40 @@
+"""Finds backbones by name across the modules of `mrl_jax.models`."""
+import functools
+import importlib
+import pkgutil
+from typing import Any, Callable
+
+import flax.linen as nn
+
+# Modules in mrl_jax.models that are not backbones.
+_NOT_BACKBONES = frozenset({"registry", "classifier"})
+
+
+@functools.cache
+def _variants() -> dict[str, Callable[..., nn.Module]]:
+  import mrl_jax.models as models_pkg  # pylint: disable=import-outside-toplevel
+  found = {}
+  for info in pkgutil.iter_modules(models_pkg.__path__):
+    if info.name in _NOT_BACKBONES or info.name.startswith("_"):
+      continue
+    module = importlib.import_module(f"mrl_jax.models.{info.name}")
+    for name, ctor in getattr(module, "VARIANTS", {}).items():
+      if name in found:
+        raise RuntimeError(f"model name {name!r} is defined twice")
+      found[name] = ctor
+  return found
+
+
+def available_models() -> list[str]:
+  """Sorted names accepted by `build_backbone`."""
+  return sorted(_variants())
+
+
+def build_backbone(name: str, **overrides: Any) -> nn.Module:
+  """Returns the backbone registered as `name`, with keyword overrides."""
+  variants = _variants()
+  if name not in variants:
+    raise ValueError(
+        f"unknown model {name!r}; set config.model.name to one of: "
+        f"{', '.join(sorted(variants))}")
+  return variants[name](**overrides)

@@ -1,0 +1,1 @@
+"""The Matryoshka maths: nesting lists, heads and nested losses."""

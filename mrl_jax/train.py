@@ -1,0 +1,232 @@
+"""Training and evaluation entry points: `train_and_evaluate`, `evaluate`.
+
+Callable from the launcher, tests and notebooks. Everything the config can get
+wrong is checked in `setup` before any dataset is opened or anything compiled.
+"""
+import dataclasses
+import functools
+import os
+import time
+from typing import Any
+
+from absl import logging
+import jax
+import ml_collections
+import optax
+
+from mrl_jax import checkpointing
+from mrl_jax import config_lib
+from mrl_jax import metric_writer
+from mrl_jax import optim
+from mrl_jax import sharding
+from mrl_jax import train_step as step_lib
+from mrl_jax.data import pipeline
+from mrl_jax.data import preprocess
+from mrl_jax.evaluators import classification
+from mrl_jax.models import classifier
+from mrl_jax.mrl import losses
+from mrl_jax.mrl import nesting
+
+
+@dataclasses.dataclass(frozen=True)
+class Setup:
+  """What the config describes, validated, before any I/O or compilation."""
+  model: classifier.MRLClassifier
+  nesting_dims: tuple[int, ...]
+  relative_importance: tuple[float, ...]
+  loss_fn: losses.NestedLossFn
+  mesh: jax.sharding.Mesh
+  fingerprint: dict[str, Any]
+
+
+def setup(config: ml_collections.ConfigDict) -> Setup:
+  """Validates the config; raises a one-line ValueError on bad input."""
+  model = classifier.build_model(config)
+  dims = model.head.nesting_dims
+  weights = nesting.validate_relative_importance(
+      config.mrl.relative_importance, len(dims))
+  loss_fn = losses.get_loss_fn(config.loss.name,
+                               config.loss.get("label_smoothing", 0.0))
+  preprocess.build(config.data.train_preprocess)
+  preprocess.build(config.data.eval_preprocess)
+  mesh = sharding.make_mesh(config.mesh)
+  sharding.check_batch_size(config.batch_size, mesh, "batch_size")
+  sharding.check_batch_size(config.eval_batch_size, mesh, "eval_batch_size")
+  optim.build_optimizer(config.optimizer, 1, 1)  # validates optimizer fields
+  fingerprint = {"model": config.model.name,
+                 "model_kwargs": dict(config.model.get("kwargs", {})),
+                 "head": config.mrl.head, "nesting_dims": list(dims),
+                 "num_classes": config.data.num_classes,
+                 "dataset": config.data.name}
+  return Setup(model, dims, weights, loss_fn, mesh, fingerprint)
+
+
+def _state_shardings(abstract_state: Any, mesh: jax.sharding.Mesh) -> Any:
+  # Parameters and optimizer state are replicated (data parallelism).
+  return jax.tree.map(lambda _: sharding.replicated(mesh), abstract_state)
+
+
+def _init_or_restore(s: Setup, config: ml_collections.ConfigDict,
+                     tx: optax.GradientTransformation,
+                     ckpt: checkpointing.Checkpointer, image_shape):
+  """Resumes from the newest readable checkpoint, else initialises."""
+  init = functools.partial(step_lib.create_train_state, s.model, tx,
+                           image_shape=image_shape)
+  # threefry init compiles slowly on CPU (seconds per kernel shape); rbg is
+  # as good for initialisation and compiles in a fraction of the time.
+  rng = jax.random.key(config.seed, impl="rbg")
+  abstract = jax.eval_shape(init, rng)
+  shardings = _state_shardings(abstract, s.mesh)
+  target = jax.tree.map(
+      lambda a, sh: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sh),
+      abstract, shardings)
+  restored = ckpt.restore_latest(target)
+  if restored is not None:
+    logging.info("resumed from checkpoint at step %d", restored[1])
+    return restored[0], shardings
+  logging.info("no checkpoint in %s: initialising from scratch",
+               ckpt.directory)
+  return jax.jit(init, out_shardings=shardings)(rng), shardings
+
+
+def _raise_if_nonfinite(state: step_lib.TrainState,
+                        ckpt: checkpointing.Checkpointer) -> None:
+  bad = int(state.nonfinite_step)
+  if bad >= 0:
+    ckpt.wait()
+    raise FloatingPointError(
+        f"non-finite loss or gradient at step {bad + 1}; stopped without "
+        f"saving it (last good checkpoint: step {ckpt.latest_step()}); lower "
+        "config.optimizer.learning_rate or check the input data")
+
+
+def _compile_steps(s: Setup, tx, state_shardings, config):
+  batch_sh = sharding.batch_sharding(s.mesh)
+  repl = sharding.replicated(s.mesh)
+  train = jax.jit(
+      step_lib.make_train_step(s.model, tx, s.loss_fn, s.relative_importance,
+                               config.seed),
+      in_shardings=(state_shardings, batch_sh),
+      out_shardings=(state_shardings, repl), donate_argnums=0)
+  evaluate_fn = jax.jit(step_lib.make_eval_step(s.model, s.loss_fn),
+                        in_shardings=(state_shardings, batch_sh),
+                        out_shardings=repl)
+  return train, evaluate_fn
+
+
+def _train_scalars(sums: dict[str, Any], count: int,
+                   dims: tuple[int, ...]) -> dict[str, float]:
+  out = {"train/loss": float(sums["loss"]) / count,
+         "train/grad_norm": float(sums["grad_norm"]) / count}
+  for d, loss, top1 in zip(dims, sums["loss_per_dim"], sums["top1_per_dim"]):
+    out[f"train/loss/d={d}"] = float(loss) / count
+    out[f"train/top1/d={d}"] = float(top1) / count
+  return out
+
+
+class _Progress:
+  """Throughput and ETA between log points."""
+
+  def __init__(self, step: int, total: int, batch: int):
+    self.step, self.total, self.batch, self.time = step, total, batch, time.time()
+
+  def update(self, step: int) -> dict[str, float]:
+    now = time.time()
+    rate = (step - self.step) / max(now - self.time, 1e-9)
+    self.step, self.time = step, now
+    return {"examples_per_sec": rate * self.batch,
+            "eta_minutes": (self.total - step) / max(rate, 1e-9) / 60}
+
+
+def _run_eval(config, s: Setup, eval_step, state) -> dict[str, Any]:
+  source = pipeline.open_source(config.data, config.data.eval_split)
+  batches = pipeline.eval_batches(config.data, source, config.eval_batch_size,
+                                  sharding.batch_sharding(s.mesh))
+  return classification.evaluate(eval_step, state, batches, s.nesting_dims)
+
+
+def _finish(config, s: Setup, eval_step, state, workdir: str,
+            writer: metric_writer.MetricWriter) -> dict[str, Any]:
+  summary = _run_eval(config, s, eval_step, state)
+  writer.write(summary["step"], classification.as_scalars(summary, "val"))
+  if jax.process_index() == 0:
+    classification.write_summary(
+        summary, os.path.join(workdir, "eval_summary.json"))
+  logging.info("\n%s", classification.format_table(summary))
+  return summary
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict,
+                       workdir: str) -> dict[str, Any]:
+  """Trains (resuming from workdir if it has checkpoints), then evaluates.
+
+  Returns:
+    the final eval summary (also written to workdir/eval_summary.json).
+  """
+  s = setup(config)
+  ckpt = checkpointing.Checkpointer(os.path.join(workdir, "checkpoints"),
+                                    s.fingerprint, config.keep_checkpoints)
+  ckpt.check_compatible()
+  source = pipeline.open_source(config.data, config.data.train_split)
+  per_epoch = pipeline.steps_per_epoch(source, config.batch_size)
+  total = config_lib.steps("total", config, per_epoch)
+  tx = optim.build_optimizer(config.optimizer, total, per_epoch)
+  state, state_sh = _init_or_restore(s, config, tx, ckpt,
+                                     pipeline.image_shape(config.data, source))
+  train_step, eval_step = _compile_steps(s, tx, state_sh, config)
+  writer = metric_writer.MetricWriter(workdir)
+  start = int(state.step)
+  batches = pipeline.train_batches(config.data, source, config.batch_size,
+                                   config.seed, start,
+                                   sharding.batch_sharding(s.mesh))
+  logging.info("training steps %d..%d (%d per epoch), nesting %s", start,
+               total, per_epoch, s.nesting_dims)
+  progress, sums, count = _Progress(start, total, config.batch_size), None, 0
+  for step in range(start + 1, total + 1):
+    state, metrics = train_step(state, next(batches))
+    sums = metrics if sums is None else jax.tree.map(lambda a, b: a + b,
+                                                     sums, metrics)
+    count += 1
+    if step % config.log_every_steps == 0 or step == total:
+      _raise_if_nonfinite(state, ckpt)
+      scalars = {**_train_scalars(sums, count, s.nesting_dims),
+                 **progress.update(step)}
+      writer.write(step, scalars)
+      logging.info("step %d/%d loss %.4f, %.0f ex/s, ETA %.1f min", step,
+                   total, scalars["train/loss"], scalars["examples_per_sec"],
+                   scalars["eta_minutes"])
+      sums, count = None, 0
+    if step % config.checkpoint_every_steps == 0 or step == total:
+      _raise_if_nonfinite(state, ckpt)
+      ckpt.save(step, state, config.to_json())
+    if config.eval_every_steps and step % config.eval_every_steps == 0 \
+        and step != total:
+      summary = _run_eval(config, s, eval_step, state)
+      writer.write(step, classification.as_scalars(summary, "val"))
+  ckpt.wait()
+  summary = _finish(config, s, eval_step, state, workdir, writer)
+  writer.close()
+  ckpt.close()
+  return summary
+
+
+def evaluate(config: ml_collections.ConfigDict,
+             workdir: str) -> dict[str, Any]:
+  """Evaluates the latest checkpoint in workdir (mode=eval)."""
+  s = setup(config)
+  ckpt = checkpointing.Checkpointer(os.path.join(workdir, "checkpoints"),
+                                    s.fingerprint, config.keep_checkpoints)
+  if ckpt.latest_step() is None:
+    raise ValueError(f"no checkpoint in {workdir}/checkpoints to evaluate; "
+                     "train first (--mode=train) or fix --workdir")
+  ckpt.check_compatible()
+  source = pipeline.open_source(config.data, config.data.eval_split)
+  tx = optim.build_optimizer(config.optimizer, 1, 1)
+  state, state_sh = _init_or_restore(s, config, tx, ckpt,
+                                     pipeline.image_shape(config.data, source))
+  _, eval_step = _compile_steps(s, tx, state_sh, config)
+  writer = metric_writer.MetricWriter(workdir)
+  summary = _finish(config, s, eval_step, state, workdir, writer)
+  writer.close()
+  ckpt.close()
+  return summary

@@ -1,0 +1,124 @@
+"""Pure, jittable train and eval steps for nested (MRL) classifiers.
+
+The steps take their dependencies explicitly (model, optimizer, loss, c_m) so
+they can be tested alone and compiled with any sharding.
+"""
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import flax
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import optax
+
+from mrl_jax.mrl import losses
+from mrl_jax.mrl import metrics
+
+Batch = dict[str, jax.Array]
+PyTree = Any
+
+
+class TrainState(flax.struct.PyTreeNode):
+  """Everything a step reads and writes; this is what is checkpointed.
+
+  `nonfinite_step` is -1 until a step sees a non-finite loss or gradient;
+  from then on updates are skipped, so the state stays the last good one
+  while the host notices (it checks at log and checkpoint time, avoiding a
+  device sync every step).
+  """
+  step: jax.Array
+  params: PyTree
+  batch_stats: PyTree
+  opt_state: optax.OptState
+  nonfinite_step: jax.Array
+
+
+def create_train_state(model: nn.Module, tx: optax.GradientTransformation,
+                       rng: jax.Array, image_shape: Sequence[int]) -> TrainState:
+  """Initialises params from `rng` for images of shape [1, *image_shape]."""
+  variables = model.init(rng, jnp.zeros((1, *image_shape), jnp.float32),
+                         train=False)
+  params = variables["params"]
+  return TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                    batch_stats=variables.get("batch_stats", {}),
+                    opt_state=tx.init(params),
+                    nonfinite_step=jnp.full((), -1, jnp.int32))
+
+
+def _all_finite(tree: PyTree) -> jax.Array:
+  leaves = [jnp.isfinite(x).all() for x in jax.tree.leaves(tree)]
+  return jnp.stack(leaves).all() if leaves else jnp.array(True)
+
+
+def make_train_step(
+    model: nn.Module, tx: optax.GradientTransformation,
+    loss_fn: losses.NestedLossFn, relative_importance: Sequence[float],
+    seed: int) -> Callable[[TrainState, Batch], tuple[TrainState, Batch]]:
+  """Returns step(state, batch) -> (state, metrics).
+
+  batch: {"image": [B, H, W, C], "label": [B] or [B, C]}.
+  metrics: "loss" [] (the weighted sum), "loss_per_dim" [G], "top1_per_dim"
+  [G] (train-batch accuracy; prec@1 for multi-label), "grad_norm" [].
+  """
+  def train_step(state: TrainState, batch: Batch) -> tuple[TrainState, Batch]:
+    # Dropout randomness is a function of (seed, step): resumable.
+    rng = jax.random.fold_in(jax.random.key(seed), state.step)
+
+    def objective(params):
+      (logits, _), updates = model.apply(
+          {"params": params, "batch_stats": state.batch_stats},
+          batch["image"], train=True, mutable=["batch_stats"],
+          rngs={"dropout": rng})
+      per_example = loss_fn(logits, batch["label"])
+      total, per_dim = losses.weighted_nested_loss(per_example,
+                                                   relative_importance)
+      return total, (per_dim, logits, updates.get("batch_stats", {}))
+
+    (loss, (per_dim, logits, batch_stats)), grads = jax.value_and_grad(
+        objective, has_aux=True)(state.params)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    finite = jnp.isfinite(loss) & _all_finite(grads)
+    ok = finite & (state.nonfinite_step < 0)
+    keep_if_bad = lambda new, old: jax.tree.map(
+        lambda a, b: jnp.where(ok, a, b), new, old)
+    new_state = state.replace(
+        step=state.step + 1,
+        params=keep_if_bad(optax.apply_updates(state.params, updates),
+                           state.params),
+        batch_stats=keep_if_bad(batch_stats, state.batch_stats),
+        opt_state=keep_if_bad(opt_state, state.opt_state),
+        nonfinite_step=jnp.where(finite | (state.nonfinite_step >= 0),
+                                 state.nonfinite_step, state.step))
+    step_metrics = {
+        "loss": loss,
+        "loss_per_dim": per_dim,
+        "top1_per_dim": metrics.topk_correct(logits, batch["label"], 1).mean(-1),
+        "grad_norm": optax.global_norm(grads),
+    }
+    return new_state, step_metrics
+
+  return train_step
+
+
+def make_eval_step(model: nn.Module, loss_fn: losses.NestedLossFn
+                   ) -> Callable[[TrainState, Batch], Batch]:
+  """Returns step(state, batch) -> per-dim sums over the batch.
+
+  batch: {"image", "label", "mask" [B]} (mask 0 marks padding).
+  returns: "top1", "top5", "loss" as [G] sums over real examples, "count" [].
+  """
+  def eval_step(state: TrainState, batch: Batch) -> Batch:
+    logits, _ = model.apply(
+        {"params": state.params, "batch_stats": state.batch_stats},
+        batch["image"], train=False)
+    mask = batch["mask"].astype(jnp.float32)
+    label = batch["label"]
+    return {
+        "top1": metrics.topk_correct(logits, label, 1) @ mask,
+        "top5": metrics.topk_correct(logits, label, 5) @ mask,
+        "loss": loss_fn(logits, label) @ mask,
+        "count": mask.sum(),
+    }
+
+  return eval_step

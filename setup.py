@@ -1,0 +1,40 @@
+"""mrl_jax: Matryoshka Representation Learning in JAX/Flax.
+
+setup.py is the single source of truth for dependencies. The pins are the set
+tested together on Python 3.11 (see BUILD_NOTES.md, "Pinned versions").
+"""
+import setuptools
+
+INSTALL_REQUIRES = [
+    "jax==0.10.2",
+    "jaxlib==0.10.2",
+    "flax==0.12.8",
+    "optax==0.2.8",
+    "orbax-checkpoint==0.12.8",
+    "tensorflow-cpu==2.21.0",
+    "tensorflow-datasets==4.9.10",
+    "ml-collections==1.1.0",
+    "absl-py==2.5.1",
+    # flax.metrics.tensorboard (and tf.summary) need it; tensorflow-cpu
+    # does not pull it in.
+    "tensorboard==2.21.0",
+    # tfds forgets these two on Python 3.11 (tensorflow/datasets#11212; the
+    # NumPy decode path needs PIL).
+    "importlib_resources>=6,<8",
+    "pillow>=10,<14",
+    "numpy>=2.0,<2.5",
+]
+
+EXTRAS_REQUIRE = {
+    "test": ["pytest>=8,<10"],
+}
+
+setuptools.setup(
+    name="mrl_jax",
+    version="0.1.0",
+    description="Matryoshka Representation Learning (MRL) in JAX/Flax.",
+    python_requires=">=3.11,<3.12",
+    packages=setuptools.find_packages(include=["mrl_jax", "mrl_jax.*"]),
+    install_requires=INSTALL_REQUIRES,
+    extras_require=EXTRAS_REQUIRE,
+)
