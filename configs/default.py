@@ -19,7 +19,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   arg = config_lib.parse_arg(arg, smoke=False, head="mrl")
   config = ml_collections.ConfigDict()
   config.seed = 0
-  config.total_epochs = 6
+  config.total_epochs = 4
   config.total_steps = config_dict.placeholder(int)
   config.batch_size = 128
   config.eval_batch_size = 1000

@@ -152,7 +152,6 @@ def _finish(config, s: Setup, eval_step, state, workdir: str,
   if jax.process_index() == 0:
     classification.write_summary(
         summary, os.path.join(workdir, "eval_summary.json"))
-  logging.info("\n%s", classification.format_table(summary))
   return summary
 
 

@@ -94,7 +94,7 @@ def make_train_step(
         "loss": loss,
         "loss_per_dim": per_dim,
         "top1_per_dim": metrics.topk_correct(logits, batch["label"], 1).mean(-1),
-        "grad_norm": optax.global_norm(grads),
+        "grad_norm": optax.tree.norm(grads),
     }
     return new_state, step_metrics
 

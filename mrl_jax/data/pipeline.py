@@ -39,14 +39,17 @@ class Source:
   split: str  # this process's part of the split
   num_examples: int  # in this process's part
   total_examples: int  # in the whole split, over all processes
+  skip_decode: bool = False  # images stay encoded (for decode_* ops)
 
   def read(self, shuffle_seed: int | None = None) -> tf.data.Dataset:
     """Raw examples; files shuffled with `shuffle_seed` when given."""
     read_config = tfds.ReadConfig(shuffle_seed=shuffle_seed,
                                   try_autocache=False)
+    decoders = ({"image": tfds.decode.SkipDecoding()} if self.skip_decode
+                else None)
     return self.builder.as_dataset(split=self.split,
                                    shuffle_files=shuffle_seed is not None,
-                                   read_config=read_config)
+                                   read_config=read_config, decoders=decoders)
 
 
 def open_source(cfg: ml_collections.ConfigDict, split: str) -> Source:
@@ -58,19 +61,33 @@ def open_source(cfg: ml_collections.ConfigDict, split: str) -> Source:
   if cfg.name in _OFFLINE_PREPARERS:
     _OFFLINE_PREPARERS[cfg.name](cfg.get("data_dir"))
   builder = tfds.builder(cfg.name, data_dir=cfg.get("data_dir"))
-  if not builder.is_prepared():
-    raise ValueError(
-        f"dataset {cfg.name!r} is not prepared in {builder.data_dir}; prepare "
-        "it with tfds (see its catalog page) or point config.data.data_dir at "
-        "the directory that holds it")
   process_split = tfds.split_for_jax_process(split)
+  if not builder.is_prepared():
+    try:  # tfds.testing.mock_data serves builders that are not prepared.
+      builder.as_dataset(split=process_split)
+    except AssertionError:  # TFDS: "could not find data in ..."
+      root = builder.data_dir_root
+      manual = " ".join((builder.MANUAL_DOWNLOAD_INSTRUCTIONS or "").split())
+      how = (f"it needs a manual download into {root}/downloads/manual/ "
+             f"({manual}), then `tfds build {cfg.name} --data_dir={root}`"
+             if manual else f"prepare it with `tfds build {cfg.name} "
+             f"--data_dir={root}`")
+      raise ValueError(
+          f"dataset {cfg.name!r} is not prepared in {builder.data_dir}; {how}"
+          "; or point config.data.data_dir at the directory that holds it"
+          ) from None
   try:
-    total = builder.info.splits[split].num_examples
-    num_examples = builder.info.splits[process_split].num_examples
+    if builder.info.splits:
+      total = builder.info.splits[split].num_examples
+      num_examples = builder.info.splits[process_split].num_examples
+    else:  # No split metadata (mock_data): count the examples instead.
+      total = int(builder.as_dataset(split=split).cardinality())
+      num_examples = int(builder.as_dataset(split=process_split).cardinality())
   except (KeyError, ValueError) as e:
     raise ValueError(f"bad split {split!r} for {cfg.name!r} (known: "
                      f"{sorted(builder.info.splits)}): {e}") from None
-  return Source(builder, process_split, num_examples, total)
+  return Source(builder, process_split, num_examples, total,
+                cfg.get("skip_decode", False))
 
 
 def _epoch_seed(seed: int, epoch: int) -> int:
@@ -114,13 +131,17 @@ def train_batches(cfg: ml_collections.ConfigDict, source: Source,
   local_batch = local_batch_size(global_batch)
   per_epoch = steps_per_epoch(source, global_batch)
   preprocess = preprocess_lib.build(cfg.train_preprocess)
-  cached = source.read().cache() if cfg.get("cache", False) else None
+  # Every epoch uses the same per_epoch * local_batch examples, so processes
+  # stay in step; `take` comes before `cache` so that the cache is complete.
+  epoch_size = per_epoch * local_batch
+  cached = (source.read().take(epoch_size).cache() if cfg.get("cache", False)
+            else None)
   epoch, offset = divmod(start_step, per_epoch)
 
   def epoch_batches(epoch: int, offset: int) -> Iterator[dict[str, np.ndarray]]:
     eseed = _epoch_seed(seed, epoch)
-    ds = cached if cached is not None else source.read(shuffle_seed=eseed)
-    ds = ds.take(per_epoch * local_batch)
+    ds = (cached if cached is not None
+          else source.read(shuffle_seed=eseed).take(epoch_size))
     ds = ds.shuffle(cfg.get("shuffle_buffer", 10_000), seed=eseed)
     ds = ds.enumerate().skip(offset * local_batch)  # skip before decoding
     ds = ds.map(lambda i, ex: preprocess(ex, tf.stack([eseed % 2**62, i])),

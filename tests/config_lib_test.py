@@ -1,0 +1,46 @@
+"""Config argument parsing, durations, and mesh construction."""
+import ml_collections
+import pytest
+
+from mrl_jax import config_lib
+from mrl_jax import sharding
+
+
+def test_parse_arg_types_and_flags():
+  arg = config_lib.parse_arg("smoke,head=mrl_e,ff_dim=64", smoke=False,
+                             head="mrl", ff_dim=0)
+  assert arg.smoke is True and arg.head == "mrl_e" and arg.ff_dim == 64
+  assert config_lib.parse_arg(None, smoke=False).smoke is False
+
+
+def test_parse_arg_rejects_unknown_keys():
+  with pytest.raises(ValueError, match="unknown config argument 'smok'"):
+    config_lib.parse_arg("smok", smoke=False)
+
+
+def test_steps_prefers_steps_then_epochs():
+  cfg = ml_collections.ConfigDict({"total_steps": None, "total_epochs": 2.5})
+  assert config_lib.steps("total", cfg, 100) == 250
+  cfg.total_steps = 7
+  assert config_lib.steps("total", cfg, 100) == 7
+  with pytest.raises(ValueError, match="config.total_steps or"):
+    config_lib.steps("total", ml_collections.ConfigDict(
+        {"total_steps": None, "total_epochs": None}), 10)
+
+
+def test_make_mesh_sizes():
+  mesh = sharding.make_mesh((("data", -1),))
+  assert dict(mesh.shape) == {"data": 8}
+  mesh = sharding.make_mesh((("data", 2), ("model", -1)))
+  assert dict(mesh.shape) == {"data": 2, "model": 4}
+
+
+@pytest.mark.parametrize("axes,match", [
+    ((("model", -1),), "has no 'data' axis"),
+    ((("data", 3),), "needs 3 devices but 8"),
+    ((("data", -1), ("model", 3)), "does not divide 8"),
+    ((("data", -1), ("model", -1)), "at most one size may be -1"),
+])
+def test_make_mesh_errors(axes, match):
+  with pytest.raises(ValueError, match=match):
+    sharding.make_mesh(axes)

@@ -1,0 +1,171 @@
+"""End to end through the launcher: outputs, resume after SIGKILL, bad input.
+
+One reference run (configs/default.py:smoke, 12 steps, checkpoints every 4,
+keep 2) is shared by the tests; each test copies its workdir before touching
+it.
+"""
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CONFIG = os.path.join(REPO, "configs", "default.py")
+LAUNCH = [sys.executable, "-m", "mrl_jax.main"]
+
+pytestmark = pytest.mark.slow
+
+# Runs the real launcher, but SIGKILLs the process when it is about to write
+# its second checkpoint (after the first one is safely on disk): the work of
+# steps 5..8 is lost, as in a pre-empted job.
+KILL_AT_SECOND_SAVE = """
+import os, signal, sys
+from absl import app
+from mrl_jax import checkpointing, main
+original_save = checkpointing.Checkpointer.save
+calls = []
+def save(self, step, state, config_json):
+  calls.append(step)
+  if len(calls) == 2:
+    self.wait()
+    os.kill(os.getpid(), signal.SIGKILL)
+  original_save(self, step, state, config_json)
+checkpointing.Checkpointer.save = save
+sys.argv = ["mrl_jax.main"] + sys.argv[1:]
+app.run(main.main)
+"""
+
+
+def launch(workdir, *flags, arg="smoke", script=None, check=True):
+  cmd = ([sys.executable, "-c", script] if script else LAUNCH) + [
+      f"--config={CONFIG}:{arg}", f"--workdir={workdir}", *flags]
+  proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True,
+                        timeout=300)
+  if check and proc.returncode != 0:
+    raise AssertionError(f"launcher failed ({proc.returncode}):\n"
+                         f"{proc.stderr[-3000:]}")
+  return proc
+
+
+def params_at(workdir, step):
+  path = os.path.join(workdir, "checkpoints", str(step), "state")
+  return ocp.StandardCheckpointer().restore(path)
+
+
+def listing(workdir):
+  """Every file under workdir/checkpoints with its size and mtime."""
+  out = {}
+  for root, _, files in os.walk(os.path.join(workdir, "checkpoints")):
+    for name in files:
+      path = os.path.join(root, name)
+      out[path] = (os.path.getsize(path), os.path.getmtime(path))
+  return out
+
+
+@pytest.fixture(scope="module", name="reference")
+def fixture_reference(tmp_path_factory):
+  workdir = str(tmp_path_factory.mktemp("reference"))
+  proc = launch(workdir)
+  return workdir, proc.stdout
+
+
+@pytest.fixture(name="copy_of")
+def fixture_copy_of(tmp_path):
+  def copy(workdir):
+    dst = str(tmp_path / "workdir")
+    shutil.copytree(workdir, dst)
+    return dst
+  return copy
+
+
+def test_smoke_run_writes_every_nesting_dim(reference):
+  workdir, stdout = reference
+  with open(os.path.join(workdir, "eval_summary.json")) as f:
+    summary = json.load(f)
+  assert summary["step"] == 12
+  assert summary["nesting"] == [8, 16, 32]
+  for metric in ("top1", "top5"):
+    assert sorted(summary[metric], key=int) == ["8", "16", "32"]
+    assert all(0.0 <= v <= 1.0 for v in summary[metric].values())
+  assert summary["num_examples"] == 256
+  # The table the user sees.
+  assert "top-1" in stdout and "    32" in stdout
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    rows = [json.loads(line) for line in f]
+  assert [r["step"] for r in rows if "train/loss" in r] == [4, 8, 12]
+  names = set().union(*rows)
+  for d in (8, 16, 32):
+    assert {f"train/loss/d={d}", f"train/top1/d={d}", f"val/top1/d={d}",
+            f"val/top5/d={d}"} <= names
+  assert {"examples_per_sec", "eta_minutes"} <= names
+  assert os.listdir(os.path.join(workdir, "tensorboard"))
+  # keep_checkpoints=2
+  assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["12", "8"]
+
+
+def test_resume_after_sigkill_is_bitwise_identical(reference, tmp_path):
+  workdir = str(tmp_path / "killed")
+  proc = launch(workdir, script=KILL_AT_SECOND_SAVE, check=False)
+  assert proc.returncode == -signal.SIGKILL
+  assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["4"]
+  proc = launch(workdir)
+  assert "resumed from checkpoint at step 4" in proc.stderr
+  resumed, uninterrupted = params_at(workdir, 12), params_at(reference[0], 12)
+  flat_a, flat_b = (sorted(ocp.tree.to_flat_dict(t).items())
+                    for t in (resumed, uninterrupted))
+  assert [k for k, _ in flat_a] == [k for k, _ in flat_b]
+  for (key, a), (_, b) in zip(flat_a, flat_b):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b), err_msg=key)
+
+
+def test_rerun_of_finished_run_resumes_and_only_evaluates(reference, copy_of):
+  workdir = copy_of(reference[0])
+  proc = launch(workdir)
+  assert "resumed from checkpoint at step 12" in proc.stderr
+  assert "training steps 12..12" in proc.stderr
+  with open(os.path.join(workdir, "eval_summary.json")) as f:
+    assert json.load(f)["step"] == 12
+
+
+def test_incompatible_workdir_is_refused_untouched(reference, copy_of):
+  workdir = copy_of(reference[0])
+  before = listing(workdir)
+  proc = launch(workdir, "--config.mrl.nesting_dims=(16,32)", check=False)
+  assert proc.returncode != 0
+  last = proc.stderr.strip().splitlines()[-1]
+  assert last.startswith("mrl_jax: error:") and "different run" in last
+  assert "nesting_dims" in last and "--workdir" in last
+  assert listing(workdir) == before
+
+
+def test_unreadable_latest_checkpoint_falls_back(reference, copy_of):
+  workdir = copy_of(reference[0])
+  step12 = os.path.join(workdir, "checkpoints", "12")
+  for root, _, files in os.walk(step12):  # truncate every data file
+    for name in files:
+      with open(os.path.join(root, name), "r+b") as f:
+        f.truncate(max(os.path.getsize(f.name) // 3, 1))
+  proc = launch(workdir, "--mode=eval")
+  assert "checkpoint at step 12 is unreadable" in proc.stderr
+  with open(os.path.join(workdir, "eval_summary.json")) as f:
+    assert json.load(f)["step"] == 8
+  # Set aside, not deleted.
+  assert os.listdir(os.path.join(workdir, "checkpoints", "unreadable"))
+  assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == [
+      "8", "unreadable"]
+
+
+def test_bad_nesting_list_is_one_line_error_before_any_work(tmp_path):
+  workdir = str(tmp_path / "bad")
+  proc = launch(workdir, "--config.mrl.nesting_dims=(16,8)", check=False)
+  assert proc.returncode != 0
+  last = proc.stderr.strip().splitlines()[-1]
+  assert last.startswith("mrl_jax: error: nesting list (16, 8) is not "
+                         "strictly increasing")
+  assert not os.path.exists(os.path.join(workdir, "checkpoints"))
