@@ -1,0 +1,157 @@
+"""Tests for configs/*.py: every config validates; the ImageNet and JFT-style
+configs train end to end in `smoke` mode on mock or generated data."""
+import importlib.util
+import json
+import pathlib
+
+import numpy as np
+import pytest
+import tensorflow_datasets as tfds
+
+from mrl_jax import sharding
+from mrl_jax import train
+from mrl_jax.data import pipeline
+from mrl_jax.mrl import losses
+
+CONFIG_DIR = pathlib.Path(__file__).resolve().parents[1] / "configs"
+CONFIGS = sorted(p.stem for p in CONFIG_DIR.glob("*.py"))
+# Examples per split under tfds.testing.mock_data. Enough for the 4 smoke
+# steps (+2 prefetched batches) to stay in epoch 0: mock_data's as_dataset
+# swaps in a fake file system process-wide while it runs, so re-opening the
+# split for epoch 1 during an async checkpoint save breaks the save.
+NUM_MOCK = 128
+# Same class count as the ImageNet smoke run: the ViT states then have the
+# same shapes, so the checkpoint's per-device slice kernels are reused.
+JFT_CLASSES = 1000
+
+
+def _load(name: str):
+  spec = importlib.util.spec_from_file_location(f"configs_{name}",
+                                                CONFIG_DIR / f"{name}.py")
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+def test_all_configs_are_tested():
+  assert {"default", "resnet50_imagenet", "vit_b16_imagenet",
+          "vit_b16_jft"} <= set(CONFIGS)
+
+
+@pytest.mark.parametrize("arg", [None, "smoke", "head=mrl_e", "smoke,head=ff"])
+@pytest.mark.parametrize("name", CONFIGS)
+def test_config_validates(name, arg):
+  config = _load(name).get_config(arg)
+  s = train.setup(config)  # validation only: no I/O, no compilation
+  assert config.batch_size % 8 == 0 and config.eval_batch_size % 8 == 0
+  if arg and "smoke" in arg:
+    assert config.total_steps <= 12
+  if arg and "head=ff" in arg:
+    assert len(s.nesting_dims) == 1
+
+
+@pytest.mark.parametrize("name, dims", [
+    ("resnet50_imagenet", (8, 16, 32, 64, 128, 256, 512, 1024, 2048)),
+    ("vit_b16_imagenet", (12, 24, 48, 96, 192, 384, 768)),
+    ("vit_b16_jft", (12, 24, 48, 96, 192, 384, 768)),
+])
+def test_paper_nesting(name, dims):
+  assert train.setup(_load(name).get_config()).nesting_dims == dims
+
+
+def test_resnet50_recipe():
+  config = _load("resnet50_imagenet").get_config()
+  opt = config.optimizer
+  assert (config.total_epochs, config.batch_size) == (40, 1024)
+  assert (opt.name, opt.momentum, opt.nesterov) == ("sgd", 0.9, False)
+  assert (opt.learning_rate, opt.warmup_epochs, opt.warmup_init_factor,
+          opt.schedule, opt.weight_decay) == (0.425, 2, 1e-4, "linear", 1e-4)
+  assert config.loss.label_smoothing == 0.1
+  assert _load("resnet50_imagenet").get_config("head=ff,ff_dim=512"
+                                               ).mrl.ff_dim == 512
+
+
+def _check_summary(workdir, config):
+  with open(workdir / "eval_summary.json") as f:
+    summary = json.load(f)
+  dims = [str(d) for d in train.setup(config).nesting_dims]
+  assert summary["step"] == config.total_steps
+  assert summary["num_examples"] > 0
+  for metric in ("top1", "top5", "loss"):
+    assert sorted(summary[metric], key=int) == dims
+    assert all(np.isfinite(v) for v in summary[metric].values())
+  return summary
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["resnet50_imagenet", "vit_b16_imagenet"])
+def test_imagenet_smoke_trains_on_mock_data(name, tmp_path):
+  config = _load(name).get_config("smoke")
+  config.data.data_dir = str(tmp_path / "tfds")  # empty: all data is mock
+  # Under mock_data the image is served encoded (skip_decode), every split
+  # holds NUM_MOCK examples whatever its slice, and split info is empty.
+  with tfds.testing.mock_data(num_examples=NUM_MOCK):
+    train.train_and_evaluate(config, str(tmp_path / "work"))
+  summary = _check_summary(tmp_path / "work", config)
+  assert summary["num_examples"] == NUM_MOCK  # mock_data ignores [:32]
+
+
+def _write_multilabel_dataset(data_dir: pathlib.Path) -> str:
+  """A tiny JFT-like TFDS dataset: JPEG images, label = list of class ids."""
+  rng = np.random.default_rng(0)
+
+  def split(n):
+    for i in range(n):
+      k = int(rng.integers(0, 4))  # 0..3 labels, the empty list included
+      yield str(i), {
+          "image": rng.integers(0, 256, (40, 48, 3), dtype=np.uint8),
+          "label": sorted(rng.choice(JFT_CLASSES, k, replace=False).tolist())}
+
+  name = "mrl_test_multilabel"
+  tfds.dataset_builders.store_as_tfds_dataset(
+      name=name, version="1.0.0", data_dir=str(data_dir),
+      features=tfds.features.FeaturesDict({
+          "image": tfds.features.Image(shape=(None, None, 3),
+                                       encoding_format="jpeg"),
+          "label": tfds.features.Sequence(
+              tfds.features.ClassLabel(num_classes=JFT_CLASSES))}),
+      split_datasets={"train": list(split(64)),
+                      "validation": list(split(32))})
+  return name
+
+
+@pytest.mark.slow
+def test_jft_smoke_trains_on_generated_multilabel_data(tmp_path):
+  data_dir = tmp_path / "tfds"
+  name = _write_multilabel_dataset(data_dir)
+  config = _load("vit_b16_jft").get_config(
+      f"smoke,dataset={name},num_classes={JFT_CLASSES}")
+  config.data.data_dir = str(data_dir)
+  s = train.setup(config)
+  assert s.loss_fn is losses.nested_sigmoid_cross_entropy
+  # The model sees multi-hot [B, C] targets, not class ids.
+  source = pipeline.open_source(config.data, config.data.eval_split)
+  batch = next(pipeline.eval_batches(config.data, source,
+                                     config.eval_batch_size,
+                                     sharding.batch_sharding(s.mesh)))
+  labels = np.asarray(batch["label"])
+  assert labels.shape == (config.eval_batch_size, JFT_CLASSES)
+  assert set(np.unique(labels)) <= {0.0, 1.0}
+  assert labels.sum(axis=1).max() > 1  # some examples have several classes
+
+  train.train_and_evaluate(config, str(tmp_path / "work"))
+  summary = _check_summary(tmp_path / "work", config)
+  assert summary["num_examples"] == 32
+
+
+def test_missing_imagenet_error_is_one_line(tmp_path):
+  config = _load("resnet50_imagenet").get_config()
+  config.data.data_dir = str(tmp_path)
+  with pytest.raises(ValueError) as e:
+    pipeline.open_source(config.data, config.data.train_split)
+  message = str(e.value)
+  assert "\n" not in message
+  assert f"{tmp_path}/downloads/manual/" in message
+  assert "ILSVRC2012_img_train.tar" in message
+  assert "ILSVRC2012_img_val.tar" in message
+  assert "config.data.data_dir" in message
