@@ -59,6 +59,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.optimizer.warmup_epochs = 0.5
   config.optimizer.schedule = "cosine"
 
+  config.export = ml_collections.ConfigDict()  # --mode=export
+  config.export.splits = ("train", "test")
+  config.export.dtype = "float16"
+  config.export.examples_per_shard = 20_000
+
   config.mesh = (("data", -1),)
   config.log_every_steps = 100
   config.checkpoint_every_steps = 1000
@@ -75,6 +80,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.data.shuffle_buffer = 1024
     config.model.kwargs.widths = (8, 16)
     config.model.kwargs.embed_dim = 32
+    config.export.splits = ("train[:1024]", "test[:256]")
+    config.export.examples_per_shard = 256
     config.log_every_steps = 4
     config.checkpoint_every_steps = 4
   return config

@@ -5,7 +5,8 @@ r"""Launcher: the only module that defines flags.
 
 mode=train trains (resuming from DIR's checkpoints if any) and evaluates;
 mode=eval evaluates DIR's latest checkpoint. Both print the per-dim table and
-write DIR/eval_summary.json.
+write DIR/eval_summary.json. mode=export writes the latest checkpoint's
+embeddings under DIR/embeddings/ (see mrl_jax/export.py).
 """
 import logging as pylogging
 import sys
@@ -19,7 +20,9 @@ FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file(
     "config", None, "Config file, optionally with ':arg'.", lock_config=True)
 flags.DEFINE_string("workdir", None, "Checkpoints, metrics and summaries.")
-flags.DEFINE_enum("mode", "train", ["train", "eval"], "What to run.")
+flags.DEFINE_enum("mode", "train", ["train", "eval", "export"],
+                  "train (then evaluate), eval (latest checkpoint), or export "
+                  "(embeddings of config.export.splits).")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -41,13 +44,18 @@ def main(argv: list[str]) -> None:
   from mrl_jax.evaluators import classification  # pylint: disable=import-outside-toplevel
   logging.get_absl_handler().addFilter(_QuietLibraries())
   tf.config.set_visible_devices([], "GPU")  # tf.data only; JAX owns the GPUs.
-  run = train.train_and_evaluate if FLAGS.mode == "train" else train.evaluate
+  from mrl_jax import export  # pylint: disable=import-outside-toplevel
+  run = {"train": train.train_and_evaluate, "eval": train.evaluate,
+         "export": export.export_embeddings}[FLAGS.mode]
   try:
-    summary = run(FLAGS.config, FLAGS.workdir)
+    result = run(FLAGS.config, FLAGS.workdir)
   except (ValueError, FloatingPointError) as e:
     logging.info("stopping on error", exc_info=True)
     sys.exit(f"mrl_jax: error: {e}")
-  print(classification.format_table(summary), flush=True)
+  if FLAGS.mode == "export":
+    print("\n".join(f"{split}: {path}" for split, path in result.items()))
+  else:
+    print(classification.format_table(result), flush=True)
 
 
 if __name__ == "__main__":

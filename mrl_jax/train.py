@@ -14,6 +14,7 @@ import jax
 import ml_collections
 import optax
 
+from mrl_jax import atomic_files
 from mrl_jax import checkpointing
 from mrl_jax import config_lib
 from mrl_jax import metric_writer
@@ -100,18 +101,20 @@ def _raise_if_nonfinite(state: step_lib.TrainState,
         "config.optimizer.learning_rate or check the input data")
 
 
-def _compile_steps(s: Setup, tx, state_shardings, config):
-  batch_sh = sharding.batch_sharding(s.mesh)
-  repl = sharding.replicated(s.mesh)
-  train = jax.jit(
+def _jit_train_step(s: Setup, tx, state_shardings, seed: int):
+  return jax.jit(
       step_lib.make_train_step(s.model, tx, s.loss_fn, s.relative_importance,
-                               config.seed),
-      in_shardings=(state_shardings, batch_sh),
-      out_shardings=(state_shardings, repl), donate_argnums=0)
-  evaluate_fn = jax.jit(step_lib.make_eval_step(s.model, s.loss_fn),
-                        in_shardings=(state_shardings, batch_sh),
-                        out_shardings=repl)
-  return train, evaluate_fn
+                               seed),
+      in_shardings=(state_shardings, sharding.batch_sharding(s.mesh)),
+      out_shardings=(state_shardings, sharding.replicated(s.mesh)),
+      donate_argnums=0)
+
+
+def _jit_eval_step(s: Setup, state_shardings):
+  return jax.jit(step_lib.make_eval_step(s.model, s.loss_fn),
+                 in_shardings=(state_shardings,
+                               sharding.batch_sharding(s.mesh)),
+                 out_shardings=sharding.replicated(s.mesh))
 
 
 def _train_scalars(sums: dict[str, Any], count: int,
@@ -150,8 +153,8 @@ def _finish(config, s: Setup, eval_step, state, workdir: str,
   summary = _run_eval(config, s, eval_step, state)
   writer.write(summary["step"], classification.as_scalars(summary, "val"))
   if jax.process_index() == 0:
-    classification.write_summary(
-        summary, os.path.join(workdir, "eval_summary.json"))
+    atomic_files.write_json(os.path.join(workdir, "eval_summary.json"),
+                            summary)
   return summary
 
 
@@ -172,7 +175,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   tx = optim.build_optimizer(config.optimizer, total, per_epoch)
   state, state_sh = _init_or_restore(s, config, tx, ckpt,
                                      pipeline.image_shape(config.data, source))
-  train_step, eval_step = _compile_steps(s, tx, state_sh, config)
+  train_step = _jit_train_step(s, tx, state_sh, config.seed)
+  eval_step = _jit_eval_step(s, state_sh)
   writer = metric_writer.MetricWriter(workdir)
   start = int(state.step)
   batches = pipeline.train_batches(config.data, source, config.batch_size,
@@ -209,23 +213,38 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   return summary
 
 
-def evaluate(config: ml_collections.ConfigDict,
-             workdir: str) -> dict[str, Any]:
-  """Evaluates the latest checkpoint in workdir (mode=eval)."""
+def restore_latest(config: ml_collections.ConfigDict, workdir: str
+                   ) -> tuple[Setup, step_lib.TrainState, Any]:
+  """Validated setup and the latest checkpoint's state, for inference modes.
+
+  Returns:
+    (setup, state, state shardings).
+  Raises:
+    ValueError: if workdir has no checkpoint or holds an incompatible one.
+  """
   s = setup(config)
   ckpt = checkpointing.Checkpointer(os.path.join(workdir, "checkpoints"),
                                     s.fingerprint, config.keep_checkpoints)
   if ckpt.latest_step() is None:
-    raise ValueError(f"no checkpoint in {workdir}/checkpoints to evaluate; "
-                     "train first (--mode=train) or fix --workdir")
+    raise ValueError(f"no checkpoint in {workdir}/checkpoints; train first "
+                     "(--mode=train) or fix --workdir")
   ckpt.check_compatible()
   source = pipeline.open_source(config.data, config.data.eval_split)
+  # The optimizer state is restored too (one checkpoint format); its schedule
+  # does not matter here.
   tx = optim.build_optimizer(config.optimizer, 1, 1)
   state, state_sh = _init_or_restore(s, config, tx, ckpt,
                                      pipeline.image_shape(config.data, source))
-  _, eval_step = _compile_steps(s, tx, state_sh, config)
+  ckpt.close()
+  return s, state, state_sh
+
+
+def evaluate(config: ml_collections.ConfigDict,
+             workdir: str) -> dict[str, Any]:
+  """Evaluates the latest checkpoint in workdir (mode=eval)."""
+  s, state, state_sh = restore_latest(config, workdir)
+  eval_step = _jit_eval_step(s, state_sh)
   writer = metric_writer.MetricWriter(workdir)
   summary = _finish(config, s, eval_step, state, workdir, writer)
   writer.close()
-  ckpt.close()
   return summary

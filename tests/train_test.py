@@ -15,6 +15,8 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
+from mrl_jax import export
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG = os.path.join(REPO, "configs", "default.py")
 LAUNCH = [sys.executable, "-m", "mrl_jax.main"]
@@ -169,3 +171,28 @@ def test_bad_nesting_list_is_one_line_error_before_any_work(tmp_path):
   assert last.startswith("mrl_jax: error: nesting list (16, 8) is not "
                          "strictly increasing")
   assert not os.path.exists(os.path.join(workdir, "checkpoints"))
+
+
+def test_export_writes_resumable_embedding_shards(reference, copy_of):
+  workdir = copy_of(reference[0])
+  launch(workdir, "--mode=export")
+  train_dir = os.path.join(workdir, "embeddings", "fashion_mnist",
+                           "train_1024")
+  shards = sorted(f for f in os.listdir(train_dir) if f.startswith("shard"))
+  assert shards == [f"shard-p000-{i:05d}.npz" for i in range(4)]
+  emb, labels, meta = export.load_split(train_dir)
+  assert emb.shape == (1024, 32) and emb.dtype == np.float16
+  assert labels.shape == (1024,) and set(labels) <= set(range(10))
+  assert meta["step"] == 12 and meta["nesting"] == [8, 16, 32]
+  test_emb, _, _ = export.load_split(os.path.join(
+      workdir, "embeddings", "fashion_mnist", "test_256"))
+  assert test_emb.shape == (256, 32)
+  # A rerun skips finished shards and rewrites only a missing one, equal.
+  mtimes = {s: os.path.getmtime(os.path.join(train_dir, s)) for s in shards}
+  os.remove(os.path.join(train_dir, shards[3]))
+  proc = launch(workdir, "--mode=export")
+  assert "3 of 4 shards already exported" in proc.stderr
+  for s in shards[:3]:
+    assert os.path.getmtime(os.path.join(train_dir, s)) == mtimes[s]
+  again, _, _ = export.load_split(train_dir)
+  np.testing.assert_array_equal(again, emb)

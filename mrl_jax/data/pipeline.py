@@ -159,12 +159,12 @@ def train_batches(cfg: ml_collections.ConfigDict, source: Source,
   return _prefetch(all_batches())
 
 
-def _eval_dataset(cfg: ml_collections.ConfigDict,
-                  source: Source) -> tf.data.Dataset:
+def _eval_dataset(cfg: ml_collections.ConfigDict, source: Source,
+                  start: int = 0) -> tf.data.Dataset:
   preprocess = preprocess_lib.build(cfg.eval_preprocess)
   seed = tf.constant([0, 0], tf.int64)  # eval ops are not random
-  return source.read().map(lambda ex: preprocess(ex, seed),
-                           num_parallel_calls=tf.data.AUTOTUNE)
+  return source.read().skip(start).map(lambda ex: preprocess(ex, seed),
+                                       num_parallel_calls=tf.data.AUTOTUNE)
 
 
 def image_shape(cfg: ml_collections.ConfigDict,
@@ -174,14 +174,18 @@ def image_shape(cfg: ml_collections.ConfigDict,
 
 
 def eval_batches(cfg: ml_collections.ConfigDict, source: Source,
-                 global_batch: int,
-                 sharding: jax.sharding.Sharding) -> Iterator[Batch]:
-  """One pass over the split; the last batch is padded, with "mask" = 0."""
+                 global_batch: int, sharding: jax.sharding.Sharding,
+                 start: int = 0) -> Iterator[Batch]:
+  """One pass over the split from this process's example `start` on.
+
+  The last batch is padded, with "mask" = 0 on the padding rows.
+  """
   local_batch = local_batch_size(global_batch)
-  ds = _eval_dataset(cfg, source).batch(local_batch).prefetch(tf.data.AUTOTUNE)
+  ds = _eval_dataset(cfg, source, start).batch(local_batch)
+  ds = ds.prefetch(tf.data.AUTOTUNE)
   # Every process runs the same number of steps (collectives must match).
   per_process = math.ceil(source.total_examples / jax.process_count())
-  num_batches = math.ceil(per_process / local_batch)
+  num_batches = math.ceil(max(per_process - start, 0) / local_batch)
 
   def padded() -> Iterator[Batch]:
     it = ds.as_numpy_iterator()

@@ -1,7 +1,5 @@
 """Linear classification with the trained heads: top-1/top-5 per nesting dim."""
 from collections.abc import Callable, Iterable, Sequence
-import json
-import os
 from typing import Any
 
 import jax
@@ -48,11 +46,3 @@ def format_table(summary: dict[str, Any]) -> str:
     lines.append(f"{dim:>6}  {summary['top1'][str(dim)]:>7.4f}  "
                  f"{summary['top5'][str(dim)]:>7.4f}")
   return "\n".join(lines)
-
-
-def write_summary(summary: dict[str, Any], path: str) -> None:
-  """Writes JSON atomically: a reader never sees a half-written file."""
-  tmp = f"{path}.tmp"
-  with open(tmp, "w") as f:
-    json.dump(summary, f, indent=1)
-  os.replace(tmp, path)
