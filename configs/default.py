@@ -6,8 +6,14 @@ Arguments (comma-separated): `smoke` (tiny, < 1 min), `head=mrl|mrl_e|ff`.
 Hardware: 2 CPU cores. Data: TFDS `fashion_mnist`, prepared offline from the
 Debian package `dataset-fashion-mnist` (60k train / 10k test).
 Model: a small CNN (`small_cnn`) with a 128-d representation; nesting
-(8, 16, 32, 64, 128). Expected test top-1 and wall time: see README.md and
-BUILD_NOTES.md (measured, not guessed).
+(8, 16, 32, 64, 128); 4 epochs of AdamW, batch 128.
+
+Measured (2-core AMD EPYC VM, idle; BUILD_NOTES.md): 6 min 43 s of training
+(~620 examples/s), 9 min 4 s for `scripts/train_default.sh` on a fresh clone
+including set-up. Test-split top-1 per nesting dim (deterministic):
+
+    dim      8      16      32      64     128
+    top-1  0.9236  0.9249  0.9264  0.9268  0.9297
 """
 import ml_collections
 from ml_collections import config_dict
