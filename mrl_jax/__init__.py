@@ -4,13 +4,18 @@ Where things live:
   mrl/nesting.py      nesting lists (defaults, validation)
   mrl/heads.py        MRL, MRL-E and FF-k classification heads
   mrl/losses.py       nested softmax / sigmoid cross-entropy
+  mrl/metrics.py      per-dim top-k counts and metric names
   models/             backbones (resnet.py, vit.py, cnn.py), registry.py, classifier.py
   data/               TFDS input pipeline, preprocessing ops, offline Fashion-MNIST
   sharding.py         device mesh and array shardings
   optim.py            optax optimizer and schedule from config
   train_step.py       pure, jittable train and eval steps
   train.py            train_and_evaluate(config, workdir) and evaluate(...)
+  export.py           embedding export (mode=export) and load_split(...)
   checkpointing.py    Orbax CheckpointManager wrapper (resume, corruption fallback)
   evaluators/         per-nesting-dim evaluation
+  metric_writer.py    metrics.jsonl + TensorBoard
+  atomic_files.py     JSON / npz writes that never leave half a file
+  config_lib.py       config-file argument parsing, durations
   main.py             absl launcher (the only file that defines flags)
 """
