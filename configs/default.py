@@ -42,17 +42,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       "flip_lr|normalize('fashion_mnist')|keep('image', 'label')")
   config.data.eval_preprocess = "normalize('fashion_mnist')|keep('image', 'label')"
 
-  config.model = ml_collections.ConfigDict()
-  config.model.name = "small_cnn"
-  config.model.dtype = "float32"
-  config.model.kwargs = ml_collections.ConfigDict()
+  config.model = config_lib.model_section("small_cnn", "float32")
 
-  config.mrl = ml_collections.ConfigDict()
-  config.mrl.head = arg.head
-  config.mrl.nesting_dims = config_dict.placeholder(tuple)  # None: halving
-  config.mrl.relative_importance = config_dict.placeholder(tuple)  # None: 1s
-  config.mrl.ff_dim = config_dict.placeholder(int)  # FF-k only
-  config.mrl.implementation = "fused"
+  config.mrl = config_lib.mrl_section(arg.head)
 
   config.loss = ml_collections.ConfigDict()
   config.loss.name = "softmax"

@@ -82,19 +82,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       "decode|resize_small(256)|central_crop(224)|normalize('imagenet')"
       "|keep('image', 'label')")
 
-  config.model = ml_collections.ConfigDict()
-  config.model.name = "resnet50"
-  config.model.dtype = arg.dtype
-  config.model.kwargs = ml_collections.ConfigDict()
+  config.model = config_lib.model_section("resnet50", arg.dtype)
 
-  config.mrl = ml_collections.ConfigDict()
-  config.mrl.head = arg.head
-  config.mrl.nesting_dims = config_dict.placeholder(tuple)  # None: 8..2048
-  config.mrl.relative_importance = config_dict.placeholder(tuple)  # None: 1s
-  config.mrl.ff_dim = config_dict.placeholder(int)  # FF-k only
-  if arg.ff_dim:
-    config.mrl.ff_dim = arg.ff_dim
-  config.mrl.implementation = "fused"
+  config.mrl = config_lib.mrl_section(arg.head, ff_dim=arg.ff_dim)
 
   config.loss = ml_collections.ConfigDict()
   config.loss.name = "softmax"

@@ -67,19 +67,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       "decode|resize_small(256)|central_crop(224)|value_range(-1, 1)"
       "|keep('image', 'label')")
 
-  config.model = ml_collections.ConfigDict()
-  config.model.name = "vit_b16"
-  config.model.dtype = arg.dtype
-  config.model.kwargs = ml_collections.ConfigDict()
+  config.model = config_lib.model_section("vit_b16", arg.dtype)
 
-  config.mrl = ml_collections.ConfigDict()
-  config.mrl.head = arg.head
-  config.mrl.nesting_dims = (12, 24, 48, 96, 192, 384, 768)
-  config.mrl.relative_importance = config_dict.placeholder(tuple)  # None: 1s
-  config.mrl.ff_dim = config_dict.placeholder(int)  # FF-k only
-  if arg.ff_dim:
-    config.mrl.ff_dim = arg.ff_dim
-  config.mrl.implementation = "fused"
+  config.mrl = config_lib.mrl_section(
+      arg.head, nesting_dims=(12, 24, 48, 96, 192, 384, 768),
+      ff_dim=arg.ff_dim)
 
   config.loss = ml_collections.ConfigDict()
   config.loss.name = "softmax"

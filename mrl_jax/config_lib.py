@@ -2,6 +2,7 @@
 from typing import Any
 
 import ml_collections
+from ml_collections import config_dict
 
 
 def parse_arg(arg: str | None, **defaults: Any) -> ml_collections.ConfigDict:
@@ -39,3 +40,32 @@ def steps(prefix: str, config: ml_collections.ConfigDict,
   if num_epochs is None:
     raise ValueError(f"set config.{prefix}_steps or config.{prefix}_epochs")
   return max(int(round(num_epochs * steps_per_epoch)), 1)
+
+
+def model_section(name: str, dtype: str = "float32",
+                  **kwargs: Any) -> ml_collections.ConfigDict:
+  """config.model: registered backbone name, compute dtype, overrides."""
+  return ml_collections.ConfigDict(
+      {"name": name, "dtype": dtype,
+       "kwargs": ml_collections.ConfigDict(kwargs)})
+
+
+def mrl_section(head: str, nesting_dims: tuple[int, ...] | None = None,
+                ff_dim: int | None = None) -> ml_collections.ConfigDict:
+  """config.mrl: the head and its nesting list.
+
+  Args:
+    head: "mrl", "mrl_e" or "ff".
+    nesting_dims: ascending prefix sizes; None halves from d down to 8.
+    ff_dim: k of the FF-k baseline (head="ff"); None or 0 means d.
+  """
+  mrl = ml_collections.ConfigDict()
+  mrl.head = head
+  mrl.nesting_dims = (config_dict.placeholder(tuple) if nesting_dims is None
+                      else tuple(nesting_dims))
+  mrl.relative_importance = config_dict.placeholder(tuple)  # None: all 1
+  mrl.ff_dim = config_dict.placeholder(int)
+  if ff_dim:
+    mrl.ff_dim = ff_dim
+  mrl.implementation = "fused"  # or "masked", the reference path
+  return mrl
