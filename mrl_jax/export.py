@@ -67,8 +67,8 @@ def _local_rows(x: jax.Array, mesh: jax.sharding.Mesh) -> np.ndarray:
 
 
 def _export_split(config, s: train.Setup, embed, state, split: str,
-                  settings: dict[str, Any], out_dir: str) -> list[str]:
-  """Writes this process's shards of one split; returns all shard names."""
+                  settings: dict[str, Any], out_dir: str) -> None:
+  """Writes this process's missing shards of one split."""
   source = pipeline.open_source(config.data, split)
   per_shard = settings["examples_per_shard"]
   num_shards = -(-source.num_examples // per_shard)
@@ -98,7 +98,6 @@ def _export_split(config, s: train.Setup, embed, state, split: str,
     atomic_files.write_npz(os.path.join(out_dir, names[shard]),
                embeddings=np.concatenate(rows).astype(settings["dtype"]),
                labels=np.concatenate(labels))
-  return names
 
 
 def export_embeddings(config: ml_collections.ConfigDict,
@@ -120,7 +119,7 @@ def export_embeddings(config: ml_collections.ConfigDict,
   for split in settings["splits"]:
     out_dir = split_dir(workdir, config.data.name, split)
     os.makedirs(out_dir, exist_ok=True)
-    names = _export_split(config, s, embed, state, split, settings, out_dir)
+    _export_split(config, s, embed, state, split, settings, out_dir)
     metadata = {
         "model": config.model.name, "step": int(state.step),
         "dataset": config.data.name, "split": split,

@@ -1,0 +1,414 @@
+"""Blockwise running top-k scans behind `mrl_jax.search` (package-internal).
+
+Each chunk of database rows is one [Q, C] score matmul followed by `lax.top_k`
+over the running top-k concatenated with the chunk's scores. Device-placed
+indexes run one jitted `shard_map` per search; host-placed ones stream row
+chunks to the devices and carry each device's running top-k between calls.
+Ties go to the lower database id everywhere.
+"""
+from collections.abc import Callable, Sequence
+import dataclasses
+import functools
+from typing import Any
+
+import jax
+from jax import lax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from mrl_jax.search.index import Array, NORM_FLOOR, PrefixIndex
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+  """Static description of a prefix-m scan (hashable: keys compiled fns).
+
+  spans: (start, end) columns of each block read, the last clipped to m.
+  rest: columns read from a block that straddles m (0: m is a boundary).
+  norm_block: index of the last boundary <= m whose stored norm is reused
+    (-1: none); the straddling block adds its partial squares.
+  """
+  spans: tuple[tuple[int, int], ...]
+  rest: int
+  norm_block: int
+  normalize: bool
+  dtype: str
+
+  @property
+  def num_blocks(self) -> int:
+    return len(self.spans)
+
+  @property
+  def precision(self) -> lax.Precision:
+    # float32 data is scored at full precision (GPU default would be TF32,
+    # which reorders near neighbours); bfloat16 already is the precision.
+    return (lax.Precision.HIGHEST if self.dtype == "float32"
+            else lax.Precision.DEFAULT)
+
+
+def make_plan(index: PrefixIndex, dim: int, queries: Any) -> Plan:
+  """Checks dim against the index and the queries [Q, d_q]; plans the scan."""
+  if not 1 <= dim <= index.dim:
+    raise ValueError(f"prefix dim {dim} outside [1, {index.dim}]")
+  if len(np.shape(queries)) != 2 or np.shape(queries)[1] < dim:
+    raise ValueError(f"queries must be [Q, >= {dim}], got "
+                     f"{np.shape(queries)}")
+  starts = (0,) + index.boundaries[:-1]
+  spans = tuple((s, min(e, dim)) for s, e in zip(starts, index.boundaries)
+                if s < dim)
+  full = sum(e <= dim for e in index.boundaries)
+  rest = 0 if full == len(spans) else spans[-1][1] - spans[-1][0]
+  return Plan(spans, rest, full - 1, index.normalized, index.dtype.name)
+
+
+
+
+def check_k(k: int, available: int, what: str) -> None:
+  if not 1 <= k <= available:
+    raise ValueError(f"{what}={k} must be in [1, {available}]")
+
+
+
+def _query_parts(queries: Array, plan: Plan) -> tuple[Array, ...]:
+  """[Q, d_q] -> per read block [Q, width], normalised, in storage dtype."""
+  q = queries[:, :plan.spans[-1][1]].astype(jnp.float32)
+  if plan.normalize:
+    q = q / jnp.maximum(jnp.linalg.norm(q, axis=1, keepdims=True),
+                        NORM_FLOOR)
+  q = q.astype(plan.dtype)
+  return tuple(q[:, s:e] for s, e in plan.spans)
+
+
+def _prefix_norm(plan: Plan, full_norm: Array | None, partial: Array
+                 ) -> Array:
+  """m-dim prefix norms [...]: the stored boundary norm + partial block."""
+  if not plan.rest:
+    return full_norm
+  sq = jnp.sum(jnp.square(partial.astype(jnp.float32)), axis=-1)
+  if full_norm is not None:
+    sq = sq + jnp.square(full_norm)
+  return jnp.sqrt(sq)
+
+
+def _chunk_scores(plan: Plan, q_parts: Sequence[Array],
+                  rows: Sequence[Array], full_norm: Array | None) -> Array:
+  """Scores [Q, C] of queries against C database rows (per-block parts)."""
+  rows = list(rows)
+  if plan.rest:
+    rows[-1] = rows[-1][:, :plan.rest]
+  dots = [lax.dot_general(q, x, (((1,), (1,)), ((), ())),
+                          precision=plan.precision,
+                          preferred_element_type=jnp.float32)
+          for q, x in zip(q_parts, rows)]
+  s = functools.reduce(jnp.add, dots)
+  if plan.normalize:
+    s = s / jnp.maximum(_prefix_norm(plan, full_norm, rows[-1]),
+                        NORM_FLOOR)[None, :]
+  return s
+
+
+def _merge_sorted_prefix(run_s: Array, run_i: Array, s: Array, ids: Array,
+                         k: int) -> tuple[Array, Array]:
+  """Top-k of [running | new]; new ids must all exceed the running ones.
+
+  `top_k` keeps the lower position first on ties and the running entries come
+  first, so ties go to the lower id without sorting on ids.
+  """
+  s = jnp.where(s == 0, 0.0, s)  # -0.0 ranks below +0.0 in top_k
+  all_s = jnp.concatenate([run_s, s], axis=1)
+  all_i = jnp.concatenate([run_i, jnp.broadcast_to(ids, s.shape)], axis=1)
+  top_s, pos = lax.top_k(all_s, k)
+  return top_s, jnp.take_along_axis(all_i, pos, axis=1)
+
+
+def _merge_by_id(s: Array, ids: Array, k: int) -> tuple[Array, Array]:
+  """Top-k of [Q, M] candidates ordered by (score desc, id asc)."""
+  s = jnp.where(s == 0, 0.0, s)
+  neg, ids = lax.sort((-s, ids), dimension=1, num_keys=2)
+  return -neg[:, :k], ids[:, :k]
+
+
+def _scan_rows(plan: Plan, q_parts: Sequence[Array], blocks: Sequence[Array],
+               full_norm: Array | None, carry: tuple[Array, Array],
+               first_id: Array, num_valid: Array, k: int, chunk_rows: int
+               ) -> tuple[Array, Array]:
+  """Merges rows [n] of (this device's) blocks into a running top-k [Q, k].
+
+  Row r has id first_id + r; ids >= num_valid are padding and never match.
+  Chunks are dynamic slices of the resident arrays (no copy); the tail that
+  does not fill a chunk is one extra static-size step.
+  """
+  n = blocks[0].shape[0]
+
+  def update(start, size, carry):
+    rows = [lax.dynamic_slice_in_dim(x, start, size) for x in blocks]
+    norm = (None if full_norm is None
+            else lax.dynamic_slice_in_dim(full_norm, start, size))
+    s = _chunk_scores(plan, q_parts, rows, norm)
+    ids = first_id + start + jnp.arange(size, dtype=jnp.int32)
+    s = jnp.where(ids[None, :] < num_valid, s, -jnp.inf)
+    return _merge_sorted_prefix(*carry, s, ids[None, :], k)
+
+  num_full, tail = divmod(n, chunk_rows)
+  if num_full:
+    carry = lax.fori_loop(
+        0, num_full, lambda c, cr: update(c * chunk_rows, chunk_rows, cr),
+        carry)
+  if tail:
+    carry = update(num_full * chunk_rows, tail, carry)
+  return carry
+
+
+def _empty_topk(q: int, k: int, lead: tuple[int, ...] = ()
+                ) -> tuple[Array, Array]:
+  """An empty running top-k: scores -inf [*lead, Q, k], ids -1."""
+  return (jnp.full(lead + (q, k), -jnp.inf, jnp.float32),
+          jnp.full(lead + (q, k), -1, jnp.int32))
+
+
+def _used(index: PrefixIndex, plan: Plan
+          ) -> tuple[tuple[Any, ...], Any | None]:
+  """The blocks a plan reads and the boundary norm it reuses (or None)."""
+  norm = (index.norms[plan.norm_block]
+          if plan.normalize and plan.norm_block >= 0 else None)
+  return index.blocks[:plan.num_blocks], norm
+
+
+# ----------------------------------------------------------------------------
+# Device-resident index: one compiled shard_map per (plan, k, chunk, shape).
+
+
+@functools.lru_cache(maxsize=64)
+def _device_search_fn(mesh: Mesh, axis: str, plan: Plan, k: int,
+                      chunk_rows: int) -> Callable[..., tuple[Array, Array]]:
+  """jit(queries, blocks, norm, num_valid) -> replicated (scores, ids)."""
+
+  def local(q_parts, blocks, norm, num_valid):
+    n = blocks[0].shape[0]
+    first = lax.axis_index(axis).astype(jnp.int32) * n
+    # The running top-k differs per device: mark it varying for the loop.
+    carry = lax.pcast(_empty_topk(q_parts[0].shape[0], k), (axis,),
+                      to="varying")
+    return _scan_rows(plan, q_parts, blocks, norm, carry, first, num_valid,
+                      k, chunk_rows)
+
+  # Each device's k best side by side ([Q, D * k], device order); the sorted
+  # merge outside the shard_map makes XLA gather them (D * k per query).
+  sharded = jax.shard_map(local, mesh=mesh,
+                          in_specs=(P(), P(axis), P(axis), P()),
+                          out_specs=(P(None, axis), P(None, axis)))
+
+  def fn(queries, blocks, norm, num_valid):
+    s, i = sharded(_query_parts(queries, plan), blocks, norm, num_valid)
+    return _merge_by_id(s, i, k)
+
+  return jax.jit(fn)
+
+
+def device_search(index: PrefixIndex, queries: Array, *, plan: Plan, k: int,
+                   chunk_rows: int, host_chunk_rows: int
+                   ) -> tuple[Array, Array]:
+  del host_chunk_rows  # Host indexes only.
+  fn = _device_search_fn(index.mesh, index.axis_name, plan, k, chunk_rows)
+  blocks, norm = _used(index, plan)
+  return fn(queries, blocks, norm, jnp.int32(index.num_rows))
+
+
+@functools.lru_cache(maxsize=64)
+def _device_rerank_fn(mesh: Mesh, axis: str, plan: Plan, k: int
+                      ) -> Callable[..., tuple[Array, Array]]:
+  """jit(queries, ids, blocks, norm, num_valid) -> replicated (scores, ids)."""
+
+  def local(q_parts, ids, blocks, norm, num_valid):
+    # Each device scores the candidates it owns (0 elsewhere); a psum of the
+    # [Q, K] partial scores (and norms) is far less traffic than gathering
+    # the candidates' rows across devices.
+    n = blocks[0].shape[0]
+    loc = ids - lax.axis_index(axis).astype(jnp.int32) * n
+    own = (loc >= 0) & (loc < n)
+    loc = jnp.clip(loc, 0, n - 1)
+    rows = [jnp.take(x, loc, axis=0) for x in blocks]
+    gathered = None if norm is None else jnp.take(norm, loc, axis=0)
+    dot, nrm = _candidate_scores(plan, q_parts, rows, gathered)
+    dot = lax.psum(jnp.where(own, dot, 0.0), axis)
+    if nrm is not None:
+      nrm = lax.psum(jnp.where(own, nrm, 0.0), axis)
+    return _finish_rerank(dot, nrm, ids, num_valid, k)
+
+  sharded = jax.shard_map(local, mesh=mesh,
+                          in_specs=(P(), P(), P(axis), P(axis), P()),
+                          out_specs=(P(), P()))
+  return jax.jit(lambda queries, ids, blocks, norm, num_valid: sharded(
+      _query_parts(queries, plan), ids, blocks, norm, num_valid))
+
+
+def device_rerank(index: PrefixIndex, queries: Array, ids: Array, *,
+                   plan: Plan, k: int) -> tuple[Array, Array]:
+  fn = _device_rerank_fn(index.mesh, index.axis_name, plan, k)
+  blocks, norm = _used(index, plan)
+  return fn(queries, jnp.asarray(ids, jnp.int32), blocks, norm,
+            jnp.int32(index.num_rows))
+
+
+def _candidate_scores(plan: Plan, q_parts: Sequence[Array],
+                      rows: Sequence[Array], full_norm: Array | None
+                      ) -> tuple[Array, Array | None]:
+  """Raw dots [Q, K] with gathered candidate rows [Q, K, w] per block.
+
+  Returns:
+    (dots [Q, K], the candidates' m-dim prefix norms [Q, K] or None when the
+    index is not normalised).
+  """
+  rows = list(rows)
+  if plan.rest:
+    rows[-1] = rows[-1][..., :plan.rest]
+  dots = [jnp.einsum("qw,qkw->qk", q, x, precision=plan.precision,
+                     preferred_element_type=jnp.float32)
+          for q, x in zip(q_parts, rows)]
+  dot = functools.reduce(jnp.add, dots)
+  nrm = _prefix_norm(plan, full_norm, rows[-1]) if plan.normalize else None
+  return dot, nrm
+
+
+def _finish_rerank(dot: Array, nrm: Array | None, ids: Array,
+                   num_valid: Array, k: int) -> tuple[Array, Array]:
+  """Cosine (if normalised), -inf for ids outside [0, N), best k by id."""
+  s = dot if nrm is None else dot / jnp.maximum(nrm, NORM_FLOOR)
+  s = jnp.where((ids >= 0) & (ids < num_valid), s, -jnp.inf)
+  return _merge_by_id(s, ids, k)
+
+
+# ----------------------------------------------------------------------------
+# Host index: stream row chunks to the mesh, carry per-device top-k.
+
+
+@functools.lru_cache(maxsize=64)
+def _host_step_fn(mesh: Mesh, axis: str, plan: Plan, k: int,
+                  chunk_rows: int) -> Callable[..., tuple[Array, Array]]:
+  """jit(queries, blocks, norm, run_s, run_i, base, num_valid) -> running.
+
+  The running top-k [D, Q, k] stays sharded (one [Q, k] per device) across
+  calls; within a device, later host chunks hold higher ids, so the cheap
+  ordered merge stays valid. Only `_merge_by_id` at the end compares devices.
+  """
+
+  def local(q_parts, blocks, norm, run_s, run_i, base, num_valid):
+    n = blocks[0].shape[0]
+    first = base + lax.axis_index(axis).astype(jnp.int32) * n
+    s, i = _scan_rows(plan, q_parts, blocks, norm, (run_s[0], run_i[0]),
+                      first, num_valid, k, chunk_rows)
+    return s[None], i[None]
+
+  sharded = jax.shard_map(
+      local, mesh=mesh,
+      in_specs=(P(), P(axis), P(axis), P(axis), P(axis), P(), P()),
+      out_specs=(P(axis), P(axis)))
+  return jax.jit(
+      lambda queries, blocks, norm, run_s, run_i, base, num_valid: sharded(
+          _query_parts(queries, plan), blocks, norm, run_s, run_i, base,
+          num_valid),
+      donate_argnums=(3, 4))
+
+
+@functools.partial(jax.jit, static_argnums=2)
+def _merge_devices(run_s: Array, run_i: Array, k: int) -> tuple[Array, Array]:
+  """[D, Q, k] per-device top-k -> [Q, k] global, ties by lower id."""
+  d, q, _ = run_s.shape
+  flat = lambda x: jnp.moveaxis(x, 0, 1).reshape(q, d * k)
+  return _merge_by_id(flat(run_s), flat(run_i), k)
+
+
+def host_search(index: PrefixIndex, queries: Array, *, plan: Plan, k: int,
+                 chunk_rows: int, host_chunk_rows: int
+                 ) -> tuple[Array, Array]:
+  shards = index.num_shards
+  step_rows = -(-min(host_chunk_rows, index.num_rows) // shards) * shards
+  rows_sharding = NamedSharding(index.mesh, P(index.axis_name))
+  fn = _host_step_fn(index.mesh, index.axis_name, plan, k, chunk_rows)
+  blocks, norm = _used(index, plan)
+  # Replicate the queries once, not on every chunk call.
+  queries = jax.device_put(queries, NamedSharding(index.mesh, P()))
+  run = jax.device_put(_empty_topk(queries.shape[0], k, (shards,)),
+                       rows_sharding)
+  for start in range(0, index.num_rows, step_rows):
+    # Host slices are copied (and the last one zero-padded) before transfer;
+    # dispatch is asynchronous, so the next slice overlaps this chunk's scan.
+    put = lambda x: jax.device_put(
+        _padded_rows(x, start, step_rows), rows_sharding)
+    run = fn(queries, tuple(put(_cols(x, plan, j == len(blocks) - 1))
+                            for j, x in enumerate(blocks)),
+             None if norm is None else put(norm), *run, jnp.int32(start),
+             jnp.int32(index.num_rows))
+  return _merge_devices(*run, k)
+
+
+def _cols(block: Any, plan: Plan, last: bool) -> Any:
+  """Only the columns the plan reads (a straddling block is not sent whole)."""
+  return block[:, :plan.rest] if last and plan.rest else block
+
+
+def _padded_rows(x: np.ndarray, start: int, rows: int) -> np.ndarray:
+  """x[start:start + rows] as a numpy array, zero-padded to `rows` rows."""
+  out = np.asarray(x[start:start + rows])
+  if out.shape[0] < rows:
+    out = np.pad(out, [(0, rows - out.shape[0])] + [(0, 0)] * (out.ndim - 1))
+  return out
+
+
+@functools.lru_cache(maxsize=64)
+def _host_rerank_fn(plan: Plan, k: int) -> Callable[..., tuple[Array, Array]]:
+  """jit(queries, ids, rows, norm, num_valid) on host-gathered candidates."""
+
+  def fn(queries, ids, rows, norm, num_valid):
+    dot, nrm = _candidate_scores(plan, _query_parts(queries, plan), rows, norm)
+    return _finish_rerank(dot, nrm, ids, num_valid, k)
+
+  return jax.jit(fn)
+
+
+def host_rerank(index: PrefixIndex, queries: Array, ids: Any, *, plan: Plan,
+                 k: int) -> tuple[Array, Array]:
+  # Gather on the host (numpy fancy indexing also reads a memmap lazily), then
+  # score the [Q, K, m] candidates on the default device.
+  ids = np.asarray(ids, np.int32)
+  safe = np.clip(ids, 0, index.num_rows - 1)
+  blocks, norm = _used(index, plan)
+  rows = tuple(_cols(x, plan, j == len(blocks) - 1)[safe]
+               for j, x in enumerate(blocks))
+  return _host_rerank_fn(plan, k)(
+      queries, ids, rows, None if norm is None else norm[safe],
+      jnp.int32(index.num_rows))
+
+
+# ----------------------------------------------------------------------------
+
+
+def in_query_batches(fn: Callable[..., tuple[Array, Array]],
+                      batch: int | None, queries: Any, *per_query: Any
+                      ) -> tuple[Array, Array]:
+  """Runs fn over query batches and concatenates the results.
+
+  Every batch has the same size (the last one is padded) so that one
+  compilation serves all of them.
+  """
+  queries = jnp.asarray(queries)
+  q = queries.shape[0]
+  if batch is None or batch >= q:
+    return fn(queries, *per_query)
+  outs = []
+  for start in range(0, q, batch):
+    take = lambda x: _pad_to(x[start:start + batch], batch)
+    outs.append(fn(take(queries), *(take(np.asarray(x)) for x in per_query)))
+  n = lambda x: x[:q]
+  return (n(jnp.concatenate([o[0] for o in outs])),
+          n(jnp.concatenate([o[1] for o in outs])))
+
+
+def _pad_to(x: Any, rows: int) -> Any:
+  """Zero-pads the leading dim of a numpy or jax array to `rows`."""
+  pad = rows - x.shape[0]
+  if not pad:
+    return x
+  widths = [(0, pad)] + [(0, 0)] * (x.ndim - 1)
+  return jnp.pad(x, widths) if isinstance(x, jax.Array) else np.pad(x, widths)

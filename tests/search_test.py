@@ -1,0 +1,198 @@
+"""Exact prefix search against numpy brute force (stable argsort ties)."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from mrl_jax import search
+from mrl_jax import sharding
+
+N, D, Q = 203, 64, 6  # 203 = 7 x 29; 8 shards of 26 rows (5 padding rows).
+MESH1 = sharding.make_mesh([("data", 1)], jax.devices()[:1])
+MESH8 = sharding.make_mesh([("data", -1)])
+MESHES = {"1dev": MESH1, "8dev": MESH8}
+
+_RNG = np.random.default_rng(0)
+# Small integers: every dot product is exact in float32 and bfloat16 and
+# many scores tie, so ids must match numpy exactly, tie order included.
+INT_DB = _RNG.integers(-2, 3, (N, D)).astype(np.float32)
+INT_Q = _RNG.integers(-2, 3, (Q, D)).astype(np.float32)
+# Gaussian data for cosine, where rounding differs from numpy in the last
+# bits: tests assert the reference has no near-ties, then exact ids.
+GAUSS_DB = _RNG.normal(size=(N, D)).astype(np.float32)
+GAUSS_Q = _RNG.normal(size=(Q, D)).astype(np.float32)
+
+
+def _prefix_scores(q, db, m, normalize):
+  """[Q, N] float64 reference scores at prefix m."""
+  q, db = q[:, :m].astype(np.float64), db[:, :m].astype(np.float64)
+  if normalize:
+    q = q / np.maximum(np.linalg.norm(q, axis=1, keepdims=True), 1e-12)
+    db = db / np.maximum(np.linalg.norm(db, axis=1, keepdims=True), 1e-12)
+  return q @ db.T
+
+
+def _brute(q, db, m, k, normalize=False):
+  s = _prefix_scores(q, db, m, normalize)
+  ids = np.argsort(-s, axis=1, kind="stable")[:, :k]
+  return np.take_along_axis(s, ids, 1), ids
+
+
+def _rank_by_id(scores, ids, k):
+  """Reference re-rank order: score desc, then id asc."""
+  order = np.lexsort((ids, -scores), axis=1)[:, :k]
+  return (np.take_along_axis(scores, order, 1),
+          np.take_along_axis(ids, order, 1))
+
+
+def _assert_equal(got, want, exact=True):
+  got_s, got_i = (np.asarray(x) for x in got)
+  want_s, want_i = want
+  assert got_i.dtype == np.int32 and got_s.dtype == np.float32
+  np.testing.assert_array_equal(got_i, want_i)
+  if exact:
+    np.testing.assert_array_equal(got_s, want_s)
+  else:
+    np.testing.assert_allclose(got_s, want_s, rtol=0, atol=2e-6)
+
+
+def _assert_no_near_ties(scores, k, gap=1e-6):
+  """The first k+1 reference scores are separated (so ids are defined)."""
+  s = np.sort(scores, axis=1)[:, ::-1][:, :k + 1]
+  assert np.diff(-s, axis=1).min() > gap
+
+
+# (m, chunk_rows, k): block-aligned and not, chunks that divide the rows per
+# device (26 for 8 shards, 203 for one) and that do not, k above the chunk.
+CASES = [(8, 16, 10), (16, 7, 40), (24, 13, 5), (64, 64, 50), (5, 29, 3)]
+
+
+@pytest.mark.parametrize("mesh", MESHES)
+@pytest.mark.parametrize("m,chunk,k", CASES)
+def test_search_equals_numpy_with_ties(mesh, m, chunk, k):
+  index = search.build_index(INT_DB, mesh=MESHES[mesh])
+  got = search.search(index, INT_Q, m, k, chunk_rows=chunk)
+  _assert_equal(got, _brute(INT_Q, INT_DB, m, k))
+
+
+@pytest.mark.parametrize("mesh", MESHES)
+@pytest.mark.parametrize("m,chunk,k", [(24, 13, 5), (64, 7, 40)])
+def test_normalized_search_equals_numpy(mesh, m, chunk, k):
+  index = search.build_index(GAUSS_DB, normalize=True, mesh=MESHES[mesh])
+  want = _brute(GAUSS_Q, GAUSS_DB, m, k, normalize=True)
+  _assert_no_near_ties(_prefix_scores(GAUSS_Q, GAUSS_DB, m, True), k)
+  _assert_equal(search.search(index, GAUSS_Q, m, k, chunk_rows=chunk), want,
+                exact=False)
+
+
+@pytest.mark.parametrize("mesh,normalize,m,k", [
+    ("8dev", False, 24, 40), ("1dev", False, 16, 7), ("8dev", True, 32, 10)])
+def test_host_index_streams_equal_numpy(mesh, normalize, m, k):
+  db, q = (GAUSS_DB, GAUSS_Q) if normalize else (INT_DB, INT_Q)
+  index = search.build_index(db, normalize=normalize, mesh=MESHES[mesh],
+                             on_device=False)
+  assert isinstance(index.blocks[0], np.ndarray)
+  # 203 rows in host chunks of 72 (the last one padded); 9 rows per device.
+  got = search.search(index, q, m, k, chunk_rows=4, host_chunk_rows=70)
+  _assert_equal(got, _brute(q, db, m, k, normalize), exact=not normalize)
+
+
+def test_equal_scores_go_to_the_lower_id():
+  db = np.tile(INT_DB[:3], (40, 1))  # rows i and i + 3 are equal.
+  index = search.build_index(db, mesh=MESH8)
+  want = _brute(INT_Q, db, 16, 30)
+  # 30 winners among 3 distinct scores: every merge decides ties.
+  assert max(len(np.unique(row)) for row in want[0]) <= 3
+  _assert_equal(search.search(index, INT_Q, 16, 30, chunk_rows=4), want)
+
+
+def test_bfloat16_storage_exact_on_small_integers():
+  index = search.build_index(INT_DB, dtype=jnp.bfloat16, mesh=MESH8)
+  assert index.dtype == jnp.bfloat16
+  _assert_equal(search.search(index, INT_Q, 24, 20, chunk_rows=16),
+                _brute(INT_Q, INT_DB, 24, 20))
+
+
+def test_bfloat16_normalized_close_to_float64():
+  index = search.build_index(GAUSS_DB, dtype=jnp.bfloat16, normalize=True,
+                             mesh=MESH8)
+  s, ids = (np.asarray(x) for x in search.search(index, GAUSS_Q, 32, 10))
+  want_s, _ = _brute(GAUSS_Q, GAUSS_DB, 32, 10, normalize=True)
+  ref = _prefix_scores(GAUSS_Q, GAUSS_DB, 32, True)
+  np.testing.assert_allclose(s, want_s, atol=2e-2)
+  np.testing.assert_allclose(np.take_along_axis(ref, ids, 1), want_s,
+                             atol=2e-2)
+
+
+def test_query_batches_equal_one_batch():
+  index = search.build_index(INT_DB, mesh=MESH8)
+  _assert_equal(search.search(index, INT_Q, 16, 7, query_batch_size=4),
+                _brute(INT_Q, INT_DB, 16, 7))
+
+
+def test_index_layout_and_prefix_norms():
+  index = search.build_index(GAUSS_DB, normalize=True, mesh=MESH8)
+  assert index.boundaries == (8, 16, 32, 64)
+  assert [b.shape for b in index.blocks] == [(208, 8), (208, 8), (208, 16),
+                                             (208, 32)]
+  want = np.stack([np.linalg.norm(GAUSS_DB[:, :e], axis=1)
+                   for e in index.boundaries], 1)
+  np.testing.assert_allclose(index.prefix_norms(), want, rtol=1e-6)
+  custom = search.build_index(INT_DB, boundaries=(4, 10), on_device=False)
+  assert custom.boundaries == (4, 10, 64) and custom.blocks[1].shape == (N, 6)
+  _assert_equal(search.search(custom, INT_Q, 12, 9, chunk_rows=50),
+                _brute(INT_Q, INT_DB, 12, 9))
+
+
+def _ref_rerank(q, db, cand, m, k, normalize=False):
+  s = _prefix_scores(q, db, m, normalize)
+  scores = np.take_along_axis(s, np.clip(cand, 0, len(db) - 1), 1)
+  scores = np.where((cand >= 0) & (cand < len(db)), scores, -np.inf)
+  return _rank_by_id(scores, cand, k)
+
+
+@pytest.mark.parametrize("on_device", [True, False])
+def test_rerank_equals_numpy(on_device):
+  index = search.build_index(INT_DB, mesh=MESH8, on_device=on_device)
+  cand = np.stack([_RNG.permutation(N)[:30] for _ in range(Q)]).astype(
+      np.int32)
+  cand[:, -2] = -1  # padding ids never win
+  _assert_equal(search.rerank(index, INT_Q, cand, 40, 12),
+                _ref_rerank(INT_Q, INT_DB, cand, 40, 12))
+
+
+def _ref_funnel(q, db, stages, normalize):
+  scores, ids = _brute(q, db, *stages[0], normalize)
+  for m, k in stages[1:]:
+    scores, ids = _ref_rerank(q, db, ids, m, k, normalize)
+  return scores, ids
+
+
+@pytest.mark.parametrize("mesh", MESHES)
+def test_adaptive_search_equals_numpy(mesh):
+  index = search.build_index(INT_DB, mesh=MESHES[mesh])
+  got = search.adaptive_search(index, INT_Q, 8, 40, 64, 10, chunk_rows=16)
+  _assert_equal(got, _ref_funnel(INT_Q, INT_DB, [(8, 40), (64, 10)], False))
+
+
+@pytest.mark.parametrize("on_device", [True, False])
+def test_funnel_search_equals_numpy(on_device):
+  stages = [(8, 40), (24, 20), (64, 5)]
+  index = search.build_index(GAUSS_DB, normalize=True, mesh=MESH8,
+                             on_device=on_device)
+  for m, k in stages:
+    _assert_no_near_ties(_prefix_scores(GAUSS_Q, GAUSS_DB, m, True), k)
+  _assert_equal(search.funnel_search(index, GAUSS_Q, stages, chunk_rows=16),
+                _ref_funnel(GAUSS_Q, GAUSS_DB, stages, True), exact=False)
+
+
+def test_bad_arguments_are_rejected():
+  index = search.build_index(INT_DB[:10], on_device=False)
+  with pytest.raises(ValueError, match="prefix dim"):
+    search.search(index, INT_Q, 65, 3)
+  with pytest.raises(ValueError, match="k=11"):
+    search.search(index, INT_Q, 8, 11)
+  with pytest.raises(ValueError, match="must not increase"):
+    search.funnel_search(index, INT_Q, [(8, 3), (16, 5)])
+  with pytest.raises(ValueError, match="float32 or bfloat16"):
+    search.build_index(INT_DB, dtype=np.float16)
