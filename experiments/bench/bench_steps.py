@@ -1,0 +1,88 @@
+"""What both benchmarks share: the real train step on synthetic data.
+
+Imported by the scripts in this directory (run as
+`python experiments/bench/<script>.py`, which puts this directory on the path).
+"""
+import functools
+import time
+from typing import Any
+
+import jax
+import ml_collections
+import optax
+
+from mrl_jax import optim
+from mrl_jax import train_step as step_lib
+from mrl_jax.models import classifier
+from mrl_jax.models import registry
+from mrl_jax.mrl import heads
+from mrl_jax.mrl import losses
+
+NUM_CLASSES = 1000
+LABEL_SMOOTHING = 0.1
+# Forward MACs at 224 px (timm's infer_gmacs; performance.md section 2).
+BACKBONE_MACS_224 = {"resnet50": 4.11e9, "vit_b16": 17.58e9}
+
+
+def optimizer_for(model_name: str) -> optax.GradientTransformation:
+  """The recipe's optimizer (configs/*_imagenet.py) at a constant, small LR.
+
+  The LR is small so that training on random data stays finite: a diverged
+  variant would take the step's skip path and no longer be comparable; the
+  update costs the same at any LR.
+  """
+  cfg = ml_collections.ConfigDict({"schedule": "constant",
+                                   "warmup_steps": 0})
+  if model_name.startswith("resnet"):
+    cfg.update(name="sgd", learning_rate=1e-3, momentum=0.9,
+               weight_decay=1e-4)
+  else:
+    cfg.update(name="adamw", learning_rate=1e-4, weight_decay=0.1,
+               grad_clip_norm=1.0)
+  return optim.build_optimizer(cfg, total_steps=1, steps_per_epoch=1)
+
+
+def flops(cost: Any) -> float:
+  """The "flops" entry of a `cost_analysis()` result (0 when unavailable)."""
+  # Some jax versions return one dict per program.
+  if isinstance(cost, (list, tuple)):
+    cost = cost[0] if cost else {}
+  return float((cost or {}).get("flops", 0.0))
+
+
+def synthetic_batch(batch: int, image_size: int) -> dict[str, jax.Array]:
+  """Random images [B, S, S, 3] and labels [B], made on the default device."""
+  k_image, k_label = jax.random.split(jax.random.key(1, impl="rbg"))
+  return {
+      "image": jax.random.normal(k_image, (batch, image_size, image_size, 3)),
+      "label": jax.random.randint(k_label, (batch,), 0, NUM_CLASSES),
+  }
+
+
+def compile_step(model_name: str, head_type: str, dtype: Any,
+                 batch: dict[str, jax.Array]) -> dict[str, Any]:
+  """Builds, initialises and AOT-compiles one (backbone, head) train step.
+
+  Returns:
+    {"step": compiled step (donates the state), "state", "head",
+     "embedding_dim", "compile_s", "lowered"}.
+  """
+  backbone = registry.build_backbone(model_name, dtype=dtype)
+  head = heads.build_head(head_type, backbone.embedding_dim, NUM_CLASSES)
+  model = classifier.MRLClassifier(backbone=backbone, head=head)
+  tx = optimizer_for(model_name)
+  # Same rbg key for every variant (threefry init compiles slowly on CPU):
+  # flax derives each param's key from its path, so all variants start from
+  # the same backbone weights.
+  init = functools.partial(step_lib.create_train_state, model, tx,
+                           image_shape=batch["image"].shape[1:])
+  state = jax.jit(init)(jax.random.key(0, impl="rbg"))
+  step_fn = step_lib.make_train_step(
+      model, tx, losses.get_loss_fn("softmax", LABEL_SMOOTHING),
+      (1.0,) * len(head.nesting_dims), seed=0)
+  start = time.perf_counter()
+  lowered = jax.jit(step_fn, donate_argnums=0).lower(state, batch)
+  compiled = lowered.compile()
+  return {"step": compiled, "state": state, "head": head,
+          "embedding_dim": backbone.embedding_dim,
+          "compile_s": time.perf_counter() - start, "lowered": lowered}

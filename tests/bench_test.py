@@ -1,0 +1,93 @@
+"""Smoke tests of the benchmarks in experiments/bench, on tiny models.
+
+Both scripts run on one device (the first of conftest's 8 fake CPU devices),
+as they do on a GPU: they measure one chip, so there is no mesh to test.
+Their numbers mean nothing here; the tests check that every field of the
+JSON is there, positive and finite. To stay fast (each compile of the
+trainer's step costs seconds on CPU), each script compiles two variants and
+the two tests together cover all three head types.
+"""
+import importlib.util
+import json
+import math
+import pathlib
+import sys
+import types
+
+import pytest
+
+BENCH_DIR = pathlib.Path(__file__).resolve().parents[1] / "experiments/bench"
+
+
+def _load(name: str) -> types.ModuleType:
+  """Imports experiments/bench/<name>.py (a script dir, not a package)."""
+  if str(BENCH_DIR) not in sys.path:  # as when run as a script
+    sys.path.insert(0, str(BENCH_DIR))
+  spec = importlib.util.spec_from_file_location(name, BENCH_DIR / f"{name}.py")
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+def _assert_positive_finite(value, where: str) -> None:
+  assert isinstance(value, (int, float)), where
+  assert math.isfinite(value) and value > 0, f"{where} = {value}"
+
+
+def _read_json(path: pathlib.Path, returned: dict) -> dict:
+  on_disk = json.loads(path.read_text())
+  assert on_disk.keys() == returned.keys()
+  return on_disk
+
+
+def test_mrl_overhead_reports_every_variant(tmp_path):
+  out = tmp_path / "overhead.json"
+  module = _load("mrl_overhead")
+  returned = module.main([
+      "--models=vit_mu", "--heads=ff,mrl", "--image_size=32", "--batch=8",
+      "--rounds=2", f"--out={out}"])
+  results = _read_json(out, returned)
+  assert results["rounds"] == 2 and results["batch"] == 8
+  res = results["models"]["vit_mu"]
+  assert set(res["variants"]) == {"ff", "mrl"}
+  for head, v in res["variants"].items():
+    assert len(v["step_s"]) == 2
+    for key in ("step_s_median", "step_s_min", "step_s_max", "compile_s",
+                "xla_flops_per_image", "head_train_flops_per_image_analytic",
+                "head_and_loss_alone_s"):
+      _assert_positive_finite(v[key], f"{head}.{key}")
+  assert set(res["ratios"]) == {"mrl/ff"}
+  for key, value in res["ratios"]["mrl/ff"].items():
+    _assert_positive_finite(value, f"mrl/ff.{key}")
+  # vit_mu: d = 32, nesting (8, 16, 32) -> MRL reads 56 features, FF 32.
+  assert res["variants"]["mrl"]["nesting_dims"] == [8, 16, 32]
+  assert res["variants"]["mrl"]["head_train_flops_per_image_analytic"] == (
+      pytest.approx(6 * 56 * 1000))
+  assert res["variants"]["ff"]["head_train_flops_per_image_analytic"] == (
+      pytest.approx(6 * 32 * 1000))
+
+
+def test_mrl_overhead_rejects_heads_without_baseline():
+  with pytest.raises(SystemExit):
+    _load("mrl_overhead").parse_args(["--heads=mrl,mrl_e"])
+
+
+def test_gpu_throughput_runs_on_cpu(tmp_path):
+  out = tmp_path / "throughput.json"
+  returned = _load("gpu_throughput").main([
+      "--models=vit_mu", "--heads=mrl_e,ff", "--image_size=32", "--batch=8",
+      "--steps=2", "--warmup=1", "--rounds=2", f"--out={out}"])
+  results = _read_json(out, returned)
+  assert results["dtype"] == "bfloat16" and results["device_kind"]
+  res = results["models"]["vit_mu"]
+  assert res["batch"] == 8 and set(res["heads"]) == {"mrl_e", "ff"}
+  for head, v in res["heads"].items():
+    assert len(v["step_s_windows"]) == 2
+    for key in ("step_s", "img_per_s", "compile_s", "xla_flops_per_image",
+                "mfu_xla"):
+      _assert_positive_finite(v[key], f"{head}.{key}")
+    # No published MAC count for the tiny model: no analytic MFU.
+    assert v["analytic_flops_per_image"] is None
+  ratio = res["throughput_over_ff"]["mrl_e"]
+  _assert_positive_finite(ratio["of_medians"], "mrl_e/ff")
+  assert len(ratio["rounds"]) == 2
