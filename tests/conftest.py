@@ -4,7 +4,11 @@
 * Most XLA optimisations off: tests run tiny models for a few steps, where
   compile time dominates (the flax examples' tests do the same).
 """
+import importlib.util
 import os
+import pathlib
+
+import pytest  # does not import jax
 
 os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
                            " --xla_force_host_platform_device_count=8")
@@ -12,3 +16,17 @@ os.environ.setdefault("JAX_DISABLE_MOST_OPTIMIZATIONS", "1")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 # tf.data must not grab the (fake) accelerators.
 os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
+
+CONFIG_DIR = pathlib.Path(__file__).resolve().parents[1] / "configs"
+
+
+@pytest.fixture(name="config_module", scope="session")
+def fixture_config_module():
+  """Returns load(name) -> the module configs/<name>.py (not a package)."""
+  def load(name: str):
+    spec = importlib.util.spec_from_file_location(f"configs_{name}",
+                                                  CONFIG_DIR / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+  return load

@@ -1,6 +1,5 @@
 """A non-finite loss stops the run, names the step and keeps the last good
 checkpoint (the poisoned update is never applied or saved)."""
-import importlib.util
 import os
 
 import jax.numpy as jnp
@@ -9,19 +8,9 @@ import pytest
 from mrl_jax import train
 from mrl_jax.data import pipeline
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-
-def load_config(arg):
-  spec = importlib.util.spec_from_file_location(
-      "default_config", os.path.join(REPO, "configs", "default.py"))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config(arg)
-
-
-def test_nan_input_stops_run_and_keeps_last_good_checkpoint(tmp_path,
-                                                            monkeypatch):
+def test_nan_input_stops_run_and_keeps_last_good_checkpoint(
+    tmp_path, monkeypatch, config_module):
   original = pipeline.train_batches
 
   def poisoned(*args, **kwargs):
@@ -34,6 +23,7 @@ def test_nan_input_stops_run_and_keeps_last_good_checkpoint(tmp_path,
   with pytest.raises(FloatingPointError,
                      match=r"non-finite loss or gradient at step 6; .*"
                      r"last good checkpoint: step 4"):
-    train.train_and_evaluate(load_config("smoke"), str(tmp_path))
+    train.train_and_evaluate(config_module("default").get_config("smoke"),
+                             str(tmp_path))
   assert sorted(os.listdir(tmp_path / "checkpoints")) == ["4"]
   assert not (tmp_path / "eval_summary.json").exists()

@@ -1,7 +1,4 @@
 """The training stream is a function of (seed, step): resume-exact."""
-import importlib.util
-import os
-
 import jax
 import numpy as np
 import pytest
@@ -9,17 +6,9 @@ import pytest
 from mrl_jax import sharding
 from mrl_jax.data import pipeline
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(
-    __file__))))
-
-
 @pytest.fixture(scope="module", name="cfg")
-def fixture_cfg():
-  spec = importlib.util.spec_from_file_location(
-      "default_config", os.path.join(REPO, "configs", "default.py"))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config("smoke").data
+def fixture_cfg(config_module):
+  return config_module("default").get_config("smoke").data
 
 
 def _take(cfg, start, n, seed=0, batch=32):
