@@ -12,6 +12,7 @@ Where things live:
   train_step.py       pure, jittable train and eval steps
   train.py            train_and_evaluate(config, workdir) and evaluate(...)
   export.py           embedding export (mode=export) and load_split(...)
+  embedding_eval.py   knn / retrieval modes over exported embeddings
   checkpointing.py    Orbax CheckpointManager wrapper (resume, corruption fallback)
   evaluators/         per-nesting-dim evaluation
   metric_writer.py    metrics.jsonl + TensorBoard

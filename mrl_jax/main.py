@@ -6,8 +6,10 @@ r"""Launcher: the only module that defines flags.
 mode=train trains (resuming from DIR's checkpoints if any) and evaluates;
 mode=eval evaluates DIR's latest checkpoint. Both print the per-dim table and
 write DIR/eval_summary.json. mode=export writes the latest checkpoint's
-embeddings under DIR/embeddings/ (see mrl_jax/export.py).
+embeddings under DIR/embeddings/ (see mrl_jax/export.py); mode=knn and
+mode=retrieval evaluate those per nesting dim (mrl_jax/embedding_eval.py).
 """
+import functools
 import logging as pylogging
 import sys
 
@@ -20,9 +22,11 @@ FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file(
     "config", None, "Config file, optionally with ':arg'.", lock_config=True)
 flags.DEFINE_string("workdir", None, "Checkpoints, metrics and summaries.")
-flags.DEFINE_enum("mode", "train", ["train", "eval", "export"],
-                  "train (then evaluate), eval (latest checkpoint), or export "
-                  "(embeddings of config.export.splits).")
+flags.DEFINE_enum("mode", "train",
+                  ["train", "eval", "export", "knn", "retrieval"],
+                  "train (then evaluate), eval (latest checkpoint), export "
+                  "(embeddings of config.export.splits), or knn / retrieval "
+                  "on the exported train (database) and eval (query) splits.")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -44,9 +48,13 @@ def main(argv: list[str]) -> None:
   from mrl_jax.evaluators import classification  # pylint: disable=import-outside-toplevel
   logging.get_absl_handler().addFilter(_QuietLibraries())
   tf.config.set_visible_devices([], "GPU")  # tf.data only; JAX owns the GPUs.
+  from mrl_jax import embedding_eval  # pylint: disable=import-outside-toplevel
   from mrl_jax import export  # pylint: disable=import-outside-toplevel
   run = {"train": train.train_and_evaluate, "eval": train.evaluate,
-         "export": export.export_embeddings}[FLAGS.mode]
+         "export": export.export_embeddings,
+         "knn": functools.partial(embedding_eval.run, "knn"),
+         "retrieval": functools.partial(embedding_eval.run, "retrieval"),
+         }[FLAGS.mode]
   try:
     result = run(FLAGS.config, FLAGS.workdir)
   except (ValueError, FloatingPointError) as e:
@@ -54,6 +62,8 @@ def main(argv: list[str]) -> None:
     sys.exit(f"mrl_jax: error: {e}")
   if FLAGS.mode == "export":
     print("\n".join(f"{split}: {path}" for split, path in result.items()))
+  elif FLAGS.mode in embedding_eval.MODES:
+    print(embedding_eval.format_result(result), flush=True)
   else:
     print(classification.format_table(result), flush=True)
 

@@ -196,3 +196,19 @@ def test_export_writes_resumable_embedding_shards(reference, copy_of):
     assert os.path.getmtime(os.path.join(train_dir, s)) == mtimes[s]
   again, _, _ = export.load_split(train_dir)
   np.testing.assert_array_equal(again, emb)
+
+
+def test_knn_and_retrieval_modes_on_exported_embeddings(reference, copy_of):
+  workdir = copy_of(reference[0])
+  proc = launch(workdir, "--mode=knn", check=False)
+  assert proc.returncode != 0
+  assert "run --mode=export" in proc.stderr.strip().splitlines()[-1]
+  launch(workdir, "--mode=export")
+  for mode, metric in (("knn", "knn/top1"), ("retrieval", "retrieval/mAP@10")):
+    proc = launch(workdir, f"--mode={mode}")
+    with open(os.path.join(workdir, f"{mode}_summary.json")) as f:
+      summary = json.load(f)
+    assert summary["nesting"] == [8, 16, 32] and summary["step"] == 12
+    for d in (8, 16, 32):
+      assert 0.0 <= summary[f"{metric}/d={d}"] <= 1.0
+      assert f"{metric}/d={d}" in proc.stdout
