@@ -1,6 +1,5 @@
 """Tests for configs/*.py: every config validates; the ImageNet and JFT-style
 configs train end to end in `smoke` mode on mock or generated data."""
-import importlib.util
 import json
 import pathlib
 
@@ -25,14 +24,6 @@ NUM_MOCK = 128
 JFT_CLASSES = 1000
 
 
-def _load(name: str):
-  spec = importlib.util.spec_from_file_location(f"configs_{name}",
-                                                CONFIG_DIR / f"{name}.py")
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
-
-
 def test_all_configs_are_tested():
   assert {"default", "resnet50_imagenet", "vit_b16_imagenet",
           "vit_b16_jft"} <= set(CONFIGS)
@@ -40,8 +31,8 @@ def test_all_configs_are_tested():
 
 @pytest.mark.parametrize("arg", [None, "smoke", "head=mrl_e", "smoke,head=ff"])
 @pytest.mark.parametrize("name", CONFIGS)
-def test_config_validates(name, arg):
-  config = _load(name).get_config(arg)
+def test_config_validates(name, arg, config_module):
+  config = config_module(name).get_config(arg)
   s = train.setup(config)  # validation only: no I/O, no compilation
   assert config.batch_size % 8 == 0 and config.eval_batch_size % 8 == 0
   if arg and "smoke" in arg:
@@ -55,19 +46,19 @@ def test_config_validates(name, arg):
     ("vit_b16_imagenet", (12, 24, 48, 96, 192, 384, 768)),
     ("vit_b16_jft", (12, 24, 48, 96, 192, 384, 768)),
 ])
-def test_paper_nesting(name, dims):
-  assert train.setup(_load(name).get_config()).nesting_dims == dims
+def test_paper_nesting(name, dims, config_module):
+  assert train.setup(config_module(name).get_config()).nesting_dims == dims
 
 
-def test_resnet50_recipe():
-  config = _load("resnet50_imagenet").get_config()
+def test_resnet50_recipe(config_module):
+  config = config_module("resnet50_imagenet").get_config()
   opt = config.optimizer
   assert (config.total_epochs, config.batch_size) == (40, 1024)
   assert (opt.name, opt.momentum, opt.nesterov) == ("sgd", 0.9, False)
   assert (opt.learning_rate, opt.warmup_epochs, opt.warmup_init_factor,
           opt.schedule, opt.weight_decay) == (0.425, 2, 1e-4, "linear", 1e-4)
   assert config.loss.label_smoothing == 0.1
-  assert _load("resnet50_imagenet").get_config("head=ff,ff_dim=512"
+  assert config_module("resnet50_imagenet").get_config("head=ff,ff_dim=512"
                                                ).mrl.ff_dim == 512
 
 
@@ -85,8 +76,8 @@ def _check_summary(workdir, config):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", ["resnet50_imagenet", "vit_b16_imagenet"])
-def test_imagenet_smoke_trains_on_mock_data(name, tmp_path):
-  config = _load(name).get_config("smoke")
+def test_imagenet_smoke_trains_on_mock_data(name, tmp_path, config_module):
+  config = config_module(name).get_config("smoke")
   config.data.data_dir = str(tmp_path / "tfds")  # empty: all data is mock
   # Under mock_data the image is served encoded (skip_decode), every split
   # holds NUM_MOCK examples whatever its slice, and split info is empty.
@@ -121,10 +112,11 @@ def _write_multilabel_dataset(data_dir: pathlib.Path) -> str:
 
 
 @pytest.mark.slow
-def test_jft_smoke_trains_on_generated_multilabel_data(tmp_path):
+def test_jft_smoke_trains_on_generated_multilabel_data(tmp_path,
+                                                       config_module):
   data_dir = tmp_path / "tfds"
   name = _write_multilabel_dataset(data_dir)
-  config = _load("vit_b16_jft").get_config(
+  config = config_module("vit_b16_jft").get_config(
       f"smoke,dataset={name},num_classes={JFT_CLASSES}")
   config.data.data_dir = str(data_dir)
   s = train.setup(config)
@@ -144,8 +136,8 @@ def test_jft_smoke_trains_on_generated_multilabel_data(tmp_path):
   assert summary["num_examples"] == 32
 
 
-def test_missing_imagenet_error_is_one_line(tmp_path):
-  config = _load("resnet50_imagenet").get_config()
+def test_missing_imagenet_error_is_one_line(tmp_path, config_module):
+  config = config_module("resnet50_imagenet").get_config()
   config.data.data_dir = str(tmp_path)
   with pytest.raises(ValueError) as e:
     pipeline.open_source(config.data, config.data.train_split)
