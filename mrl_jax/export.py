@@ -85,19 +85,23 @@ def _export_split(config, s: train.Setup, embed, state, split: str,
                                   sharding.batch_sharding(s.mesh),
                                   start=done * per_shard)
   rows, labels, shard = [], [], done
+
+  def write_shard() -> None:
+    atomic_files.write_npz(
+        os.path.join(out_dir, names[shard]),
+        embeddings=np.concatenate(rows).astype(settings["dtype"]),
+        labels=np.concatenate(labels))
+
   for batch in batches:
     mask = _local_rows(batch["mask"], s.mesh).astype(bool)
     rows.append(_local_rows(embed(state, batch), s.mesh)[mask])
     labels.append(_local_rows(batch["label"], s.mesh)[mask])
+    # Shards hold whole batches: per_shard is a multiple of the local batch.
     if sum(map(len, rows)) >= per_shard:
-      atomic_files.write_npz(os.path.join(out_dir, names[shard]),
-                 embeddings=np.concatenate(rows).astype(settings["dtype"]),
-                 labels=np.concatenate(labels))
+      write_shard()
       rows, labels, shard = [], [], shard + 1
-  if sum(map(len, rows)):
-    atomic_files.write_npz(os.path.join(out_dir, names[shard]),
-               embeddings=np.concatenate(rows).astype(settings["dtype"]),
-               labels=np.concatenate(labels))
+  if rows and sum(map(len, rows)):
+    write_shard()
 
 
 def export_embeddings(config: ml_collections.ConfigDict,
