@@ -33,8 +33,8 @@ def _exported_dirs(config: ml_collections.ConfigDict,
 
 
 def _retrieval(train_dir: str, eval_dir: str) -> dict[str, Any]:
-  database, db_labels, meta = export.load_split(train_dir)
-  queries, q_labels, _ = export.load_split(eval_dir)
+  database, db_labels, queries, q_labels, meta = (
+      export.load_database_and_queries(train_dir, eval_dir))
   dims = meta["nesting"]
   ks = tuple(k for k in RETRIEVAL_KS if k <= len(database))
   index = search.build_index(database, boundaries=dims, normalize=True)

@@ -147,3 +147,21 @@ def load_split(directory: str) -> tuple[np.ndarray, np.ndarray, dict]:
             sorted(glob.glob(os.path.join(directory, "shard-*.npz")))]
   return (np.concatenate([sh["embeddings"] for sh in shards]),
           np.concatenate([sh["labels"] for sh in shards]), metadata)
+
+
+def load_database_and_queries(train_dir: str, eval_dir: str
+                              ) -> tuple[np.ndarray, np.ndarray, np.ndarray,
+                                         np.ndarray, dict]:
+  """Two exported splits of one checkpoint, as (database, its labels,
+  queries, their labels, the queries' metadata).
+
+  Raises:
+    ValueError: if they come from different checkpoints or nesting lists.
+  """
+  database, db_labels, db_meta = load_split(train_dir)
+  queries, q_labels, q_meta = load_split(eval_dir)
+  if (db_meta.get("step"), db_meta.get("nesting")) != (q_meta.get("step"),
+                                                         q_meta.get("nesting")):
+    raise ValueError(f"{train_dir} and {eval_dir} come from different "
+                     "checkpoints or nesting lists; export both again")
+  return database, db_labels, queries, q_labels, q_meta

@@ -117,12 +117,8 @@ def evaluate_exported(train_dir: str, eval_dir: str,
   Returns:
     `evaluate`'s dict plus "model" and "step" of the export.
   """
-  database, db_labels, db_meta = export.load_split(train_dir)
-  queries, q_labels, q_meta = export.load_split(eval_dir)
-  if (db_meta.get("step"), db_meta.get("nesting")) != (q_meta.get("step"),
-                                                         q_meta.get("nesting")):
-    raise ValueError(f"{train_dir} and {eval_dir} come from different "
-                     "checkpoints or nesting lists")
+  database, db_labels, queries, q_labels, q_meta = (
+      export.load_database_and_queries(train_dir, eval_dir))
   dims = q_meta["nesting"] if nesting_dims is None else nesting_dims
   out = evaluate(database, db_labels, queries, q_labels, dims, ks=ks,
                  **search_kwargs)
