@@ -22,7 +22,6 @@ from mrl_jax import optim
 from mrl_jax import sharding
 from mrl_jax import train_step as step_lib
 from mrl_jax.data import pipeline
-from mrl_jax.data import preprocess
 from mrl_jax.evaluators import classification
 from mrl_jax.models import classifier
 from mrl_jax.mrl import losses
@@ -48,8 +47,7 @@ def setup(config: ml_collections.ConfigDict) -> Setup:
       config.mrl.relative_importance, len(dims))
   loss_fn = losses.get_loss_fn(config.loss.name,
                                config.loss.get("label_smoothing", 0.0))
-  preprocess.build(config.data.train_preprocess)
-  preprocess.build(config.data.eval_preprocess)
+  pipeline.validate(config.data)
   mesh = sharding.make_mesh(config.mesh)
   sharding.check_batch_size(config.batch_size, mesh, "batch_size")
   sharding.check_batch_size(config.eval_batch_size, mesh, "eval_batch_size")
@@ -186,14 +184,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
                total, per_epoch, s.nesting_dims)
   progress, sums, count = _Progress(start, total, config.batch_size), None, 0
   for step in range(start + 1, total + 1):
-    state, metrics = train_step(state, next(batches))
+    batch = next(batches)
+    state, metrics = train_step(state, batch)
     sums = metrics if sums is None else jax.tree.map(lambda a, b: a + b,
                                                      sums, metrics)
     count += 1
     if step % config.log_every_steps == 0 or step == total:
       _raise_if_nonfinite(state, ckpt)
       scalars = {**_train_scalars(sums, count, s.nesting_dims),
-                 **progress.update(step)}
+                 **progress.update(step),
+                 # The size the step saw (config.data.resolution schedule).
+                 "train/image_size": batch["image"].shape[1]}
       writer.write(step, scalars)
       logging.info("step %d/%d loss %.4f, %.0f ex/s, ETA %.1f min", step,
                    total, scalars["train/loss"], scalars["examples_per_sec"],

@@ -58,6 +58,8 @@ def test_resnet50_recipe(config_module):
   assert (opt.learning_rate, opt.warmup_epochs, opt.warmup_init_factor,
           opt.schedule, opt.weight_decay) == (0.425, 2, 1e-4, "linear", 1e-4)
   assert config.loss.label_smoothing == 0.1
+  assert dict(config.data.resolution) == dict(
+      min_res=160, max_res=192, start_ramp=29, end_ramp=34, multiple=32)
   assert config_module("resnet50_imagenet").get_config("head=ff,ff_dim=512"
                                                ).mrl.ff_dim == 512
 

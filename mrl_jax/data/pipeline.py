@@ -23,6 +23,7 @@ import tensorflow_datasets as tfds
 
 from mrl_jax.data import fashion_mnist
 from mrl_jax.data import preprocess as preprocess_lib
+from mrl_jax.data import resolution
 
 Batch = dict[str, jax.Array]
 
@@ -90,6 +91,18 @@ def open_source(cfg: ml_collections.ConfigDict, split: str) -> Source:
                 cfg.get("skip_decode", False))
 
 
+def validate(cfg: ml_collections.ConfigDict) -> None:
+  """Checks config.data without I/O: preprocess specs (at every scheduled
+  train size) and the resolution schedule; raises a one-line ValueError."""
+  schedule = cfg.get("resolution")
+  resolution.validate(schedule, cfg.train_preprocess)
+  sizes = resolution.scheduled_sizes(schedule) if schedule else [None]
+  for size in sizes:
+    preprocess_lib.build(cfg.train_preprocess.replace(resolution.PLACEHOLDER,
+                                                      str(size)))
+  preprocess_lib.build(cfg.eval_preprocess)
+
+
 def _epoch_seed(seed: int, epoch: int) -> int:
   return int(np.random.SeedSequence([seed, epoch]).generate_state(1)[0])
 
@@ -130,7 +143,6 @@ def train_batches(cfg: ml_collections.ConfigDict, source: Source,
   """Endless training batches, starting with the one for `start_step`."""
   local_batch = local_batch_size(global_batch)
   per_epoch = steps_per_epoch(source, global_batch)
-  preprocess = preprocess_lib.build(cfg.train_preprocess)
   # Every epoch uses the same per_epoch * local_batch examples, so processes
   # stay in step; `take` comes before `cache` so that the cache is complete.
   epoch_size = per_epoch * local_batch
@@ -140,6 +152,8 @@ def train_batches(cfg: ml_collections.ConfigDict, source: Source,
 
   def epoch_batches(epoch: int, offset: int) -> Iterator[dict[str, np.ndarray]]:
     eseed = _epoch_seed(seed, epoch)
+    # The size scheduled for this epoch (config.data.resolution), if any.
+    preprocess = preprocess_lib.build(resolution.train_spec(cfg, epoch))
     ds = (cached if cached is not None
           else source.read(shuffle_seed=eseed).take(epoch_size))
     ds = ds.shuffle(cfg.get("shuffle_buffer", 10_000), seed=eseed)

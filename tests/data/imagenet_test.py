@@ -57,7 +57,9 @@ def _check_sharded(batch):
     (False, "validation", "eval_preprocess")])
 def test_imagenet_batches_shaped_sharded_normalised(cfg, train, split, key):
   batch = _first_batch(cfg, split, train)
-  assert batch["image"].shape == (BATCH, 224, 224, 3)
+  # Train crops follow the resolution schedule: 160 px in epoch 0.
+  size = 160 if train else 224
+  assert batch["image"].shape == (BATCH, size, size, 3)
   assert batch["image"].dtype == np.float32
   assert batch["label"].shape == (BATCH,)
   labels = np.asarray(batch["label"])
