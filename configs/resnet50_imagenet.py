@@ -83,6 +83,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       "|keep('image', 'label')")
   config.data.resolution = ml_collections.ConfigDict(dict(
       min_res=160, max_res=192, start_ramp=29, end_ramp=34, multiple=32))
+  config.data.mixup_alpha = 0.0  # the official recipe has no mixup
   config.data.eval_preprocess = (
       "decode|resize_small(256)|central_crop(224)|normalize('imagenet')"
       "|keep('image', 'label')")

@@ -22,6 +22,7 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from mrl_jax.data import fashion_mnist
+from mrl_jax.data import mixup as mixup_lib
 from mrl_jax.data import preprocess as preprocess_lib
 from mrl_jax.data import resolution
 
@@ -93,7 +94,7 @@ def open_source(cfg: ml_collections.ConfigDict, split: str) -> Source:
 
 def validate(cfg: ml_collections.ConfigDict) -> None:
   """Checks config.data without I/O: preprocess specs (at every scheduled
-  train size) and the resolution schedule; raises a one-line ValueError."""
+  train size), resolution schedule, mixup; raises a one-line ValueError."""
   schedule = cfg.get("resolution")
   resolution.validate(schedule, cfg.train_preprocess)
   sizes = resolution.scheduled_sizes(schedule) if schedule else [None]
@@ -101,6 +102,7 @@ def validate(cfg: ml_collections.ConfigDict) -> None:
     preprocess_lib.build(cfg.train_preprocess.replace(resolution.PLACEHOLDER,
                                                       str(size)))
   preprocess_lib.build(cfg.eval_preprocess)
+  mixup_lib.validate(cfg.get("mixup_alpha"))
 
 
 def _epoch_seed(seed: int, epoch: int) -> int:
@@ -140,7 +142,10 @@ def steps_per_epoch(source: Source, global_batch: int) -> int:
 def train_batches(cfg: ml_collections.ConfigDict, source: Source,
                   global_batch: int, seed: int, start_step: int,
                   sharding: jax.sharding.Sharding) -> Iterator[Batch]:
-  """Endless training batches, starting with the one for `start_step`."""
+  """Endless training batches, starting with the one for `start_step`.
+
+  With config.data.mixup_alpha > 0, batches come mixed (soft labels [B, C]).
+  """
   local_batch = local_batch_size(global_batch)
   per_epoch = steps_per_epoch(source, global_batch)
   # Every epoch uses the same per_epoch * local_batch examples, so processes
@@ -163,11 +168,15 @@ def train_batches(cfg: ml_collections.ConfigDict, source: Source,
     ds = ds.batch(local_batch, drop_remainder=True)
     return ds.prefetch(tf.data.AUTOTUNE).as_numpy_iterator()
 
+  mix = mixup_lib.make(cfg, seed, sharding)
+
   def all_batches() -> Iterator[Batch]:
-    e, o = epoch, offset
+    e, o, step = epoch, offset, start_step
     while True:
       for batch in epoch_batches(e, o):
-        yield _to_global(batch, sharding)
+        batch = _to_global(batch, sharding)
+        yield mix(batch, step) if mix else batch
+        step += 1
       e, o = e + 1, 0
 
   return _prefetch(all_batches())
