@@ -6,7 +6,10 @@ r"""MRL ResNet-50 on ImageNet-1K: the official 40-epoch recipe (RAIVNLab/MRL).
 Arguments (comma-separated): `smoke` (tiny model on 32x32 crops, < 1 min on
 CPU; for tests and `tfds.testing.mock_data`), `head=mrl|mrl_e|ff`,
 `ff_dim=<k>` (FF-k baseline with `head=ff`; 0 or absent: k = 2048),
-`dtype=float32|bfloat16` (compute dtype; the official run used fp16 AMP).
+`dtype=float32|bfloat16` (compute dtype; the official run used fp16 AMP),
+`robustness` (also evaluate on TFDS imagenet_v2, imagenet_r, imagenet_a and
+imagenet_sketch, each prepared in the same data_dir; R and A are scored on
+their 200 classes as in the official evaluation).
 
 Hardware: the official run used 8x A100 (yaml: 512/GPU, lr 0.2125) or 2x A100
 (README: global batch 1024, lr 0.425); a TPU v3-8 / v4-8 should also fit
@@ -61,7 +64,7 @@ from mrl_jax import config_lib
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   arg = config_lib.parse_arg(arg, smoke=False, head="mrl", ff_dim=0,
-                             dtype="float32")
+                             dtype="float32", robustness=False)
   config = ml_collections.ConfigDict()
   config.seed = 0
   config.total_epochs = 40
@@ -84,6 +87,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.data.resolution = ml_collections.ConfigDict(dict(
       min_res=160, max_res=192, start_ramp=29, end_ramp=34, multiple=32))
   config.data.mixup_alpha = 0.0  # the official recipe has no mixup
+  if arg.robustness:
+    config.data.extra_eval_sets = config_lib.robustness_eval_sets(
+        "test[:32]" if arg.smoke else "test")
   config.data.eval_preprocess = (
       "decode|resize_small(256)|central_crop(224)|normalize('imagenet')"
       "|keep('image', 'label')")

@@ -77,9 +77,11 @@ def _check_summary(workdir, config):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ["resnet50_imagenet", "vit_b16_imagenet"])
-def test_imagenet_smoke_trains_on_mock_data(name, tmp_path, config_module):
-  config = config_module(name).get_config("smoke")
+@pytest.mark.parametrize("name, arg", [("resnet50_imagenet", "smoke,robustness"),
+                                       ("vit_b16_imagenet", "smoke")])
+def test_imagenet_smoke_trains_on_mock_data(name, arg, tmp_path,
+                                            config_module):
+  config = config_module(name).get_config(arg)
   config.data.data_dir = str(tmp_path / "tfds")  # empty: all data is mock
   # Under mock_data the image is served encoded (skip_decode), every split
   # holds NUM_MOCK examples whatever its slice, and split info is empty.
@@ -87,6 +89,14 @@ def test_imagenet_smoke_trains_on_mock_data(name, tmp_path, config_module):
     train.train_and_evaluate(config, str(tmp_path / "work"))
   summary = _check_summary(tmp_path / "work", config)
   assert summary["num_examples"] == NUM_MOCK  # mock_data ignores [:32]
+  # ImageNet-V2/R/A/Sketch: mock labels are random over the 1000 classes, so
+  # R and A see few in-subset labels; what matters here is that all ran.
+  extra = summary.get("extra_eval", {})
+  assert set(extra) == ({"imagenet_v2", "imagenet_r", "imagenet_a",
+                         "imagenet_sketch"} if "robustness" in arg else set())
+  for result in extra.values():
+    assert result["num_examples"] == NUM_MOCK
+    assert sorted(result["top1"], key=int) == sorted(summary["top1"], key=int)
 
 
 def _write_multilabel_dataset(data_dir: pathlib.Path) -> str:

@@ -25,6 +25,7 @@ from mrl_jax.data import fashion_mnist
 from mrl_jax.data import mixup as mixup_lib
 from mrl_jax.data import preprocess as preprocess_lib
 from mrl_jax.data import resolution
+from mrl_jax.evaluators import class_subsets
 
 Batch = dict[str, jax.Array]
 
@@ -103,6 +104,32 @@ def validate(cfg: ml_collections.ConfigDict) -> None:
                                                       str(size)))
   preprocess_lib.build(cfg.eval_preprocess)
   mixup_lib.validate(cfg.get("mixup_alpha"))
+  extra_eval_sets(cfg)
+
+
+def extra_eval_sets(cfg: ml_collections.ConfigDict
+                    ) -> dict[str, ml_collections.ConfigDict]:
+  """Eval-only sources of config.data.extra_eval_sets (e.g. ImageNet-V2/R/A/
+  Sketch), as {label: a copy of cfg with name, eval_split, class_subset}.
+
+  Each entry is {"name": TFDS name, "split": split, "class_subset": a key of
+  evaluators/class_subsets.SUBSETS or None}; the other fields (data_dir,
+  eval_preprocess, ...) are config.data's.
+  """
+  out = {}
+  for label, entry in (cfg.get("extra_eval_sets") or {}).items():
+    missing = [k for k in ("name", "split") if not entry.get(k)]
+    if missing:
+      raise ValueError(f"config.data.extra_eval_sets.{label} lacks {missing};"
+                       " give name (TFDS dataset) and split")
+    class_subsets.get(entry.get("class_subset"))  # checks the name
+    sub = cfg.copy_and_resolve_references()
+    with sub.unlocked():
+      del sub["extra_eval_sets"]
+      sub.name, sub.eval_split = entry.name, entry.split
+      sub.class_subset = entry.get("class_subset")
+    out[label] = sub
+  return out
 
 
 def _epoch_seed(seed: int, epoch: int) -> int:
