@@ -25,13 +25,15 @@ JFT_CLASSES = 1000
 
 
 def test_all_configs_are_tested():
-  assert {"default", "resnet50_imagenet", "vit_b16_imagenet",
+  assert {"default", "image_folder", "resnet50_imagenet", "vit_b16_imagenet",
           "vit_b16_jft"} <= set(CONFIGS)
 
 
 @pytest.mark.parametrize("arg", [None, "smoke", "head=mrl_e", "smoke,head=ff"])
 @pytest.mark.parametrize("name", CONFIGS)
-def test_config_validates(name, arg, config_module):
+def test_config_validates(name, arg, config_module, image_tree):
+  if name == "image_folder":  # needs a folder to infer classes and sizes
+    arg = ",".join(filter(None, [f"root={image_tree}", arg]))
   config = config_module(name).get_config(arg)
   s = train.setup(config)  # validation only: no I/O, no compilation
   assert config.batch_size % 8 == 0 and config.eval_batch_size % 8 == 0

@@ -22,6 +22,7 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from mrl_jax.data import fashion_mnist
+from mrl_jax.data import image_folder
 from mrl_jax.data import mixup as mixup_lib
 from mrl_jax.data import preprocess as preprocess_lib
 from mrl_jax.data import resolution
@@ -55,12 +56,19 @@ class Source:
                                    read_config=read_config, decoders=decoders)
 
 
-def open_source(cfg: ml_collections.ConfigDict, split: str) -> Source:
+def open_source(cfg: ml_collections.ConfigDict,
+                split: str) -> Source | image_folder.FolderSource:
   """Opens `split` of dataset `cfg.name` in `cfg.data_dir` for this process.
+
+  `cfg.name` is a TFDS name (registered, or any dataset prepared in
+  data_dir), or "image_folder" for a folder tree at data_dir (see
+  image_folder.py). Both have the same reading interface.
 
   Raises:
     ValueError: if the dataset is not prepared, with where and how to get it.
   """
+  if cfg.name == image_folder.NAME:
+    return image_folder.open_source(cfg, split)
   if cfg.name in _OFFLINE_PREPARERS:
     _OFFLINE_PREPARERS[cfg.name](cfg.get("data_dir"))
   builder = tfds.builder(cfg.name, data_dir=cfg.get("data_dir"))
