@@ -45,6 +45,17 @@ class Source:
   total_examples: int  # in the whole split, over all processes
   skip_decode: bool = False  # images stay encoded (for decode_* ops)
 
+  @property
+  def class_names(self) -> tuple[str, ...] | None:
+    """Names of the "label" ClassLabel feature (None if it is not one)."""
+    features = self.builder.info.features
+    label = features["label"] if "label" in features else None
+    if isinstance(label, tfds.features.Sequence):  # multi-label
+      label = label.feature
+    if not isinstance(label, tfds.features.ClassLabel):
+      return None
+    return tuple(label.names)
+
   def read(self, shuffle_seed: int | None = None) -> tf.data.Dataset:
     """Raw examples; files shuffled with `shuffle_seed` when given."""
     read_config = tfds.ReadConfig(shuffle_seed=shuffle_seed,
