@@ -6,7 +6,8 @@ Where things live:
   mrl/losses.py       nested softmax / sigmoid cross-entropy
   mrl/metrics.py      per-dim top-k counts and metric names
   models/             backbones (resnet.py, vit.py, cnn.py), registry.py, classifier.py
-  data/               TFDS input pipeline, preprocessing ops, offline Fashion-MNIST
+  data/               TFDS / image-folder input pipeline, preprocessing ops,
+                      progressive resizing, mixup, offline Fashion-MNIST
   sharding.py         device mesh and array shardings
   optim.py            optax optimizer and schedule from config
   train_step.py       pure, jittable train and eval steps

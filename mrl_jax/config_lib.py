@@ -69,3 +69,15 @@ def mrl_section(head: str, nesting_dims: tuple[int, ...] | None = None,
     mrl.ff_dim = ff_dim
   mrl.implementation = "fused"  # or "masked", the reference path
   return mrl
+
+
+def robustness_eval_sets(split: str = "test") -> ml_collections.ConfigDict:
+  """config.data.extra_eval_sets for ImageNet-V2 (matched frequency), -R, -A
+  and -Sketch (TFDS names); R and A are scored on their 200 classes."""
+  sets = {"imagenet_v2": ("imagenet_v2/matched-frequency", None),
+          "imagenet_r": ("imagenet_r", "imagenet_r"),
+          "imagenet_a": ("imagenet_a", "imagenet_a"),
+          "imagenet_sketch": ("imagenet_sketch", None)}
+  return ml_collections.ConfigDict({
+      label: {"name": name, "split": split, "class_subset": subset}
+      for label, (name, subset) in sets.items()})

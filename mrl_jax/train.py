@@ -22,7 +22,7 @@ from mrl_jax import optim
 from mrl_jax import sharding
 from mrl_jax import train_step as step_lib
 from mrl_jax.data import pipeline
-from mrl_jax.data import preprocess
+from mrl_jax.evaluators import class_subsets
 from mrl_jax.evaluators import classification
 from mrl_jax.models import classifier
 from mrl_jax.mrl import losses
@@ -48,8 +48,7 @@ def setup(config: ml_collections.ConfigDict) -> Setup:
       config.mrl.relative_importance, len(dims))
   loss_fn = losses.get_loss_fn(config.loss.name,
                                config.loss.get("label_smoothing", 0.0))
-  preprocess.build(config.data.train_preprocess)
-  preprocess.build(config.data.eval_preprocess)
+  pipeline.validate(config.data)
   mesh = sharding.make_mesh(config.mesh)
   sharding.check_batch_size(config.batch_size, mesh, "batch_size")
   sharding.check_batch_size(config.eval_batch_size, mesh, "eval_batch_size")
@@ -110,8 +109,8 @@ def _jit_train_step(s: Setup, tx, state_shardings, seed: int):
       donate_argnums=0)
 
 
-def _jit_eval_step(s: Setup, state_shardings):
-  return jax.jit(step_lib.make_eval_step(s.model, s.loss_fn),
+def _jit_eval_step(s: Setup, state_shardings, class_subset=None):
+  return jax.jit(step_lib.make_eval_step(s.model, s.loss_fn, class_subset),
                  in_shardings=(state_shardings,
                                sharding.batch_sharding(s.mesh)),
                  out_shardings=sharding.replicated(s.mesh))
@@ -141,17 +140,27 @@ class _Progress:
             "eta_minutes": (self.total - step) / max(rate, 1e-9) / 60}
 
 
-def _run_eval(config, s: Setup, eval_step, state) -> dict[str, Any]:
-  source = pipeline.open_source(config.data, config.data.eval_split)
-  batches = pipeline.eval_batches(config.data, source, config.eval_batch_size,
+def _run_eval(config, s: Setup, eval_step, state,
+              data_cfg=None) -> dict[str, Any]:
+  data_cfg = data_cfg or config.data
+  source = pipeline.open_source(data_cfg, data_cfg.eval_split)
+  batches = pipeline.eval_batches(data_cfg, source, config.eval_batch_size,
                                   sharding.batch_sharding(s.mesh))
   return classification.evaluate(eval_step, state, batches, s.nesting_dims)
 
 
 def _finish(config, s: Setup, eval_step, state, workdir: str,
-            writer: metric_writer.MetricWriter) -> dict[str, Any]:
+            writer: metric_writer.MetricWriter,
+            state_sh: Any) -> dict[str, Any]:
   summary = _run_eval(config, s, eval_step, state)
   writer.write(summary["step"], classification.as_scalars(summary, "val"))
+  # Eval-only sets (ImageNet-V2/R/A/Sketch), R and A scored on their classes.
+  for label, data_cfg in pipeline.extra_eval_sets(config.data).items():
+    subset = class_subsets.get(data_cfg.class_subset)
+    extra = _run_eval(config, s, _jit_eval_step(s, state_sh, subset), state,
+                      data_cfg)
+    writer.write(extra["step"], classification.as_scalars(extra, label))
+    summary.setdefault("extra_eval", {})[label] = extra
   if jax.process_index() == 0:
     atomic_files.write_json(os.path.join(workdir, "eval_summary.json"),
                             summary)
@@ -170,6 +179,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
                                     s.fingerprint, config.keep_checkpoints)
   ckpt.check_compatible()
   source = pipeline.open_source(config.data, config.data.train_split)
+  for data_cfg in pipeline.extra_eval_sets(config.data).values():
+    pipeline.open_source(data_cfg, data_cfg.eval_split)  # fail before training
   per_epoch = pipeline.steps_per_epoch(source, config.batch_size)
   total = config_lib.steps("total", config, per_epoch)
   tx = optim.build_optimizer(config.optimizer, total, per_epoch)
@@ -186,14 +197,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
                total, per_epoch, s.nesting_dims)
   progress, sums, count = _Progress(start, total, config.batch_size), None, 0
   for step in range(start + 1, total + 1):
-    state, metrics = train_step(state, next(batches))
+    batch = next(batches)
+    state, metrics = train_step(state, batch)
     sums = metrics if sums is None else jax.tree.map(lambda a, b: a + b,
                                                      sums, metrics)
     count += 1
     if step % config.log_every_steps == 0 or step == total:
       _raise_if_nonfinite(state, ckpt)
       scalars = {**_train_scalars(sums, count, s.nesting_dims),
-                 **progress.update(step)}
+                 **progress.update(step),
+                 # The size the step saw (config.data.resolution schedule).
+                 "train/image_size": batch["image"].shape[1]}
       writer.write(step, scalars)
       logging.info("step %d/%d loss %.4f, %.0f ex/s, ETA %.1f min", step,
                    total, scalars["train/loss"], scalars["examples_per_sec"],
@@ -207,7 +221,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
       summary = _run_eval(config, s, eval_step, state)
       writer.write(step, classification.as_scalars(summary, "val"))
   ckpt.wait()
-  summary = _finish(config, s, eval_step, state, workdir, writer)
+  summary = _finish(config, s, eval_step, state, workdir, writer, state_sh)
   writer.close()
   ckpt.close()
   return summary
@@ -245,6 +259,6 @@ def evaluate(config: ml_collections.ConfigDict,
   s, state, state_sh = restore_latest(config, workdir)
   eval_step = _jit_eval_step(s, state_sh)
   writer = metric_writer.MetricWriter(workdir)
-  summary = _finish(config, s, eval_step, state, workdir, writer)
+  summary = _finish(config, s, eval_step, state, workdir, writer, state_sh)
   writer.close()
   return summary

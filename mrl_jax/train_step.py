@@ -12,6 +12,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from mrl_jax.evaluators import class_subsets
 from mrl_jax.mrl import losses
 from mrl_jax.mrl import metrics
 
@@ -101,12 +102,15 @@ def make_train_step(
   return train_step
 
 
-def make_eval_step(model: nn.Module, loss_fn: losses.NestedLossFn
+def make_eval_step(model: nn.Module, loss_fn: losses.NestedLossFn,
+                   class_subset: Sequence[int] | None = None
                    ) -> Callable[[TrainState, Batch], Batch]:
   """Returns step(state, batch) -> per-dim sums over the batch.
 
   batch: {"image", "label", "mask" [B]} (mask 0 marks padding).
   returns: "top1", "top5", "loss" as [G] sums over real examples, "count" [].
+  class_subset: score among these classes only (ImageNet-R/-A protocol, see
+    evaluators/class_subsets.py); None: all classes.
   """
   def eval_step(state: TrainState, batch: Batch) -> Batch:
     logits, _ = model.apply(
@@ -114,6 +118,8 @@ def make_eval_step(model: nn.Module, loss_fn: losses.NestedLossFn
         batch["image"], train=False)
     mask = batch["mask"].astype(jnp.float32)
     label = batch["label"]
+    if class_subset is not None:
+      logits, label = class_subsets.restrict(logits, label, class_subset)
     return {
         "top1": metrics.topk_correct(logits, label, 1) @ mask,
         "top5": metrics.topk_correct(logits, label, 5) @ mask,

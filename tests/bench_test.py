@@ -8,12 +8,14 @@ trainer's step costs seconds on CPU), each script compiles two variants and
 the two tests together cover all three head types.
 """
 import importlib.util
+import io
 import json
 import math
 import pathlib
 import sys
 import types
 
+from PIL import Image
 import pytest
 
 BENCH_DIR = pathlib.Path(__file__).resolve().parents[1] / "experiments/bench"
@@ -91,3 +93,28 @@ def test_gpu_throughput_runs_on_cpu(tmp_path):
   ratio = res["throughput_over_ff"]["mrl_e"]
   _assert_positive_finite(ratio["of_medians"], "mrl_e/ff")
   assert len(ratio["rounds"]) == 2
+
+
+def test_input_pipeline_reports_ratio_and_per_core_rates(tmp_path):
+  out = tmp_path / "input.json"
+  returned = _load("input_pipeline").main([
+      "--images=4", "--rounds=2", "--per_round=32", "--size=32",
+      f"--out={out}"])
+  results = _read_json(out, returned)
+  for key in ("mean_jpeg_kb", "ours_img_s_per_core", "naive_img_s_per_core",
+              "ours_img_s_wall", "naive_img_s_wall", "ratio_median",
+              "ratio_min", "ratio_max", "ours_img_s_16_cores_estimate",
+              "cores_for_target"):
+    _assert_positive_finite(results[key], key)
+  assert results["ratio_min"] <= results["ratio_median"] <= results[
+      "ratio_max"]
+  assert isinstance(results["feeds_3500_img_s_with_16_cores"], bool)
+
+
+def test_input_pipeline_jpegs_are_imagenet_like():
+  jpegs = _load("input_pipeline").make_jpegs(2)
+  for data in jpegs:
+    with Image.open(io.BytesIO(data)) as image:
+      assert (image.format, image.size, image.mode) == ("JPEG", (500, 375),
+                                                       "RGB")
+    assert 60_000 < len(data) < 200_000  # ImageNet averages ~110 KB

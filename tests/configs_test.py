@@ -25,13 +25,15 @@ JFT_CLASSES = 1000
 
 
 def test_all_configs_are_tested():
-  assert {"default", "resnet50_imagenet", "vit_b16_imagenet",
+  assert {"default", "image_folder", "resnet50_imagenet", "vit_b16_imagenet",
           "vit_b16_jft"} <= set(CONFIGS)
 
 
 @pytest.mark.parametrize("arg", [None, "smoke", "head=mrl_e", "smoke,head=ff"])
 @pytest.mark.parametrize("name", CONFIGS)
-def test_config_validates(name, arg, config_module):
+def test_config_validates(name, arg, config_module, image_tree):
+  if name == "image_folder":  # needs a folder to infer classes and sizes
+    arg = ",".join(filter(None, [f"root={image_tree}", arg]))
   config = config_module(name).get_config(arg)
   s = train.setup(config)  # validation only: no I/O, no compilation
   assert config.batch_size % 8 == 0 and config.eval_batch_size % 8 == 0
@@ -58,6 +60,8 @@ def test_resnet50_recipe(config_module):
   assert (opt.learning_rate, opt.warmup_epochs, opt.warmup_init_factor,
           opt.schedule, opt.weight_decay) == (0.425, 2, 1e-4, "linear", 1e-4)
   assert config.loss.label_smoothing == 0.1
+  assert dict(config.data.resolution) == dict(
+      min_res=160, max_res=192, start_ramp=29, end_ramp=34, multiple=32)
   assert config_module("resnet50_imagenet").get_config("head=ff,ff_dim=512"
                                                ).mrl.ff_dim == 512
 
@@ -75,9 +79,11 @@ def _check_summary(workdir, config):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ["resnet50_imagenet", "vit_b16_imagenet"])
-def test_imagenet_smoke_trains_on_mock_data(name, tmp_path, config_module):
-  config = config_module(name).get_config("smoke")
+@pytest.mark.parametrize("name, arg", [("resnet50_imagenet", "smoke,robustness"),
+                                       ("vit_b16_imagenet", "smoke")])
+def test_imagenet_smoke_trains_on_mock_data(name, arg, tmp_path,
+                                            config_module):
+  config = config_module(name).get_config(arg)
   config.data.data_dir = str(tmp_path / "tfds")  # empty: all data is mock
   # Under mock_data the image is served encoded (skip_decode), every split
   # holds NUM_MOCK examples whatever its slice, and split info is empty.
@@ -85,6 +91,14 @@ def test_imagenet_smoke_trains_on_mock_data(name, tmp_path, config_module):
     train.train_and_evaluate(config, str(tmp_path / "work"))
   summary = _check_summary(tmp_path / "work", config)
   assert summary["num_examples"] == NUM_MOCK  # mock_data ignores [:32]
+  # ImageNet-V2/R/A/Sketch: mock labels are random over the 1000 classes, so
+  # R and A see few in-subset labels; what matters here is that all ran.
+  extra = summary.get("extra_eval", {})
+  assert set(extra) == ({"imagenet_v2", "imagenet_r", "imagenet_a",
+                         "imagenet_sketch"} if "robustness" in arg else set())
+  for result in extra.values():
+    assert result["num_examples"] == NUM_MOCK
+    assert sorted(result["top1"], key=int) == sorted(summary["top1"], key=int)
 
 
 def _write_multilabel_dataset(data_dir: pathlib.Path) -> str:

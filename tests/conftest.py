@@ -30,3 +30,31 @@ def fixture_config_module():
     spec.loader.exec_module(module)
     return module
   return load
+
+
+def write_image_tree(root: pathlib.Path, splits: dict[str, int],
+                     classes=("cat", "dog", "fish"), size=(40, 48),
+                     gray: bool = False) -> pathlib.Path:
+  """root/<split>/<class>/<i>.jpg|png with random pixels; returns root.
+
+  splits: split name -> images per class; even files are JPEG, odd PNG.
+  """
+  from PIL import Image  # pylint: disable=import-outside-toplevel
+  import numpy as np  # pylint: disable=import-outside-toplevel
+  rng = np.random.default_rng(0)
+  shape = size if gray else (*size, 3)
+  for split, count in splits.items():
+    for name in classes:
+      folder = root / split / name
+      folder.mkdir(parents=True)
+      for i in range(count):
+        pixels = rng.integers(0, 256, shape, dtype=np.uint8)
+        Image.fromarray(pixels).save(folder / f"{i}.{'png' if i % 2 else 'jpg'}")
+  return root
+
+
+@pytest.fixture(name="image_tree", scope="session")
+def fixture_image_tree(tmp_path_factory):
+  """A tiny RGB image folder: train 3 classes x 8, val 3 classes x 3."""
+  return write_image_tree(tmp_path_factory.mktemp("images"),
+                          {"train": 8, "val": 3})

@@ -22,7 +22,11 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from mrl_jax.data import fashion_mnist
+from mrl_jax.data import image_folder
+from mrl_jax.data import mixup as mixup_lib
 from mrl_jax.data import preprocess as preprocess_lib
+from mrl_jax.data import resolution
+from mrl_jax.evaluators import class_subsets
 
 Batch = dict[str, jax.Array]
 
@@ -41,6 +45,17 @@ class Source:
   total_examples: int  # in the whole split, over all processes
   skip_decode: bool = False  # images stay encoded (for decode_* ops)
 
+  @property
+  def class_names(self) -> tuple[str, ...] | None:
+    """Names of the "label" ClassLabel feature (None if it is not one)."""
+    features = self.builder.info.features
+    label = features["label"] if "label" in features else None
+    if isinstance(label, tfds.features.Sequence):  # multi-label
+      label = label.feature
+    if not isinstance(label, tfds.features.ClassLabel):
+      return None
+    return tuple(label.names)
+
   def read(self, shuffle_seed: int | None = None) -> tf.data.Dataset:
     """Raw examples; files shuffled with `shuffle_seed` when given."""
     read_config = tfds.ReadConfig(shuffle_seed=shuffle_seed,
@@ -52,12 +67,19 @@ class Source:
                                    read_config=read_config, decoders=decoders)
 
 
-def open_source(cfg: ml_collections.ConfigDict, split: str) -> Source:
+def open_source(cfg: ml_collections.ConfigDict,
+                split: str) -> Source | image_folder.FolderSource:
   """Opens `split` of dataset `cfg.name` in `cfg.data_dir` for this process.
+
+  `cfg.name` is a TFDS name (registered, or any dataset prepared in
+  data_dir), or "image_folder" for a folder tree at data_dir (see
+  image_folder.py). Both have the same reading interface.
 
   Raises:
     ValueError: if the dataset is not prepared, with where and how to get it.
   """
+  if cfg.name == image_folder.NAME:
+    return image_folder.open_source(cfg, split)
   if cfg.name in _OFFLINE_PREPARERS:
     _OFFLINE_PREPARERS[cfg.name](cfg.get("data_dir"))
   builder = tfds.builder(cfg.name, data_dir=cfg.get("data_dir"))
@@ -88,6 +110,45 @@ def open_source(cfg: ml_collections.ConfigDict, split: str) -> Source:
                      f"{sorted(builder.info.splits)}): {e}") from None
   return Source(builder, process_split, num_examples, total,
                 cfg.get("skip_decode", False))
+
+
+def validate(cfg: ml_collections.ConfigDict) -> None:
+  """Checks config.data without I/O: preprocess specs (at every scheduled
+  train size), resolution schedule, mixup; raises a one-line ValueError."""
+  schedule = cfg.get("resolution")
+  resolution.validate(schedule, cfg.train_preprocess)
+  sizes = resolution.scheduled_sizes(schedule) if schedule else [None]
+  for size in sizes:
+    preprocess_lib.build(cfg.train_preprocess.replace(resolution.PLACEHOLDER,
+                                                      str(size)))
+  preprocess_lib.build(cfg.eval_preprocess)
+  mixup_lib.validate(cfg.get("mixup_alpha"))
+  extra_eval_sets(cfg)
+
+
+def extra_eval_sets(cfg: ml_collections.ConfigDict
+                    ) -> dict[str, ml_collections.ConfigDict]:
+  """Eval-only sources of config.data.extra_eval_sets (e.g. ImageNet-V2/R/A/
+  Sketch), as {label: a copy of cfg with name, eval_split, class_subset}.
+
+  Each entry is {"name": TFDS name, "split": split, "class_subset": a key of
+  evaluators/class_subsets.SUBSETS or None}; the other fields (data_dir,
+  eval_preprocess, ...) are config.data's.
+  """
+  out = {}
+  for label, entry in (cfg.get("extra_eval_sets") or {}).items():
+    missing = [k for k in ("name", "split") if not entry.get(k)]
+    if missing:
+      raise ValueError(f"config.data.extra_eval_sets.{label} lacks {missing};"
+                       " give name (TFDS dataset) and split")
+    class_subsets.get(entry.get("class_subset"))  # checks the name
+    sub = cfg.copy_and_resolve_references()
+    with sub.unlocked():
+      del sub["extra_eval_sets"]
+      sub.name, sub.eval_split = entry.name, entry.split
+      sub.class_subset = entry.get("class_subset")
+    out[label] = sub
+  return out
 
 
 def _epoch_seed(seed: int, epoch: int) -> int:
@@ -127,10 +188,12 @@ def steps_per_epoch(source: Source, global_batch: int) -> int:
 def train_batches(cfg: ml_collections.ConfigDict, source: Source,
                   global_batch: int, seed: int, start_step: int,
                   sharding: jax.sharding.Sharding) -> Iterator[Batch]:
-  """Endless training batches, starting with the one for `start_step`."""
+  """Endless training batches, starting with the one for `start_step`.
+
+  With config.data.mixup_alpha > 0, batches come mixed (soft labels [B, C]).
+  """
   local_batch = local_batch_size(global_batch)
   per_epoch = steps_per_epoch(source, global_batch)
-  preprocess = preprocess_lib.build(cfg.train_preprocess)
   # Every epoch uses the same per_epoch * local_batch examples, so processes
   # stay in step; `take` comes before `cache` so that the cache is complete.
   epoch_size = per_epoch * local_batch
@@ -140,6 +203,8 @@ def train_batches(cfg: ml_collections.ConfigDict, source: Source,
 
   def epoch_batches(epoch: int, offset: int) -> Iterator[dict[str, np.ndarray]]:
     eseed = _epoch_seed(seed, epoch)
+    # The size scheduled for this epoch (config.data.resolution), if any.
+    preprocess = preprocess_lib.build(resolution.train_spec(cfg, epoch))
     ds = (cached if cached is not None
           else source.read(shuffle_seed=eseed).take(epoch_size))
     ds = ds.shuffle(cfg.get("shuffle_buffer", 10_000), seed=eseed)
@@ -149,11 +214,15 @@ def train_batches(cfg: ml_collections.ConfigDict, source: Source,
     ds = ds.batch(local_batch, drop_remainder=True)
     return ds.prefetch(tf.data.AUTOTUNE).as_numpy_iterator()
 
+  mix = mixup_lib.make(cfg, seed, sharding)
+
   def all_batches() -> Iterator[Batch]:
-    e, o = epoch, offset
+    e, o, step = epoch, offset, start_step
     while True:
       for batch in epoch_batches(e, o):
-        yield _to_global(batch, sharding)
+        batch = _to_global(batch, sharding)
+        yield mix(batch, step) if mix else batch
+        step += 1
       e, o = e + 1, 0
 
   return _prefetch(all_batches())

@@ -38,11 +38,15 @@ def as_scalars(summary: dict[str, Any], split: str) -> dict[str, float]:
           for dim, value in summary[metric].items()}
 
 
-def format_table(summary: dict[str, Any]) -> str:
-  """A per-dim accuracy table for humans."""
-  lines = [f"eval at step {summary['step']} on {summary['num_examples']} "
-           "examples", f"{'dim':>6}  {'top-1':>7}  {'top-5':>7}"]
+def format_table(summary: dict[str, Any], name: str = "") -> str:
+  """A per-dim accuracy table for humans (then one per summary["extra_eval"]
+  set)."""
+  lines = [f"eval{' of ' + name if name else ''} at step {summary['step']} on "
+           f"{summary['num_examples']} examples",
+           f"{'dim':>6}  {'top-1':>7}  {'top-5':>7}"]
   for dim in summary["nesting"]:
     lines.append(f"{dim:>6}  {summary['top1'][str(dim)]:>7.4f}  "
                  f"{summary['top5'][str(dim)]:>7.4f}")
+  for label, extra in summary.get("extra_eval", {}).items():
+    lines.append(format_table(extra, label))
   return "\n".join(lines)

@@ -1,0 +1,109 @@
+r"""MRL on your own images: a folder tree root/<split>/<class>/*.jpg|png.
+
+  python -m mrl_jax.main --config=configs/image_folder.py:root=/data/pets \
+      --workdir=workdirs/pets
+
+Arguments (comma-separated): `root=<dir>` (required), `smoke` (4 steps on
+a tiny model, for tests), `head=mrl|mrl_e|ff`, `model=<name>` (default
+resnet18), `size=<px>` (default: inferred), `epochs=<n>` (default 30),
+`batch=<n>` (default 64; a multiple of the device count).
+
+Inferred from the folder when the config is loaded: the classes (class
+folders of all splits, sorted; names kept in config.data.class_names), the
+channels (1 if every peeked file is grayscale, else 3) and the training size
+(the median short side of a few files per class, in multiples of 8, at most
+224). The train split is `train`; the eval split is the first of `val`,
+`validation`, `test` that exists, else the last 10% of `train` (then
+training uses the first 90%).
+
+Recipe: Inception crop + flip for training, resize + centre crop (224/256)
+for eval, ResNet-18 (a 512-d representation, nesting 8..512), AdamW with
+cosine decay, label smoothing 0.1. Nothing here is tuned for a particular
+dataset; expect to adjust epochs and the learning rate.
+"""
+import ml_collections
+from ml_collections import config_dict
+
+from mrl_jax import config_lib
+from mrl_jax.data import image_folder
+
+_EVAL_SPLITS = ("val", "validation", "test")
+
+
+def _size(short_side: int) -> int:
+  return max(8, min(224, short_side // 8 * 8))
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+  arg = config_lib.parse_arg(arg, root="", smoke=False, head="mrl",
+                             model="resnet18", size=0, epochs=30, batch=64)
+  if not arg.root:
+    raise ValueError("configs/image_folder.py needs root=<dir> (a folder laid"
+                     " out as root/<split>/<class>/*.jpg), e.g. "
+                     "--config=configs/image_folder.py:root=/data/pets")
+  splits = image_folder.splits(arg.root)
+  if "train" not in splits:
+    raise ValueError(f"no train split folder in {arg.root!r} (found: "
+                     f"{splits}); name the training split 'train'")
+  names = image_folder.classes(arg.root)
+  channels, height, width = image_folder.peek(arg.root, "train")
+  size = arg.size or _size(min(height, width))
+  eval_splits = [s for s in _EVAL_SPLITS if s in splits]
+
+  config = ml_collections.ConfigDict()
+  config.seed = 0
+  config.total_epochs = arg.epochs
+  config.total_steps = config_dict.placeholder(int)
+  config.batch_size = arg.batch
+  config.eval_batch_size = arg.batch
+
+  config.data = ml_collections.ConfigDict()
+  config.data.name = image_folder.NAME
+  config.data.data_dir = arg.root
+  config.data.train_split = "train" if eval_splits else "train[:90%]"
+  config.data.eval_split = eval_splits[0] if eval_splits else "train[90%:]"
+  config.data.num_classes = len(names)
+  config.data.class_names = tuple(names)
+  config.data.skip_decode = True  # files stay encoded until preprocessing
+  config.data.cache = False
+  config.data.shuffle_buffer = 10_000
+  stats = "normalize('imagenet')" if channels == 3 else "value_range(-1, 1)"
+  # decode_jpeg_and_inception_crop decodes only the crop of a JPEG, but
+  # always to RGB; grayscale folders decode to 1 channel first.
+  crop = (f"decode_jpeg_and_inception_crop({size})" if channels == 3 else
+          f"decode(1)|inception_crop({size})")
+  config.data.train_preprocess = (
+      f"{crop}|flip_lr|{stats}|keep('image', 'label')")
+  config.data.eval_preprocess = (
+      f"decode({channels})|resize_small({size * 256 // 224})|"
+      f"central_crop({size})|{stats}|keep('image', 'label')")
+
+  config.model = config_lib.model_section(arg.model, "float32")
+  config.mrl = config_lib.mrl_section(arg.head)
+
+  config.loss = ml_collections.ConfigDict()
+  config.loss.name = "softmax"
+  config.loss.label_smoothing = 0.1
+
+  config.optimizer = ml_collections.ConfigDict()
+  config.optimizer.name = "adamw"
+  config.optimizer.learning_rate = 1e-3
+  config.optimizer.weight_decay = 0.05
+  config.optimizer.warmup_epochs = 1.0
+  config.optimizer.schedule = "cosine"
+
+  config.mesh = (("data", -1),)
+  config.log_every_steps = 50
+  config.checkpoint_every_steps = 500
+  config.eval_every_steps = 0  # 0: evaluate only at the end
+  config.keep_checkpoints = 2
+
+  if arg.smoke:
+    config.total_epochs = None
+    config.total_steps = 4
+    config.batch_size = config.eval_batch_size = 8
+    config.model.name = "resnet_mu"  # d = 64: nesting (8, 16, 32, 64)
+    config.optimizer.warmup_epochs = 0.5
+    config.log_every_steps = 2
+    config.checkpoint_every_steps = 2
+  return config

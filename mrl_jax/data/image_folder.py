@@ -1,0 +1,161 @@
+"""User image folders as a pipeline source: `root/<split>/<class>/*.jpg|png`.
+
+Selected from the config alone: `config.data.name = "image_folder"` and
+`config.data.data_dir = root`. Classes are the class folders of all splits,
+sorted by name (label i = i-th name, as TFDS's ImageFolder and torchvision's
+ImageFolder do), kept as `FolderSource.class_names` and in
+`config.data.class_names` (checked against the folder when given). Files are
+served encoded, like TFDS datasets read with `skip_decode`, so the
+preprocess specs start with `decode` or `decode_jpeg_and_inception_crop`.
+Split strings may slice (`train[:90%]`, `train[100:]`) as TFDS ones do; each
+process reads its own contiguous part.
+"""
+from collections.abc import Sequence
+import dataclasses
+import os
+import random
+
+import jax
+import ml_collections
+import numpy as np
+from PIL import Image
+import tensorflow as tf
+import tensorflow_datasets as tfds
+
+NAME = "image_folder"
+EXTENSIONS = (".jpg", ".jpeg", ".png")
+_LAYOUT = "root/<split>/<class>/*.jpg|jpeg|png"
+
+
+def _subdirs(path: str) -> list[str]:
+  return sorted(d for d in os.listdir(path)
+                if os.path.isdir(os.path.join(path, d)))
+
+
+def _images(path: str) -> list[str]:
+  return sorted(f for f in os.listdir(path)
+                if f.lower().endswith(EXTENSIONS))
+
+
+def splits(root: str) -> list[str]:
+  """Sorted split folder names under `root`; ValueError if there are none."""
+  if not os.path.isdir(root):
+    raise ValueError(f"image folder {root!r} does not exist; point it at a "
+                     f"directory laid out as {_LAYOUT}")
+  found = _subdirs(root)
+  if not found:
+    raise ValueError(f"image folder {root!r} has no split folders; lay it out"
+                     f" as {_LAYOUT}")
+  return found
+
+
+def classes(root: str) -> list[str]:
+  """Sorted class names over all splits; ValueError for an empty class."""
+  names = set()
+  for split in splits(root):
+    split_dir = os.path.join(root, split)
+    found = _subdirs(split_dir)
+    if not found:
+      raise ValueError(f"split folder {split_dir!r} has no class folders; lay"
+                       f" it out as {_LAYOUT}")
+    for name in found:
+      if not _images(os.path.join(split_dir, name)):
+        raise ValueError(f"class folder {os.path.join(split_dir, name)!r} has"
+                         f" no {'/'.join(EXTENSIONS)} files; add images or "
+                         "remove it")
+    names.update(found)
+  return sorted(names)
+
+
+def _examples(root: str, split: str, names: Sequence[str]
+              ) -> tuple[list[str], list[int]]:
+  """(paths, labels) of a whole split, in a fixed class-mixed order."""
+  index = {name: i for i, name in enumerate(names)}
+  examples = [(os.path.join(root, split, c, f), index[c])
+              for c in _subdirs(os.path.join(root, split))
+              for f in _images(os.path.join(root, split, c))]
+  # Fixed shuffle, so that a slice like train[:10%] holds every class.
+  random.Random(split).shuffle(examples)
+  return [p for p, _ in examples], [y for _, y in examples]
+
+
+def peek(root: str, split: str, count: int = 8) -> tuple[int, int, int]:
+  """(channels, median height, median width) of up to `count` files of each
+  class of `split`: 1 if all are grayscale, else 3."""
+  paths = [os.path.join(root, split, c, f)
+           for c in _subdirs(os.path.join(root, split))
+           for f in _images(os.path.join(root, split, c))[:count]]
+  modes, heights, widths = set(), [], []
+  for path in paths:
+    with Image.open(path) as image:
+      modes.add(image.mode)
+      widths.append(image.width)
+      heights.append(image.height)
+  channels = 1 if modes <= {"L", "I", "I;16", "1"} else 3
+  return channels, int(np.median(heights)), int(np.median(widths))
+
+
+@dataclasses.dataclass(frozen=True)
+class FolderSource:
+  """One split of an image folder, as read by this process."""
+  split: str
+  paths: tuple[str, ...]  # this process's part
+  labels: tuple[int, ...]
+  total_examples: int  # in the whole split, over all processes
+  class_names: tuple[str, ...]
+
+  @property
+  def num_examples(self) -> int:
+    return len(self.paths)
+
+  def read(self, shuffle_seed: int | None = None) -> tf.data.Dataset:
+    """{"image": encoded file bytes [], "label": int64 []} examples."""
+    ds = tf.data.Dataset.from_tensor_slices(
+        (list(self.paths), np.asarray(self.labels, np.int64)))
+    if shuffle_seed is not None:
+      ds = ds.shuffle(len(self.paths), seed=shuffle_seed)
+    return ds.map(lambda path, label: {"image": tf.io.read_file(path),
+                                       "label": label},
+                  num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+
+
+def open_source(cfg: ml_collections.ConfigDict, split: str) -> FolderSource:
+  """Opens `split` (optionally sliced) of the folder cfg.data_dir."""
+  root = cfg.get("data_dir")
+  if not root:
+    raise ValueError("config.data.name='image_folder' needs "
+                     "config.data.data_dir=<root> laid out as " + _LAYOUT)
+  if not cfg.get("skip_decode"):
+    raise ValueError("image_folder serves encoded files: set "
+                     "config.data.skip_decode=True and start the preprocess "
+                     "specs with decode or decode_jpeg_and_inception_crop")
+  names = classes(root)
+  if cfg.get("class_names") and tuple(cfg.class_names) != tuple(names):
+    raise ValueError(f"classes in {root!r} ({len(names)}) differ from "
+                     f"config.data.class_names ({len(cfg.class_names)}); the "
+                     "folder changed since the config was made")
+  if cfg.get("num_classes") != len(names):
+    raise ValueError(f"{root!r} has {len(names)} classes but "
+                     f"config.data.num_classes={cfg.get('num_classes')}")
+  try:
+    instructions = tfds.core.ReadInstruction.from_spec(split)
+    name = getattr(instructions, "split_name", None)
+    if name is None:
+      raise ValueError("image folders take one split at a time")
+    if name not in splits(root):
+      raise ValueError(f"no split folder {name!r} (found: {splits(root)})")
+    paths, labels = _examples(root, name, names)
+    (absolute,) = instructions.to_absolute({name: tfds.core.SplitInfo(
+        name=name, shard_lengths=[len(paths)], num_bytes=0)})
+  except (AssertionError, KeyError, ValueError) as e:
+    raise ValueError(f"bad split {split!r} for image folder {root!r}: "
+                     f"{' '.join(str(e).split())}") from None
+  part = slice(absolute.from_, absolute.to)
+  paths, labels = paths[part], labels[part]
+  if not paths:
+    raise ValueError(f"split {split!r} of {root!r} is empty")
+  # Contiguous, near-equal parts per process (as tfds.split_for_jax_process).
+  count, index = jax.process_count(), jax.process_index()
+  lo, hi = index * len(paths) // count, (index + 1) * len(paths) // count
+  return FolderSource(split, tuple(paths[lo:hi]), tuple(labels[lo:hi]),
+                      len(paths), tuple(names))
