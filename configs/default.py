@@ -62,7 +62,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.export.dtype = "float16"
   config.export.examples_per_shard = 20_000
 
-  config.mesh = (("data", -1),)
+  config.mesh = (("data", -1),)  # axes data, fsdp, model; one size may be -1
+  config.sharding = config_lib.sharding_section("dp")  # or fsdp, fsdp_tp
   config.log_every_steps = 100
   config.checkpoint_every_steps = 1000
   config.eval_every_steps = 0  # 0: evaluate only at the end

@@ -100,7 +100,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.optimizer.warmup_init_factor = 1e-4
   config.optimizer.schedule = "linear"
 
-  config.mesh = (("data", -1),)
+  config.mesh = (("data", -1),)  # axes data, fsdp, model; one size may be -1
+  config.sharding = config_lib.sharding_section("dp")  # or fsdp, fsdp_tp
   config.log_every_steps = 100
   config.checkpoint_every_steps = 1250  # ~1 epoch
   config.eval_every_steps = 0  # 0: evaluate only at the end

@@ -50,6 +50,15 @@ def model_section(name: str, dtype: str = "float32",
        "kwargs": ml_collections.ConfigDict(kwargs)})
 
 
+def sharding_section(strategy: str = "dp") -> ml_collections.ConfigDict:
+  """config.sharding: a named strategy (dp, fsdp, fsdp_tp) plus extra rules.
+
+  `rules` are (regex, spec) pairs tried before the strategy's own; see
+  mrl_jax/sharding_rules.py.
+  """
+  return ml_collections.ConfigDict({"strategy": strategy, "rules": ()})
+
+
 def mrl_section(head: str, nesting_dims: tuple[int, ...] | None = None,
                 ff_dim: int | None = None) -> ml_collections.ConfigDict:
   """config.mrl: the head and its nesting list.

@@ -19,6 +19,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from mrl_jax import sharding
+
 Dtype = Any
 
 _LN_EPS = 1e-6
@@ -121,9 +123,12 @@ class ViT(nn.Module):
                      (1, 1 + h * w, d))
     x = x + pos.astype(x.dtype)
     x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
+    # Tokens stay split by example between blocks (sharding.constrain_batch).
+    x = sharding.constrain_batch(x)
     for i in range(self.depth):
       x = EncoderBlock(self.num_heads, self.mlp_dim, self.dropout_rate,
                        self.dtype, name=f"block_{i}")(x, train)
+      x = sharding.constrain_batch(x)
     x = nn.LayerNorm(epsilon=_LN_EPS, dtype=self.dtype,
                      param_dtype=jnp.float32, name="norm")(x)
     if self.pool == "token":
