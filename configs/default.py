@@ -28,6 +28,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.total_epochs = 4
   config.total_steps = config_dict.placeholder(int)
   config.batch_size = 128
+  config.grad_accum_steps = 1  # k > 1: k microbatches per update
   config.eval_batch_size = 1000
 
   config.data = ml_collections.ConfigDict()
@@ -52,6 +53,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
   config.optimizer = ml_collections.ConfigDict()
   config.optimizer.name = "adamw"
+  config.optimizer.state_dtype = "float32"  # or bfloat16 (momentum)
   config.optimizer.learning_rate = 3e-3
   config.optimizer.weight_decay = 1e-4
   config.optimizer.warmup_epochs = 0.5

@@ -64,6 +64,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.total_epochs = 40
   config.total_steps = config_dict.placeholder(int)
   config.batch_size = 1024
+  config.grad_accum_steps = 1  # k > 1: k microbatches per update
   config.eval_batch_size = 1000
 
   config.data = ml_collections.ConfigDict()
@@ -92,6 +93,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
   config.optimizer = ml_collections.ConfigDict()
   config.optimizer.name = "sgd"
+  config.optimizer.state_dtype = "float32"  # or bfloat16 (momentum)
   config.optimizer.momentum = 0.9
   config.optimizer.nesterov = False
   config.optimizer.learning_rate = 0.425

@@ -49,6 +49,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.total_epochs = 300
   config.total_steps = config_dict.placeholder(int)
   config.batch_size = 4096
+  config.grad_accum_steps = 1  # k > 1: k microbatches per update
   config.eval_batch_size = 1024
 
   config.data = ml_collections.ConfigDict()
@@ -79,6 +80,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
   config.optimizer = ml_collections.ConfigDict()
   config.optimizer.name = "adamw"
+  config.optimizer.state_dtype = "float32"  # or bfloat16 (momentum)
   config.optimizer.learning_rate = 1e-3
   config.optimizer.b1 = 0.9
   config.optimizer.b2 = 0.999

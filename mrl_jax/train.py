@@ -40,6 +40,7 @@ class Setup:
   mesh: jax.sharding.Mesh
   fingerprint: dict[str, Any]
   sharding_rules: tuple[Any, ...]  # compiled config.sharding
+  grad_accum_steps: int
 
 
 def setup(config: ml_collections.ConfigDict) -> Setup:
@@ -56,13 +57,29 @@ def setup(config: ml_collections.ConfigDict) -> Setup:
   sharding.check_batch_size(config.batch_size, mesh, "batch_size")
   sharding.check_batch_size(config.eval_batch_size, mesh, "eval_batch_size")
   rules = sharding_rules.from_config(config.get("sharding"))
+  _check_grad_accum(config, mesh)
   optim.build_optimizer(config.optimizer, 1, 1)  # validates optimizer fields
   fingerprint = {"model": config.model.name,
                  "model_kwargs": dict(config.model.get("kwargs", {})),
                  "head": config.mrl.head, "nesting_dims": list(dims),
                  "num_classes": config.data.num_classes,
                  "dataset": config.data.name}
-  return Setup(model, dims, weights, loss_fn, mesh, fingerprint, rules)
+  return Setup(model, dims, weights, loss_fn, mesh, fingerprint, rules,
+               config.get("grad_accum_steps", 1))
+
+
+def _check_grad_accum(config: ml_collections.ConfigDict,
+                      mesh: jax.sharding.Mesh) -> None:
+  """Each device's share of the batch must split into k microbatches."""
+  k = config.get("grad_accum_steps", 1)
+  if not isinstance(k, int) or k < 1:
+    raise ValueError(f"config.grad_accum_steps={k!r} must be an integer >= 1")
+  unit = sharding.batch_shards(mesh) * k
+  if k > 1 and config.batch_size % unit:
+    raise ValueError(
+        f"config.batch_size={config.batch_size} does not split into "
+        f"grad_accum_steps={k} microbatches on {unit // k} batch shards; use "
+        f"a multiple of {unit}")
 
 
 def train_state_shardings(abstract_state: step_lib.TrainState, s: Setup
@@ -120,7 +137,8 @@ def _raise_if_nonfinite(state: step_lib.TrainState,
 
 def _jit_train_step(s: Setup, tx, state_shardings, seed: int):
   step = step_lib.make_train_step(s.model, tx, s.loss_fn,
-                                  s.relative_importance, seed)
+                                  s.relative_importance, seed,
+                                  s.grad_accum_steps)
   return jax.jit(
       sharding.traced_under_mesh(step, s.mesh),
       in_shardings=(state_shardings, sharding.batch_sharding(s.mesh)),
