@@ -81,6 +81,7 @@ def batch_spec(mesh: Mesh) -> P:
 
 
 def batch_sharding(mesh: Mesh) -> NamedSharding:
+  """`batch_spec` on mesh: how every batch array is laid out."""
   return NamedSharding(mesh, batch_spec(mesh))
 
 
@@ -93,8 +94,9 @@ def constrain_batch(x: jax.Array, batch_dim: int = 0) -> jax.Array:
   """Pins dim `batch_dim` of an activation to the batch axes, others free.
 
   Without it XLA may split activations the way it splits an FSDP weight they
-  meet, instead of by example. Acts only while a step is traced under `traced_under_mesh`;
-  elsewhere (init, a model applied alone) it returns x unchanged.
+  meet, instead of by example. Acts only while a step is traced under
+  `traced_under_mesh`; elsewhere (init, a model applied alone) it returns x
+  unchanged.
   """
   mesh = jax.sharding.get_abstract_mesh()
   axes = batch_axes(mesh)

@@ -82,8 +82,8 @@ def _check_grad_accum(config: ml_collections.ConfigDict,
         f"a multiple of {unit}")
 
 
-def train_state_shardings(abstract_state: step_lib.TrainState, s: Setup
-                    ) -> step_lib.TrainState:
+def train_state_shardings(abstract_state: step_lib.TrainState,
+                          s: Setup) -> step_lib.TrainState:
   """NamedShardings for every leaf of the train state, from config.sharding.
 
   Parameters follow the rules, optimizer state follows the parameters,
