@@ -28,6 +28,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.total_epochs = 4
   config.total_steps = config_dict.placeholder(int)
   config.batch_size = 128
+  config.grad_accum_steps = 1  # k > 1: k microbatches per update
   config.eval_batch_size = 1000
 
   config.data = ml_collections.ConfigDict()
@@ -52,6 +53,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
   config.optimizer = ml_collections.ConfigDict()
   config.optimizer.name = "adamw"
+  config.optimizer.state_dtype = "float32"  # or bfloat16 (momentum)
   config.optimizer.learning_rate = 3e-3
   config.optimizer.weight_decay = 1e-4
   config.optimizer.warmup_epochs = 0.5
@@ -62,7 +64,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.export.dtype = "float16"
   config.export.examples_per_shard = 20_000
 
-  config.mesh = (("data", -1),)
+  config.mesh = (("data", -1),)  # axes data, fsdp, model; one size may be -1
+  config.sharding = config_lib.sharding_section("dp")  # or fsdp, fsdp_tp
   config.log_every_steps = 100
   config.checkpoint_every_steps = 1000
   config.eval_every_steps = 0  # 0: evaluate only at the end

@@ -70,6 +70,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.total_epochs = 40
   config.total_steps = config_dict.placeholder(int)
   config.batch_size = 1024
+  config.grad_accum_steps = 1  # k > 1: k microbatches per update
   config.eval_batch_size = 1000
 
   config.data = ml_collections.ConfigDict()
@@ -104,6 +105,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
   config.optimizer = ml_collections.ConfigDict()
   config.optimizer.name = "sgd"
+  config.optimizer.state_dtype = "float32"  # or bfloat16 (momentum)
   config.optimizer.momentum = 0.9
   config.optimizer.nesterov = False
   config.optimizer.learning_rate = 0.425
@@ -112,7 +114,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.optimizer.warmup_init_factor = 1e-4
   config.optimizer.schedule = "linear"
 
-  config.mesh = (("data", -1),)
+  config.mesh = (("data", -1),)  # axes data, fsdp, model; one size may be -1
+  config.sharding = config_lib.sharding_section("dp")  # or fsdp, fsdp_tp
   config.log_every_steps = 100
   config.checkpoint_every_steps = 1250  # ~1 epoch
   config.eval_every_steps = 0  # 0: evaluate only at the end

@@ -49,6 +49,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.total_epochs = 300
   config.total_steps = config_dict.placeholder(int)
   config.batch_size = 4096
+  config.grad_accum_steps = 1  # k > 1: k microbatches per update
   config.eval_batch_size = 1024
 
   config.data = ml_collections.ConfigDict()
@@ -79,6 +80,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
   config.optimizer = ml_collections.ConfigDict()
   config.optimizer.name = "adamw"
+  config.optimizer.state_dtype = "float32"  # or bfloat16 (momentum)
   config.optimizer.learning_rate = 1e-3
   config.optimizer.b1 = 0.9
   config.optimizer.b2 = 0.999
@@ -87,7 +89,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.optimizer.schedule = "cosine"
   config.optimizer.grad_clip_norm = 1.0
 
-  config.mesh = (("data", -1),)
+  config.mesh = (("data", -1),)  # axes data, fsdp, model; one size may be -1
+  config.sharding = config_lib.sharding_section("dp")  # or fsdp, fsdp_tp
   config.log_every_steps = 50
   config.checkpoint_every_steps = 1000
   config.eval_every_steps = 0  # 0: evaluate only at the end

@@ -48,6 +48,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.total_epochs = config_dict.placeholder(float)
   config.total_steps = 300_000
   config.batch_size = 128
+  config.grad_accum_steps = 1  # k > 1: k microbatches per update
   config.eval_batch_size = 1024
 
   c = arg.num_classes
@@ -79,6 +80,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
   config.optimizer = ml_collections.ConfigDict()
   config.optimizer.name = "adamw"  # the paper: Adafactor (not in optim.py)
+  config.optimizer.state_dtype = "float32"  # or bfloat16 (momentum)
   config.optimizer.learning_rate = 1e-3
   config.optimizer.b1 = 0.9
   config.optimizer.b2 = 0.999
@@ -86,7 +88,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.optimizer.warmup_steps = 10_000
   config.optimizer.schedule = "linear"
 
-  config.mesh = (("data", -1),)
+  config.mesh = (("data", -1),)  # axes data, fsdp, model; one size may be -1
+  config.sharding = config_lib.sharding_section("dp")  # or fsdp, fsdp_tp
   config.log_every_steps = 100
   config.checkpoint_every_steps = 5000
   config.eval_every_steps = 0  # 0: evaluate only at the end

@@ -8,7 +8,8 @@ Where things live:
   models/             backbones (resnet.py, vit.py, cnn.py), registry.py, classifier.py
   data/               TFDS / image-folder input pipeline, preprocessing ops,
                       progressive resizing, mixup, offline Fashion-MNIST
-  sharding.py         device mesh and array shardings
+  sharding.py         device mesh, batch shardings, activation constraints
+  sharding_rules.py   dp / fsdp / fsdp_tp rules -> param and optimizer specs
   optim.py            optax optimizer and schedule from config
   train_step.py       pure, jittable train and eval steps
   train.py            train_and_evaluate(config, workdir) and evaluate(...)

@@ -44,10 +44,23 @@ def steps(prefix: str, config: ml_collections.ConfigDict,
 
 def model_section(name: str, dtype: str = "float32",
                   **kwargs: Any) -> ml_collections.ConfigDict:
-  """config.model: registered backbone name, compute dtype, overrides."""
+  """config.model: registered backbone name, compute dtype, overrides.
+
+  `remat` ("none", "full", "dots", "dots_no_batch"; ViT only) recomputes
+  encoder-block activations in the backward pass to save memory.
+  """
   return ml_collections.ConfigDict(
-      {"name": name, "dtype": dtype,
+      {"name": name, "dtype": dtype, "remat": "none",
        "kwargs": ml_collections.ConfigDict(kwargs)})
+
+
+def sharding_section(strategy: str = "dp") -> ml_collections.ConfigDict:
+  """config.sharding: a named strategy (dp, fsdp, fsdp_tp) plus extra rules.
+
+  `rules` are (regex, spec) pairs tried before the strategy's own; see
+  mrl_jax/sharding_rules.py.
+  """
+  return ml_collections.ConfigDict({"strategy": strategy, "rules": ()})
 
 
 def mrl_section(head: str, nesting_dims: tuple[int, ...] | None = None,

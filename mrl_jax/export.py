@@ -63,7 +63,7 @@ def split_dir(workdir: str, dataset: str, split: str) -> str:
 def _local_rows(x: jax.Array, mesh: jax.sharding.Mesh) -> np.ndarray:
   """This process's rows of a batch-sharded global array."""
   return np.asarray(multihost_utils.global_array_to_host_local_array(
-      x, mesh, jax.sharding.PartitionSpec(sharding.DATA_AXIS)))
+      x, mesh, sharding.batch_spec(mesh)))
 
 
 def _export_split(config, s: train.Setup, embed, state, split: str,

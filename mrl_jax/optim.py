@@ -7,8 +7,12 @@ containing "bn", which still decays torchvision's downsample BN and biases;
 we apply the intended rule.)
 """
 import jax
+import jax.numpy as jnp
 import ml_collections
 import optax
+
+# config.optimizer.state_dtype -> dtype of the momentum / first moment.
+STATE_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 
 def decay_mask(params: optax.Params) -> optax.Params:
@@ -47,18 +51,31 @@ def build_schedule(cfg: ml_collections.ConfigDict, total_steps: int,
 
 def build_optimizer(cfg: ml_collections.ConfigDict, total_steps: int,
                     steps_per_epoch: int) -> optax.GradientTransformation:
-  """config.optimizer -> optax transformation (clip, decay, update rule)."""
+  """config.optimizer -> optax transformation (clip, decay, update rule).
+
+  `state_dtype="bfloat16"` stores SGD's momentum / Adam's first moment in
+  bfloat16 (half their memory); Adam's second moment stays float32 (optax
+  has no option for it, and its squares need the range), and so do the
+  master weights.
+  """
   lr = build_schedule(cfg, total_steps, steps_per_epoch)
   wd = cfg.get("weight_decay", 0.0)
+  state_dtype = cfg.get("state_dtype", "float32")
+  if state_dtype not in STATE_DTYPES:
+    raise ValueError(f"unknown optimizer state dtype {state_dtype!r}; set "
+                     "config.optimizer.state_dtype to one of "
+                     f"{sorted(STATE_DTYPES)}")
+  dtype = STATE_DTYPES[state_dtype]
   if cfg.name == "sgd":
     rule = optax.chain(
         optax.add_decayed_weights(wd, mask=decay_mask) if wd else
         optax.identity(),
         optax.sgd(lr, momentum=cfg.get("momentum", 0.9),
-                  nesterov=cfg.get("nesterov", False)))
+                  nesterov=cfg.get("nesterov", False),
+                  accumulator_dtype=dtype))
   elif cfg.name == "adamw":
     rule = optax.adamw(lr, b1=cfg.get("b1", 0.9), b2=cfg.get("b2", 0.999),
-                       weight_decay=wd, mask=decay_mask)
+                       mu_dtype=dtype, weight_decay=wd, mask=decay_mask)
   else:
     raise ValueError(f"unknown optimizer {cfg.name!r}; set "
                      "config.optimizer.name to 'sgd' or 'adamw'")

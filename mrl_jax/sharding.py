@@ -1,18 +1,27 @@
-"""Device mesh and shardings.
+"""Device mesh, batch shardings and activation constraints.
 
-The batch is split over the `data` mesh axis; parameters and optimizer state
-are replicated (FSDP / tensor-parallel rules build on this, see the scale
-issue). Meshes use Auto axes: XLA propagates shardings through the step, which
-is what `jit(in_shardings=, out_shardings=)` code expects.
+Training meshes have the axes `data`, `fsdp` and `model` (missing ones get
+size 1). The batch is split over (`data`, `fsdp`): FSDP is data parallelism
+whose parameters are sharded too. How parameters and optimizer state are
+split is decided by rules (sharding_rules.py). Meshes use Auto axes: XLA
+propagates shardings through the step, which is what
+`jit(in_shardings=, out_shardings=)` code expects.
 """
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+import functools
 import math
+from typing import Any
 
 import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 DATA_AXIS = "data"
+FSDP_AXIS = "fsdp"
+MODEL_AXIS = "model"
+TRAIN_AXES = (DATA_AXIS, FSDP_AXIS, MODEL_AXIS)
+# Mesh axes that split the batch, major to minor.
+BATCH_AXES = (DATA_AXIS, FSDP_AXIS)
 
 
 def make_mesh(axes: Sequence[tuple[str, int]],
@@ -45,9 +54,67 @@ def make_mesh(axes: Sequence[tuple[str, int]],
               axis_types=(jax.sharding.AxisType.Auto,) * len(names))
 
 
+def make_train_mesh(axes: Sequence[tuple[str, int]],
+                    devices: Sequence[jax.Device] | None = None) -> Mesh:
+  """`make_mesh` for training: axes among data/fsdp/model, missing ones size 1.
+
+  Every training mesh has all three axes so that sharding rules can always
+  name them; an axis of size 1 splits nothing.
+  """
+  names = [name for name, _ in axes]
+  unknown = sorted(set(names) - set(TRAIN_AXES))
+  if unknown:
+    raise ValueError(f"config.mesh axis {unknown[0]!r} is unknown; use "
+                     f"{', '.join(TRAIN_AXES)}")
+  missing = tuple((name, 1) for name in TRAIN_AXES if name not in names)
+  return make_mesh(tuple(axes) + missing, devices)
+
+
+def batch_axes(mesh: Mesh | jax.sharding.AbstractMesh) -> tuple[str, ...]:
+  """The axes of BATCH_AXES that `mesh` has."""
+  return tuple(a for a in BATCH_AXES if a in mesh.axis_names)
+
+
+def batch_spec(mesh: Mesh) -> P:
+  """Leading (batch) dim split over the batch axes, the rest replicated."""
+  return P(batch_axes(mesh))
+
+
 def batch_sharding(mesh: Mesh) -> NamedSharding:
-  """Leading (batch) dim split over `data`, the rest replicated."""
-  return NamedSharding(mesh, P(DATA_AXIS))
+  """`batch_spec` on mesh: how every batch array is laid out."""
+  return NamedSharding(mesh, batch_spec(mesh))
+
+
+def batch_shards(mesh: Mesh) -> int:
+  """How many pieces the batch is split into."""
+  return math.prod(mesh.shape[a] for a in batch_axes(mesh))
+
+
+def constrain_batch(x: jax.Array, batch_dim: int = 0) -> jax.Array:
+  """Pins dim `batch_dim` of an activation to the batch axes, others free.
+
+  Without it XLA may split activations the way it splits an FSDP weight they
+  meet, instead of by example. Acts only while a step is traced under
+  `traced_under_mesh`; elsewhere (init, a model applied alone) it returns x
+  unchanged.
+  """
+  mesh = jax.sharding.get_abstract_mesh()
+  axes = batch_axes(mesh)
+  if mesh.empty or not axes:
+    return x
+  # Other dims stay free, so a tensor-parallel split of features survives.
+  spec = [P.UNCONSTRAINED] * x.ndim
+  spec[batch_dim] = axes
+  return jax.lax.with_sharding_constraint(x, P(*spec))
+
+
+def traced_under_mesh(fn: Callable[..., Any], mesh: Mesh) -> Callable[..., Any]:
+  """fn, traced with `mesh` as the context mesh (for `constrain_batch`)."""
+  @functools.wraps(fn)
+  def wrapped(*args, **kwargs):
+    with jax.sharding.use_abstract_mesh(mesh.abstract_mesh):
+      return fn(*args, **kwargs)
+  return wrapped
 
 
 def replicated(mesh: Mesh) -> NamedSharding:
@@ -55,10 +122,10 @@ def replicated(mesh: Mesh) -> NamedSharding:
 
 
 def check_batch_size(global_batch: int, mesh: Mesh, what: str) -> None:
-  """A global batch must split evenly over the data axis and the hosts."""
-  shards = mesh.shape[DATA_AXIS]
+  """A global batch must split evenly over the batch axes and the hosts."""
+  shards = batch_shards(mesh)
   if global_batch % shards or global_batch % jax.process_count():
     raise ValueError(
-        f"config.{what}={global_batch} is not divisible by the {shards} data "
+        f"config.{what}={global_batch} is not divisible by the {shards} batch "
         f"shards and {jax.process_count()} processes; use a multiple of "
         f"{math.lcm(shards, jax.process_count())}")

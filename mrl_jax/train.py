@@ -20,6 +20,7 @@ from mrl_jax import config_lib
 from mrl_jax import metric_writer
 from mrl_jax import optim
 from mrl_jax import sharding
+from mrl_jax import sharding_rules
 from mrl_jax import train_step as step_lib
 from mrl_jax.data import pipeline
 from mrl_jax.evaluators import class_subsets
@@ -38,6 +39,8 @@ class Setup:
   loss_fn: losses.NestedLossFn
   mesh: jax.sharding.Mesh
   fingerprint: dict[str, Any]
+  sharding_rules: tuple[Any, ...]  # compiled config.sharding
+  grad_accum_steps: int
 
 
 def setup(config: ml_collections.ConfigDict) -> Setup:
@@ -49,21 +52,52 @@ def setup(config: ml_collections.ConfigDict) -> Setup:
   loss_fn = losses.get_loss_fn(config.loss.name,
                                config.loss.get("label_smoothing", 0.0))
   pipeline.validate(config.data)
-  mesh = sharding.make_mesh(config.mesh)
+  mesh = sharding.make_train_mesh(config.mesh)
   sharding.check_batch_size(config.batch_size, mesh, "batch_size")
   sharding.check_batch_size(config.eval_batch_size, mesh, "eval_batch_size")
+  rules = sharding_rules.from_config(config.get("sharding"))
+  _check_grad_accum(config, mesh)
   optim.build_optimizer(config.optimizer, 1, 1)  # validates optimizer fields
   fingerprint = {"model": config.model.name,
                  "model_kwargs": dict(config.model.get("kwargs", {})),
                  "head": config.mrl.head, "nesting_dims": list(dims),
                  "num_classes": config.data.num_classes,
                  "dataset": config.data.name}
-  return Setup(model, dims, weights, loss_fn, mesh, fingerprint)
+  return Setup(model, dims, weights, loss_fn, mesh, fingerprint, rules,
+               config.get("grad_accum_steps", 1))
 
 
-def _state_shardings(abstract_state: Any, mesh: jax.sharding.Mesh) -> Any:
-  # Parameters and optimizer state are replicated (data parallelism).
-  return jax.tree.map(lambda _: sharding.replicated(mesh), abstract_state)
+def _check_grad_accum(config: ml_collections.ConfigDict,
+                      mesh: jax.sharding.Mesh) -> None:
+  """Each device's share of the batch must split into k microbatches."""
+  k = config.get("grad_accum_steps", 1)
+  if not isinstance(k, int) or k < 1:
+    raise ValueError(f"config.grad_accum_steps={k!r} must be an integer >= 1")
+  unit = sharding.batch_shards(mesh) * k
+  if k > 1 and config.batch_size % unit:
+    raise ValueError(
+        f"config.batch_size={config.batch_size} does not split into "
+        f"grad_accum_steps={k} microbatches on {unit // k} batch shards; use "
+        f"a multiple of {unit}")
+
+
+def train_state_shardings(abstract_state: step_lib.TrainState,
+                          s: Setup) -> step_lib.TrainState:
+  """NamedShardings for every leaf of the train state, from config.sharding.
+
+  Parameters follow the rules, optimizer state follows the parameters,
+  BatchNorm statistics and counters are replicated (they are small).
+  """
+  specs, notes = sharding_rules.param_specs(abstract_state.params,
+                                            s.sharding_rules, s.mesh)
+  for note in notes:
+    logging.info("sharding: %s", note)
+  replicated = jax.tree.map(lambda _: sharding.replicated(s.mesh),
+                            abstract_state)
+  return replicated.replace(
+      params=sharding_rules.named(specs, s.mesh),
+      opt_state=sharding_rules.named(sharding_rules.opt_state_specs(
+          abstract_state.opt_state, abstract_state.params, specs), s.mesh))
 
 
 def _init_or_restore(s: Setup, config: ml_collections.ConfigDict,
@@ -76,7 +110,7 @@ def _init_or_restore(s: Setup, config: ml_collections.ConfigDict,
   # as good for initialisation and compiles in a fraction of the time.
   rng = jax.random.key(config.seed, impl="rbg")
   abstract = jax.eval_shape(init, rng)
-  shardings = _state_shardings(abstract, s.mesh)
+  shardings = train_state_shardings(abstract, s)
   target = jax.tree.map(
       lambda a, sh: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sh),
       abstract, shardings)
@@ -101,16 +135,19 @@ def _raise_if_nonfinite(state: step_lib.TrainState,
 
 
 def _jit_train_step(s: Setup, tx, state_shardings, seed: int):
+  step = step_lib.make_train_step(s.model, tx, s.loss_fn,
+                                  s.relative_importance, seed,
+                                  s.grad_accum_steps)
   return jax.jit(
-      step_lib.make_train_step(s.model, tx, s.loss_fn, s.relative_importance,
-                               seed),
+      sharding.traced_under_mesh(step, s.mesh),
       in_shardings=(state_shardings, sharding.batch_sharding(s.mesh)),
       out_shardings=(state_shardings, sharding.replicated(s.mesh)),
       donate_argnums=0)
 
 
 def _jit_eval_step(s: Setup, state_shardings, class_subset=None):
-  return jax.jit(step_lib.make_eval_step(s.model, s.loss_fn, class_subset),
+  step = step_lib.make_eval_step(s.model, s.loss_fn, class_subset)
+  return jax.jit(sharding.traced_under_mesh(step, s.mesh),
                  in_shardings=(state_shardings,
                                sharding.batch_sharding(s.mesh)),
                  out_shardings=sharding.replicated(s.mesh))

@@ -12,6 +12,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from mrl_jax import sharding
 from mrl_jax.evaluators import class_subsets
 from mrl_jax.mrl import losses
 from mrl_jax.mrl import metrics
@@ -52,32 +53,75 @@ def _all_finite(tree: PyTree) -> jax.Array:
   return jnp.stack(leaves).all() if leaves else jnp.array(True)
 
 
+def split_microbatches(x: jax.Array, k: int) -> jax.Array:
+  """[B, ...] -> [k, B / k, ...]; microbatch i holds rows i, i + k, ...
+
+  Interleaving keeps each device's rows on that device: a device holding a
+  contiguous block of B / n rows holds B / (n k) rows of every microbatch,
+  so the split moves no data (needs B divisible by n k).
+  """
+  x = x.reshape(x.shape[0] // k, k, *x.shape[1:]).swapaxes(0, 1)
+  return sharding.constrain_batch(x, batch_dim=1)
+
+
 def make_train_step(
     model: nn.Module, tx: optax.GradientTransformation,
     loss_fn: losses.NestedLossFn, relative_importance: Sequence[float],
-    seed: int) -> Callable[[TrainState, Batch], tuple[TrainState, Batch]]:
+    seed: int, grad_accum_steps: int = 1,
+) -> Callable[[TrainState, Batch], tuple[TrainState, Batch]]:
   """Returns step(state, batch) -> (state, metrics).
 
   batch: {"image": [B, H, W, C], "label": [B] or [B, C]}.
   metrics: "loss" [] (the weighted sum), "loss_per_dim" [G], "top1_per_dim"
   [G] (train-batch accuracy; prec@1 for multi-label), "grad_norm" [].
-  """
-  def train_step(state: TrainState, batch: Batch) -> tuple[TrainState, Batch]:
-    # Dropout randomness is a function of (seed, step): resumable.
-    rng = jax.random.fold_in(jax.random.key(seed), state.step)
 
+  With grad_accum_steps = k > 1 the batch is split into k microbatches of
+  B / k that run one after another (lax.scan) and their gradients are
+  averaged: the same update as the whole batch, with ~1/k of the activation
+  memory. BatchNorm normalises each microbatch with its own statistics and
+  updates its running averages once per microbatch.
+  """
+  def loss_and_grads(params, batch_stats, batch, rng):
     def objective(params):
       (logits, _), updates = model.apply(
-          {"params": params, "batch_stats": state.batch_stats},
+          {"params": params, "batch_stats": batch_stats},
           batch["image"], train=True, mutable=["batch_stats"],
           rngs={"dropout": rng})
       per_example = loss_fn(logits, batch["label"])
       total, per_dim = losses.weighted_nested_loss(per_example,
                                                    relative_importance)
-      return total, (per_dim, logits, updates.get("batch_stats", {}))
+      top1 = metrics.topk_correct(logits, batch["label"], 1).mean(-1)
+      return total, (per_dim, top1, updates.get("batch_stats", {}))
 
-    (loss, (per_dim, logits, batch_stats)), grads = jax.value_and_grad(
-        objective, has_aux=True)(state.params)
+    (loss, aux), grads = jax.value_and_grad(objective, has_aux=True)(params)
+    return (loss, *aux), grads
+
+  def accumulated(params, batch_stats, batch, rng):
+    k = grad_accum_steps
+    if k == 1:
+      return loss_and_grads(params, batch_stats, batch, rng)
+
+    def microstep(carry, xs):
+      grad_sum, stats = carry
+      microbatch, i = xs
+      (loss, per_dim, top1, stats), grads = loss_and_grads(
+          params, stats, microbatch, jax.random.fold_in(rng, i))
+      return (jax.tree.map(jnp.add, grad_sum, grads), stats), (loss, per_dim,
+                                                                top1)
+
+    micro = jax.tree.map(lambda x: split_microbatches(x, k), batch)
+    zeros = jax.tree.map(jnp.zeros_like, params)
+    (grad_sum, stats), (loss, per_dim, top1) = jax.lax.scan(
+        microstep, (zeros, batch_stats), (micro, jnp.arange(k)))
+    # Equal-sized microbatches: the mean of their means is the batch mean.
+    return ((loss.mean(), per_dim.mean(0), top1.mean(0), stats),
+            jax.tree.map(lambda g: g / k, grad_sum))
+
+  def train_step(state: TrainState, batch: Batch) -> tuple[TrainState, Batch]:
+    # Dropout randomness is a function of (seed, step): resumable.
+    rng = jax.random.fold_in(jax.random.key(seed), state.step)
+    (loss, per_dim, top1, batch_stats), grads = accumulated(
+        state.params, state.batch_stats, batch, rng)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     finite = jnp.isfinite(loss) & _all_finite(grads)
     ok = finite & (state.nonfinite_step < 0)
@@ -94,7 +138,7 @@ def make_train_step(
     step_metrics = {
         "loss": loss,
         "loss_per_dim": per_dim,
-        "top1_per_dim": metrics.topk_correct(logits, batch["label"], 1).mean(-1),
+        "top1_per_dim": top1,
         "grad_norm": optax.tree.norm(grads),
     }
     return new_state, step_metrics

@@ -1,4 +1,6 @@
 """The pure train/eval steps on a tiny model."""
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -72,3 +74,31 @@ def test_eval_step_ignores_padding():
                           batch["image"][:5], train=False)
   want = (np.asarray(logits).argmax(-1) == np.asarray(batch["label"][:5]))
   np.testing.assert_allclose(sums["top1"], want.sum(-1))
+
+
+def test_grad_accumulation_batchnorm_semantics():
+  """k microbatches with BatchNorm: each normalised with its own statistics.
+
+  The loss is the mean of the microbatch losses, the gradient the mean of
+  their gradients (plain SGD makes the update that gradient), and the
+  running statistics are updated once per microbatch, in order.
+  """
+  model, state, _, batch = _setup()
+  tx = optax.sgd(0.1)
+  state = state.replace(opt_state=tx.init(state.params))
+  make = lambda k: jax.jit(step_lib.make_train_step(
+      model, tx, losses.get_loss_fn("softmax", 0.1), (1.0, 1.0, 1.0), seed=0,
+      grad_accum_steps=k))
+  accumulated, metrics = make(2)(state, batch)
+  one = make(1)
+  micro = [jax.tree.map(lambda x, i=i: x[i::2], batch) for i in range(2)]
+  first, m0 = one(state, micro[0])
+  second, m1 = one(state.replace(batch_stats=first.batch_stats), micro[1])
+  np.testing.assert_allclose(metrics["loss"], (m0["loss"] + m1["loss"]) / 2,
+                             rtol=1e-6)
+  mean_params = jax.tree.map(lambda a, b: (a + b) / 2, first.params,
+                             second.params)
+  jax.tree.map(functools.partial(np.testing.assert_allclose, rtol=1e-5,
+                                 atol=1e-7), accumulated.params, mean_params)
+  jax.tree.map(functools.partial(np.testing.assert_allclose, rtol=1e-6),
+               accumulated.batch_stats, second.batch_stats)

@@ -1,4 +1,5 @@
 """The MRL classifier: a registered backbone plus a nested head."""
+import dataclasses
 from typing import Any
 
 import flax.linen as nn
@@ -7,6 +8,7 @@ import jax.numpy as jnp
 import ml_collections
 
 from mrl_jax.models import registry
+from mrl_jax.models import vit
 from mrl_jax.mrl import heads
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
@@ -27,7 +29,7 @@ def build_model(config: ml_collections.ConfigDict) -> MRLClassifier:
   """Builds the classifier from config.model, config.mrl and config.data.
 
   Raises:
-    ValueError: for an unknown model, dtype, head or a bad nesting list
+    ValueError: for an unknown model, dtype, remat, head or a bad nesting list
       (one line each, before anything is compiled).
   """
   if config.model.dtype not in DTYPES:
@@ -36,6 +38,16 @@ def build_model(config: ml_collections.ConfigDict) -> MRLClassifier:
   kwargs: dict[str, Any] = dict(config.model.get("kwargs", {}))
   backbone = registry.build_backbone(
       config.model.name, dtype=DTYPES[config.model.dtype], **kwargs)
+  remat = config.model.get("remat", "none")
+  if remat not in vit.REMAT_POLICIES:
+    raise ValueError(f"unknown remat {remat!r}; set config.model.remat to one "
+                     f"of {', '.join(vit.REMAT_POLICIES)}")
+  if remat != "none":
+    if "remat" not in {f.name for f in dataclasses.fields(backbone)}:
+      raise ValueError(f"config.model.remat={remat!r} is supported by ViT "
+                       f"backbones only; set it to 'none' for "
+                       f"{config.model.name}")
+    backbone = backbone.clone(remat=remat)
   nesting = config.mrl.nesting_dims
   head = heads.build_head(
       config.mrl.head, backbone.embedding_dim, config.data.num_classes,

@@ -26,6 +26,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from mrl_jax import sharding
+
 Dtype = Any
 
 # torchvision: kaiming_normal_(mode="fan_out", nonlinearity="relu").
@@ -159,6 +161,8 @@ class ResNet(nn.Module):
         x = block_cls(filters=self.width * 2**i, strides=strides,
                       zero_init_residual=self.zero_init_residual,
                       dtype=self.dtype, name=f"layer{i + 1}_{j}")(x, train)
+        # Feature maps stay split by example (sharding.constrain_batch).
+        x = sharding.constrain_batch(x)
     return jnp.mean(x, axis=(1, 2))
 
 

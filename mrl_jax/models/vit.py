@@ -19,10 +19,21 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from mrl_jax import sharding
+
 Dtype = Any
 
 _LN_EPS = 1e-6
 _KERNEL_INIT = nn.initializers.xavier_uniform()
+
+# Rematerialisation of encoder blocks: which values the backward pass may
+# keep (the rest it recomputes). "full" keeps only each block's input.
+REMAT_POLICIES = {
+    "none": None,
+    "full": jax.checkpoint_policies.nothing_saveable,
+    "dots": jax.checkpoint_policies.dots_saveable,
+    "dots_no_batch": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+}
 
 
 class Mlp(nn.Module):
@@ -88,6 +99,8 @@ class ViT(nn.Module):
     dropout_rate: dropout after the position embedding, attention and MLP
       layers in train mode (needs the 'dropout' rng when > 0).
     dtype: compute dtype; parameters stay float32.
+    remat: a REMAT_POLICIES name: recompute block activations in the
+      backward pass instead of storing them ("none": store them all).
   """
   patch_size: int = 16
   width: int = 768
@@ -97,6 +110,7 @@ class ViT(nn.Module):
   pool: Literal["token", "gap"] = "token"
   dropout_rate: float = 0.0
   dtype: Dtype = jnp.float32
+  remat: str = "none"
 
   @property
   def embedding_dim(self) -> int:
@@ -107,6 +121,14 @@ class ViT(nn.Module):
     """Returns the representation [B, width] of images [B, H, W, C]."""
     if self.pool not in ("token", "gap"):
       raise ValueError(f"pool must be 'token' or 'gap', got {self.pool!r}")
+    if self.remat not in REMAT_POLICIES:
+      raise ValueError(f"unknown remat {self.remat!r}; set config.model.remat "
+                       f"to one of {', '.join(REMAT_POLICIES)}")
+    block = EncoderBlock
+    if self.remat != "none":
+      # static_argnums counts self: `train` (a Python bool) is argument 2.
+      block = nn.remat(EncoderBlock, policy=REMAT_POLICIES[self.remat],
+                       static_argnums=(2,))
     p = self.patch_size
     x = nn.Conv(self.width, (p, p), strides=(p, p), padding="VALID",
                 dtype=self.dtype, param_dtype=jnp.float32,
@@ -121,9 +143,12 @@ class ViT(nn.Module):
                      (1, 1 + h * w, d))
     x = x + pos.astype(x.dtype)
     x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
+    # Tokens stay split by example between blocks (sharding.constrain_batch).
+    x = sharding.constrain_batch(x)
     for i in range(self.depth):
-      x = EncoderBlock(self.num_heads, self.mlp_dim, self.dropout_rate,
-                       self.dtype, name=f"block_{i}")(x, train)
+      x = block(self.num_heads, self.mlp_dim, self.dropout_rate, self.dtype,
+                name=f"block_{i}")(x, train)
+      x = sharding.constrain_batch(x)
     x = nn.LayerNorm(epsilon=_LN_EPS, dtype=self.dtype,
                      param_dtype=jnp.float32, name="norm")(x)
     if self.pool == "token":

@@ -58,7 +58,7 @@ def test_eval_batches_pad_and_mask(cfg):
 def test_batch_not_divisible_by_devices_is_an_error():
   mesh = sharding.make_mesh((("data", -1),))
   with pytest.raises(ValueError, match="config.batch_size=12 is not divisible"
-                     " by the 8 data shards"):
+                     " by the 8 batch shards"):
     sharding.check_batch_size(12, mesh, "batch_size")
 
 
