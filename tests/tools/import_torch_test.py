@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-import torch_resnet  # tests/tools/torch_resnet.py
+import torch_resnet  # tests/torch_resnet.py
 from mrl_jax.models import classifier
 from mrl_jax.tools import import_torch
 
