@@ -44,14 +44,21 @@ def _text(nb: nbformat.NotebookNode) -> str:
                    if cell.cell_type == "code" for out in cell.outputs)
 
 
-def test_quickstart(tmp_path, monkeypatch):
-  nb = _run("quickstart", tmp_path / "work", monkeypatch)
+@pytest.fixture(scope="module", name="default_workdir")
+def fixture_default_workdir(tmp_path_factory):
+  """Shared by the two notebooks on the default config: the second resumes
+  the first's finished run instead of training again (saves CI time)."""
+  return tmp_path_factory.mktemp("default") / "work"
+
+
+def test_quickstart(default_workdir, monkeypatch):
+  nb = _run("quickstart", default_workdir, monkeypatch)
   assert "top-1" in _text(nb)
-  assert (tmp_path / "work" / "eval_summary.json").exists()
+  assert (default_workdir / "eval_summary.json").exists()
 
 
-def test_adaptive_retrieval(tmp_path, monkeypatch):
-  nb = _run("adaptive_retrieval", tmp_path / "work", monkeypatch)
+def test_adaptive_retrieval(default_workdir, monkeypatch):
+  nb = _run("adaptive_retrieval", default_workdir, monkeypatch)
   text = _text(nb)
   assert "mAP@10" in text and "Ds=8->Dr=32" in text
 
