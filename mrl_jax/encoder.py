@@ -16,6 +16,9 @@ dim, without training code, optimizer state or the config file:
 `embed(images, dim=m)` keeps the first m features and re-normalises them, as
 MRL retrieval does (each prefix normalised separately); `dim=None` keeps all
 d. Any 1 <= m <= d works, but only the nesting dims were trained.
+
+`save_tf_saved_model(encoder, path)` converts a loaded bundle with jax2tf for
+TensorFlow serving stacks (raw embeddings; truncate and normalise there).
 """
 import ast
 import functools
@@ -172,3 +175,35 @@ def load_encoder(path: str) -> Encoder:
   variables = ocp.StandardCheckpointer().restore(
       os.path.join(os.path.abspath(path), "params"), target)
   return Encoder(backbone, variables, metadata)
+
+
+def save_tf_saved_model(encoder: Encoder, path: str) -> str:
+  """Writes a TF SavedModel whose `serving_default` maps images to raw z.
+
+  Signature: `images` float32 [batch, H, W, C] (any batch; H, W, C as the
+  bundle's input shape) -> {"embedding": float32 [batch, d]}, not normalised:
+  a consumer takes z[:, :m] and L2-normalises it. Weights are tf.Variables.
+
+  Returns:
+    path.
+  """
+  # pylint: disable=import-outside-toplevel
+  import tensorflow as tf
+  from jax.experimental import jax2tf
+  shape = encoder.metadata["preprocessing"]["input_shape"]
+  weights = tf.nest.map_structure(lambda a: tf.Variable(np.asarray(a)),
+                                  encoder.variables)
+  convert = jax2tf.convert(
+      functools.partial(_embed, encoder.backbone, dim=None, normalize=False),
+      polymorphic_shapes=[None, f"(b, {', '.join(map(str, shape))})"])
+  module = tf.Module()
+  module.weights = tf.nest.flatten(weights)
+
+  @tf.function(autograph=False, input_signature=[
+      tf.TensorSpec([None, *shape], tf.float32, name="images")])
+  def serve(images):
+    return {"embedding": convert(weights, images)}
+
+  module.serve = serve
+  tf.saved_model.save(module, path, signatures={"serving_default": serve})
+  return path

@@ -113,3 +113,18 @@ def test_loading_needs_no_training_code_or_tensorflow(bundle):
 def test_missing_bundle_is_one_line_error(tmp_path):
   with pytest.raises(ValueError, match="has no encoder.json"):
     mrl_jax.load_encoder(str(tmp_path))
+
+
+def test_tf_saved_model_gives_the_same_embeddings(bundle, tmp_path):
+  import tensorflow as tf  # pylint: disable=import-outside-toplevel
+  from mrl_jax import encoder as encoder_lib  # pylint: disable=import-outside-toplevel
+  _, _, path = bundle
+  encoder = mrl_jax.load_encoder(path)
+  saved = encoder_lib.save_tf_saved_model(encoder, str(tmp_path / "sm"))
+  serve = tf.saved_model.load(saved).signatures["serving_default"]
+  images = _images(encoder.metadata["preprocessing"]["input_shape"])
+  for batch in (images, images[:1]):  # any batch size
+    got = serve(images=tf.constant(batch))["embedding"].numpy()
+    np.testing.assert_allclose(
+        got, np.asarray(encoder(batch, normalize=False)), rtol=1e-5,
+        atol=1e-5)
