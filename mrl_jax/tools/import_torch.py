@@ -41,7 +41,7 @@ from mrl_jax.models import resnet
 StateDict = dict[str, np.ndarray]
 
 _DDP_PREFIX = "module."
-# Flax leaf name -> torch suffix, per collection.
+# BatchNorm: flax leaf (in params or batch_stats) -> torch state_dict suffix.
 _BN_NAMES = {"scale": "weight", "bias": "bias", "mean": "running_mean",
              "var": "running_var"}
 _MODULE_NAMES = {"downsample_conv": "downsample.0",
