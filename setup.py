@@ -25,8 +25,20 @@ INSTALL_REQUIRES = [
     "numpy>=2.0,<2.5",
 ]
 
+# Importing official PyTorch checkpoints (mrl_jax.tools.import_torch). The
+# CPU build is enough: on the project's machines pip takes the local wheel
+# torch-2.13.0+cpu (~30 s); elsewhere add
+# --extra-index-url https://download.pytorch.org/whl/cpu to skip CUDA.
+TORCH = ["torch==2.13.0"]
+# Running experiments/notebooks/ headless (tests) and their plots.
+NOTEBOOKS = ["nbclient==0.11.0", "nbformat==5.11.1", "ipykernel==7.4.0",
+             "matplotlib==3.11.2"]
+
 EXTRAS_REQUIRE = {
-    "test": ["pytest>=8,<10"],
+    "torch": TORCH,
+    "notebooks": NOTEBOOKS,
+    # The import parity tests and the notebook tests run in CI too.
+    "test": ["pytest>=8,<10"] + TORCH + NOTEBOOKS,
 }
 
 setuptools.setup(

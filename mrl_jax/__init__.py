@@ -14,6 +14,8 @@ Where things live:
   train_step.py       pure, jittable train and eval steps
   train.py            train_and_evaluate(config, workdir) and evaluate(...)
   export.py           embedding export (mode=export) and load_split(...)
+  encoder.py          encoder bundles (mode=export_encoder), load_encoder(path)
+  tools/import_torch.py  official PyTorch checkpoints -> mrl_jax checkpoint
   embedding_eval.py   knn / retrieval modes over exported embeddings
   checkpointing.py    Orbax CheckpointManager wrapper (resume, corruption fallback)
   evaluators/         per-nesting-dim evaluation
@@ -22,3 +24,11 @@ Where things live:
   config_lib.py       config-file argument parsing, durations
   main.py             absl launcher (the only file that defines flags)
 """
+
+
+def __getattr__(name: str):
+  # `mrl_jax.load_encoder` without importing jax at `import mrl_jax`.
+  if name == "load_encoder":
+    from mrl_jax.encoder import load_encoder  # pylint: disable=import-outside-toplevel
+    return load_encoder
+  raise AttributeError(f"module 'mrl_jax' has no attribute {name!r}")

@@ -1,8 +1,25 @@
-"""Helpers for config files: argument parsing and duration conversion."""
+"""Helpers for config files: loading, argument parsing, durations."""
+import importlib.util
+import os
 from typing import Any
 
 import ml_collections
 from ml_collections import config_dict
+
+
+def load_config(spec: str) -> ml_collections.ConfigDict:
+  """Loads "path/to/config.py[:arg]" as the launcher's --config flag does.
+
+  For notebooks and scripts that call `train.train_and_evaluate` directly.
+  """
+  path, _, arg = spec.partition(":")
+  if not os.path.isfile(path):
+    raise ValueError(f"config file {path} does not exist")
+  module_spec = importlib.util.spec_from_file_location(
+      f"mrl_jax_config_{os.path.basename(path)[:-3]}", path)
+  module = importlib.util.module_from_spec(module_spec)
+  module_spec.loader.exec_module(module)
+  return module.get_config(arg or None)
 
 
 def parse_arg(arg: str | None, **defaults: Any) -> ml_collections.ConfigDict:

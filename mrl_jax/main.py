@@ -8,6 +8,7 @@ mode=eval evaluates DIR's latest checkpoint. Both print the per-dim table and
 write DIR/eval_summary.json. mode=export writes the latest checkpoint's
 embeddings under DIR/embeddings/ (see mrl_jax/export.py); mode=knn and
 mode=retrieval evaluate those per nesting dim (mrl_jax/embedding_eval.py).
+mode=export_encoder writes DIR/encoder, a bundle for mrl_jax.load_encoder.
 """
 import functools
 import logging as pylogging
@@ -23,10 +24,12 @@ config_flags.DEFINE_config_file(
     "config", None, "Config file, optionally with ':arg'.", lock_config=True)
 flags.DEFINE_string("workdir", None, "Checkpoints, metrics and summaries.")
 flags.DEFINE_enum("mode", "train",
-                  ["train", "eval", "export", "knn", "retrieval"],
+                  ["train", "eval", "export", "knn", "retrieval",
+                   "export_encoder"],
                   "train (then evaluate), eval (latest checkpoint), export "
                   "(embeddings of config.export.splits), or knn / retrieval "
-                  "on the exported train (database) and eval (query) splits.")
+                  "on the exported train (database) and eval (query) splits, "
+                  "or export_encoder (DIR/encoder for mrl_jax.load_encoder).")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -49,11 +52,13 @@ def main(argv: list[str]) -> None:
   logging.get_absl_handler().addFilter(_QuietLibraries())
   tf.config.set_visible_devices([], "GPU")  # tf.data only; JAX owns the GPUs.
   from mrl_jax import embedding_eval  # pylint: disable=import-outside-toplevel
+  from mrl_jax import encoder  # pylint: disable=import-outside-toplevel
   from mrl_jax import export  # pylint: disable=import-outside-toplevel
   run = {"train": train.train_and_evaluate, "eval": train.evaluate,
          "export": export.export_embeddings,
          "knn": functools.partial(embedding_eval.run, "knn"),
          "retrieval": functools.partial(embedding_eval.run, "retrieval"),
+         "export_encoder": encoder.export_encoder,
          }[FLAGS.mode]
   try:
     result = run(FLAGS.config, FLAGS.workdir)
@@ -62,6 +67,8 @@ def main(argv: list[str]) -> None:
     sys.exit(f"mrl_jax: error: {e}")
   if FLAGS.mode == "export":
     print("\n".join(f"{split}: {path}" for split, path in result.items()))
+  elif FLAGS.mode == "export_encoder":
+    print(f"encoder bundle: {result}")
   elif FLAGS.mode in embedding_eval.MODES:
     print(embedding_eval.format_result(result), flush=True)
   else:

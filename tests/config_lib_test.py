@@ -1,4 +1,5 @@
 """Config argument parsing, durations, and mesh construction."""
+import os
 import ml_collections
 import pytest
 
@@ -44,3 +45,14 @@ def test_make_mesh_sizes():
 def test_make_mesh_errors(axes, match):
   with pytest.raises(ValueError, match=match):
     sharding.make_mesh(axes)
+
+
+def test_load_config_reads_file_and_argument():
+  path = os.path.join(os.path.dirname(os.path.dirname(
+      os.path.abspath(__file__))), "configs", "resnet50_imagenet.py")
+  config = config_lib.load_config(f"{path}:smoke,head=mrl_e,blurpool=False")
+  assert config.model.name == "resnet_mu" and config.mrl.head == "mrl_e"
+  assert config.model.kwargs.blurpool is False
+  assert config_lib.load_config(path).model.kwargs.blurpool is True
+  with pytest.raises(ValueError, match="does not exist"):
+    config_lib.load_config("configs/nope.py:smoke")

@@ -300,6 +300,24 @@ def value_range(vmin: float, vmax: float) -> Op:
   return _map(lambda image: vmin + tf.cast(image, tf.float32) * scale)
 
 
+def normalization_stats(mean: float | Sequence[float] | str,
+                        std: float | Sequence[float] | None = None
+                        ) -> tuple[Any, Any]:
+  """(mean, std) of pixel / 255 for `normalize`'s arguments (presets resolved).
+
+  Raises:
+    ValueError: unknown preset, or std missing / given with a preset.
+  """
+  if isinstance(mean, str):
+    if mean not in _PRESETS or std is not None:
+      raise ValueError(f"preset must be one of {sorted(_PRESETS)} without std,"
+                       f" got {mean!r}, {std!r}")
+    return _PRESETS[mean]
+  if std is None:
+    raise ValueError("std is required unless mean names a preset")
+  return mean, std
+
+
 @register
 def normalize(mean: float | Sequence[float] | str,
               std: float | Sequence[float] | None = None) -> Op:
@@ -310,13 +328,7 @@ def normalize(mean: float | Sequence[float] | str,
   Float input must still be in 0..255 (as `resize` leaves it), so do not
   combine with `value_range`.
   """
-  if isinstance(mean, str):
-    if mean not in _PRESETS or std is not None:
-      raise ValueError(f"preset must be one of {sorted(_PRESETS)} without std,"
-                       f" got {mean!r}, {std!r}")
-    mean, std = _PRESETS[mean]
-  if std is None:
-    raise ValueError("std is required unless mean names a preset")
+  mean, std = normalization_stats(mean, std)
   mean_t, std_t = tf.constant(mean, tf.float32), tf.constant(std, tf.float32)
   if any(t.shape.num_elements() == 0 for t in (mean_t, std_t)):
     raise ValueError(f"mean and std must not be empty, got {mean}, {std}")

@@ -14,17 +14,24 @@ Parameter names follow the torchvision state_dict, so an import is a rename
   conv1, bn1                          <- conv1, bn1
   layer{i}_{j}/conv{k}, .../bn{k}     <- layer{i}.{j}.conv{k}, .bn{k}
   layer{i}_{j}/downsample_{conv,bn}   <- layer{i}.{j}.downsample.{0,1}
-BatchNorm running statistics live in the 'batch_stats' collection. The
-released MRL checkpoints also need BlurPool before the stride-2 convs, which
-this plain torchvision layout does not add.
+BatchNorm running statistics live in the 'batch_stats' collection.
+
+`blurpool=True` adds BlurPool (Zhang, "Making Convolutional Networks
+Shift-Invariant Again", ICML 2019) as the official MRL/FFCV recipe applies it:
+every conv with stride > 1 and at least 16 input channels first blurs its
+input with the fixed depthwise [1, 2, 1] x [1, 2, 1] / 16 filter (stride 1,
+padding 1), then runs unchanged. In ResNet-50 those are layer{2,3,4}.0.conv2
+and layer{2,3,4}.0.downsample.0 (not the 3-channel stem). The filter is a
+constant, not a parameter: the official code registers it as a buffer.
 """
 import functools
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, ClassVar, Literal
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from mrl_jax import sharding
 
@@ -34,14 +41,48 @@ Dtype = Any
 _CONV_INIT = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
 
 
-def _conv(features: int, kernel: int, strides: int, name: str,
-          dtype: Dtype) -> nn.Conv:
-  """Bias-free conv with torchvision's symmetric padding of kernel // 2."""
+# BlurPool wraps strided convs with at least this many input channels (FFCV).
+BLURPOOL_MIN_CHANNELS = 16
+
+
+def blur_filter(channels: int) -> np.ndarray:
+  """The fixed BlurPool kernel [3, 3, 1, channels] (HWIO, depthwise).
+
+  Each channel gets outer([1, 2, 1], [1, 2, 1]) / 16; torch stores the same
+  values as a [channels, 1, 3, 3] buffer.
+  """
+  taps = np.array([1.0, 2.0, 1.0], np.float32)
+  kernel = np.outer(taps, taps) / 16.0
+  return np.tile(kernel[:, :, None, None], (1, 1, 1, channels))
+
+
+def blur(x: jax.Array) -> jax.Array:
+  """Depthwise 3x3 blur of x [B, H, W, C], stride 1, zero padding 1."""
+  channels = x.shape[-1]
+  return jax.lax.conv_general_dilated(
+      x, jnp.asarray(blur_filter(channels), x.dtype), window_strides=(1, 1),
+      padding=((1, 1), (1, 1)), dimension_numbers=("NHWC", "HWIO", "NHWC"),
+      feature_group_count=channels)
+
+
+def _conv(features: int, kernel: int, strides: int, name: str, dtype: Dtype,
+          blurpool: bool = False) -> Callable[[jax.Array], jax.Array]:
+  """Bias-free conv with torchvision's symmetric padding of kernel // 2.
+
+  With `blurpool`, a strided conv reading >= 16 channels blurs its input
+  first; the kernel keeps its name, so the parameter tree does not change.
+  """
   pad = kernel // 2
-  return nn.Conv(features, (kernel, kernel), strides=(strides, strides),
+  conv = nn.Conv(features, (kernel, kernel), strides=(strides, strides),
                  padding=((pad, pad), (pad, pad)), use_bias=False,
                  dtype=dtype, param_dtype=jnp.float32, kernel_init=_CONV_INIT,
                  name=name)
+
+  def apply(x: jax.Array) -> jax.Array:
+    if blurpool and strides > 1 and x.shape[-1] >= BLURPOOL_MIN_CHANNELS:
+      x = blur(x.astype(dtype))
+    return conv(x)
+  return apply
 
 
 def _norm(train: bool, name: str, dtype: Dtype,
@@ -55,11 +96,11 @@ def _norm(train: bool, name: str, dtype: Dtype,
 
 
 def _shortcut(x: jax.Array, features: int, strides: int, train: bool,
-              dtype: Dtype) -> jax.Array:
+              dtype: Dtype, blurpool: bool) -> jax.Array:
   """Identity, or a 1x1 conv + BN projection when the shape changes."""
   if strides == 1 and x.shape[-1] == features:
     return x
-  y = _conv(features, 1, strides, "downsample_conv", dtype)(x)
+  y = _conv(features, 1, strides, "downsample_conv", dtype, blurpool)(x)
   return _norm(train, "downsample_bn", dtype)(y)
 
 
@@ -71,19 +112,20 @@ class BasicBlock(nn.Module):
   filters: int
   strides: int = 1
   zero_init_residual: bool = False
+  blurpool: bool = False
   dtype: Dtype = jnp.float32
 
   expansion: ClassVar[int] = 1
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
-    conv = functools.partial(_conv, dtype=self.dtype)
+    conv = functools.partial(_conv, dtype=self.dtype, blurpool=self.blurpool)
     norm = functools.partial(_norm, train, dtype=self.dtype)
     y = nn.relu(norm("bn1")(conv(self.filters, 3, self.strides, "conv1")(x)))
     y = conv(self.filters, 3, 1, "conv2")(y)
     y = norm("bn2", zero_scale=self.zero_init_residual)(y)
     return nn.relu(y + _shortcut(x, self.filters, self.strides, train,
-                                 self.dtype))
+                                 self.dtype, self.blurpool))
 
 
 class BottleneckBlock(nn.Module):
@@ -94,20 +136,22 @@ class BottleneckBlock(nn.Module):
   filters: int
   strides: int = 1
   zero_init_residual: bool = False
+  blurpool: bool = False
   dtype: Dtype = jnp.float32
 
   expansion: ClassVar[int] = 4
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
-    conv = functools.partial(_conv, dtype=self.dtype)
+    conv = functools.partial(_conv, dtype=self.dtype, blurpool=self.blurpool)
     norm = functools.partial(_norm, train, dtype=self.dtype)
     out = self.filters * self.expansion
     y = nn.relu(norm("bn1")(conv(self.filters, 1, 1, "conv1")(x)))
     y = nn.relu(norm("bn2")(conv(self.filters, 3, self.strides, "conv2")(y)))
     y = norm("bn3", zero_scale=self.zero_init_residual)(
         conv(out, 1, 1, "conv3")(y))
-    return nn.relu(y + _shortcut(x, out, self.strides, train, self.dtype))
+    return nn.relu(y + _shortcut(x, out, self.strides, train, self.dtype,
+                                 self.blurpool))
 
 
 _BLOCKS = {"basic": BasicBlock, "bottleneck": BottleneckBlock}
@@ -127,12 +171,15 @@ class ResNet(nn.Module):
       (times the expansion for bottlenecks). 64 in the paper.
     zero_init_residual: zero the last BN scale of every block, so each block
       starts as the identity (torchvision's option of the same name).
+    blurpool: blur before every strided conv with >= 16 input channels, as
+      the official MRL ResNet-50 (module docstring). No new parameters.
     dtype: compute dtype; parameters stay float32.
   """
   stage_sizes: Sequence[int]
   block: Literal["basic", "bottleneck"] = "bottleneck"
   width: int = 64
   zero_init_residual: bool = False
+  blurpool: bool = False
   dtype: Dtype = jnp.float32
 
   @property
@@ -150,7 +197,7 @@ class ResNet(nn.Module):
       raise ValueError(f"block must be one of {sorted(_BLOCKS)}, got "
                        f"{self.block!r}")
     block_cls = _BLOCKS[self.block]
-    x = _conv(self.width, 7, 2, "conv1", self.dtype)(x)
+    x = _conv(self.width, 7, 2, "conv1", self.dtype, self.blurpool)(x)
     x = nn.relu(_norm(train, "bn1", self.dtype)(x))
     # Padding pads with -inf, like torch's MaxPool2d(3, 2, padding=1).
     x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
@@ -160,7 +207,8 @@ class ResNet(nn.Module):
         strides = 2 if i > 0 and j == 0 else 1
         x = block_cls(filters=self.width * 2**i, strides=strides,
                       zero_init_residual=self.zero_init_residual,
-                      dtype=self.dtype, name=f"layer{i + 1}_{j}")(x, train)
+                      blurpool=self.blurpool, dtype=self.dtype,
+                      name=f"layer{i + 1}_{j}")(x, train)
         # Feature maps stay split by example (sharding.constrain_batch).
         x = sharding.constrain_batch(x)
     return jnp.mean(x, axis=(1, 2))

@@ -207,3 +207,61 @@ def test_registry_unknown_name_lists_names():
   with pytest.raises(ValueError, match="unknown model 'resnet51'") as err:
     registry.build_backbone("resnet51")
   assert "resnet50" in str(err.value) and "vit_b16" in str(err.value)
+
+
+def _blur_numpy(x: np.ndarray) -> np.ndarray:
+  """Reference BlurPool blur: per channel, zero-pad 1, correlate with
+  outer([1, 2, 1], [1, 2, 1]) / 16, stride 1. x: [B, H, W, C]."""
+  taps = np.array([1.0, 2.0, 1.0])
+  kernel = np.outer(taps, taps) / 16
+  padded = np.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
+  h, w = x.shape[1:3]
+  out = np.zeros_like(x, dtype=np.float64)
+  for di in range(3):
+    for dj in range(3):
+      out += kernel[di, dj] * padded[:, di:di + h, dj:dj + w, :]
+  return out
+
+
+def test_blur_matches_numpy_reference():
+  x = np.random.default_rng(0).standard_normal((2, 7, 6, 5)).astype(np.float32)
+  np.testing.assert_allclose(np.asarray(resnet.blur(jnp.asarray(x))),
+                             _blur_numpy(x), rtol=1e-6, atol=1e-6)
+  kernel = resnet.blur_filter(3)
+  assert kernel.shape == (3, 3, 1, 3)
+  np.testing.assert_array_equal(kernel[:, :, 0, 2],
+                                [[1 / 16, 2 / 16, 1 / 16],
+                                 [2 / 16, 4 / 16, 2 / 16],
+                                 [1 / 16, 2 / 16, 1 / 16]])
+
+
+def test_blurpool_resnet50_blurs_exactly_the_official_convs():
+  plain = resnet.VARIANTS["resnet50"]()
+  blurred = resnet.VARIANTS["resnet50"](blurpool=True)
+  variables = _abstract_init(plain)
+  # No new parameters: the blur filter is a constant (a buffer in torch).
+  assert (jax.tree.structure(_abstract_init(blurred)) ==
+          jax.tree.structure(variables))
+  jaxpr = jax.make_jaxpr(lambda v, x: blurred.apply(v, x, train=False))(
+      variables, _IMAGES_224)
+  eqns = []
+  def collect(jp):
+    for eqn in jp.eqns:
+      if eqn.primitive.name == "conv_general_dilated":
+        eqns.append(eqn)
+      for param in eqn.params.values():
+        sub = getattr(param, "jaxpr", param)
+        if hasattr(sub, "eqns"):
+          collect(sub)
+  collect(jaxpr.jaxpr)
+  depthwise = [(e.params["feature_group_count"], e.params["window_strides"],
+                e.invars[0].aval.shape[1]) for e in eqns
+               if e.params["feature_group_count"] > 1]
+  # layer{2,3,4}.0.conv2 (inputs 128/256/512 channels at 56/28/14 px) and
+  # layer{2,3,4}.0.downsample.0 (inputs 256/512/1024 at the same sizes).
+  assert sorted(depthwise) == sorted([
+      (128, (1, 1), 56), (256, (1, 1), 56), (256, (1, 1), 28),
+      (512, (1, 1), 28), (512, (1, 1), 14), (1024, (1, 1), 14)])
+  out = jax.eval_shape(lambda v, x: blurred.apply(v, x, train=False),
+                       variables, _IMAGES_224)
+  assert out.shape == (1, 2048)
