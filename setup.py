@@ -25,8 +25,14 @@ INSTALL_REQUIRES = [
     "numpy>=2.0,<2.5",
 ]
 
+# --mode=aot: compiles the train step for TPU topologies on a CPU-only
+# machine; 0.0.42.* is the libtpu built for jax 0.10.2. In the test extra too,
+# so CI compiles a tiny model for a small topology (BUILD_NOTES.md).
+LIBTPU = "libtpu==0.0.42.*"
+
 EXTRAS_REQUIRE = {
-    "test": ["pytest>=8,<10"],
+    "aot": [LIBTPU],
+    "test": ["pytest>=8,<10", LIBTPU],
 }
 
 setuptools.setup(
