@@ -13,18 +13,20 @@ import socket
 import subprocess
 import sys
 
+import jax
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
 from mrl_jax import distributed
+from mrl_jax import train
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SPLIT = "train[:32]"
+PREPROCESS = "normalize('fashion_mnist')|keep('image', 'label')"
 FLAGS = [f"--config={REPO}/configs/default.py:smoke",
          f"--config.data.train_split={SPLIT}",
-         "--config.data.train_preprocess="
-         "normalize('fashion_mnist')|keep('image', 'label')"]
+         f"--config.data.train_preprocess={PREPROCESS}"]
 
 
 def env_with_devices(n):
@@ -67,7 +69,8 @@ def read_summary(workdir):
 
 
 @pytest.mark.slow
-def test_two_processes_match_one_and_share_a_checkpoint(tmp_path):
+def test_two_processes_match_one_and_share_a_checkpoint(tmp_path,
+                                                       config_module):
   one, two = str(tmp_path / "one"), str(tmp_path / "two")
   launch(one)  # also prepares the dataset before two processes read it
   port = free_port()
@@ -106,35 +109,19 @@ def test_two_processes_match_one_and_share_a_checkpoint(tmp_path):
   # Only process 0 wrote metrics: one row per logged step, no duplicates.
   assert len(got) == len(ref)
 
-  # The 2-process checkpoint restores in one process and evaluates the same.
-  before = read_summary(two)
-  os.remove(os.path.join(two, "eval_summary.json"))
-  launch(two, "--mode=eval")
-  after = read_summary(two)
-  assert after["step"] == 12
-  for metric in ("top1", "top5"):
-    np.testing.assert_allclose(
-        [after[metric][d] for d in sorted(after[metric])],
-        [before[metric][d] for d in sorted(before[metric])])
-
-
-def test_flags_go_together():
-  with pytest.raises(ValueError, match="go together; pass all three"):
-    distributed.initialize("localhost:1234", None, 0)
-  with pytest.raises(ValueError, match="not HOST:PORT"):
-    distributed.initialize("localhost", 2, 0)
-  with pytest.raises(ValueError, match=r"--process_id=2 is not in \[0, "):
-    distributed.initialize("localhost:1234", 2, 2)
-
-
-def test_slurm_and_plain_environments_are_told_apart(monkeypatch):
-  for key in list(os.environ):
-    if key.startswith(("SLURM_", "OMPI_", "TPU_WORKER")):
-      monkeypatch.delenv(key)
-  assert distributed.detected_cluster() is None
-  # What srun sets for task 1 of a 2-task job step.
-  for key, value in {"SLURM_JOB_ID": "7", "SLURM_STEP_NODELIST": "node[1-2]",
-                     "SLURM_NTASKS": "2", "SLURM_PROCID": "1",
-                     "SLURM_LOCALID": "0"}.items():
-    monkeypatch.setenv(key, value)
-  assert distributed.detected_cluster() == "slurm"
+  # The 2-process checkpoint restores in this (1-process, 8-device) process
+  # through the trainer's own restore, equal to the 1-process run's state.
+  config = config_module("default").get_config("smoke")
+  config.data.train_split = SPLIT
+  config.data.train_preprocess = PREPROCESS
+  _, state_two, _ = train.restore_latest(config, two)
+  _, state_one, _ = train.restore_latest(config, one)
+  assert int(state_two.step) == int(state_one.step) == 12
+  # Adam divides by sqrt(v): a gradient that is ~0 in both runs can differ in
+  # sign and move a lone weight by ~1e-4; anything systematic shows in the
+  # mean.
+  for two_leaf, one_leaf in zip(
+      jax.tree.leaves((state_two.params, state_two.batch_stats)),
+      jax.tree.leaves((state_one.params, state_one.batch_stats))):
+    diff = np.abs(np.asarray(two_leaf) - np.asarray(one_leaf))
+    assert diff.max() < 1e-3 and diff.mean() < 1e-5, (diff.max(), diff.mean())
