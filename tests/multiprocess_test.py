@@ -125,3 +125,25 @@ def test_two_processes_match_one_and_share_a_checkpoint(tmp_path,
       jax.tree.leaves((state_one.params, state_one.batch_stats))):
     diff = np.abs(np.asarray(two_leaf) - np.asarray(one_leaf))
     assert diff.max() < 1e-3 and diff.mean() < 1e-5, (diff.max(), diff.mean())
+
+
+def test_flags_go_together():
+  with pytest.raises(ValueError, match="go together; pass all three"):
+    distributed.initialize("localhost:1234", None, 0)
+  with pytest.raises(ValueError, match="not HOST:PORT"):
+    distributed.initialize("localhost", 2, 0)
+  with pytest.raises(ValueError, match=r"--process_id=2 is not in \[0, "):
+    distributed.initialize("localhost:1234", 2, 2)
+
+
+def test_slurm_and_plain_environments_are_told_apart(monkeypatch):
+  for key in list(os.environ):
+    if key.startswith(("SLURM_", "OMPI_", "TPU_WORKER")):
+      monkeypatch.delenv(key)
+  assert distributed.detected_cluster() is None
+  # What srun sets for task 1 of a 2-task job step.
+  for key, value in {"SLURM_JOB_ID": "7", "SLURM_STEP_NODELIST": "node[1-2]",
+                     "SLURM_NTASKS": "2", "SLURM_PROCID": "1",
+                     "SLURM_LOCALID": "0"}.items():
+    monkeypatch.setenv(key, value)
+  assert distributed.detected_cluster() == "slurm"
