@@ -34,11 +34,17 @@ TORCH = ["torch==2.13.0"]
 NOTEBOOKS = ["nbclient==0.11.0", "nbformat==5.11.1", "ipykernel==7.4.0",
              "matplotlib==3.11.2"]
 
+# --mode=aot: compiles the train step for TPU topologies on a CPU-only
+# machine; 0.0.42.* is the libtpu built for jax 0.10.2. In the test extra too,
+# so CI compiles a tiny model for a small topology (BUILD_NOTES.md).
+LIBTPU = "libtpu==0.0.42.*"
+
 EXTRAS_REQUIRE = {
+    "aot": [LIBTPU],
     "torch": TORCH,
     "notebooks": NOTEBOOKS,
     # The import parity tests and the notebook tests run in CI too.
-    "test": ["pytest>=8,<10"] + TORCH + NOTEBOOKS,
+    "test": ["pytest>=8,<10", LIBTPU] + TORCH + NOTEBOOKS,
 }
 
 setuptools.setup(

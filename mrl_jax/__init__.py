@@ -22,6 +22,9 @@ Where things live:
   metric_writer.py    metrics.jsonl + TensorBoard
   atomic_files.py     JSON / npz writes that never leave half a file
   config_lib.py       config-file argument parsing, durations
+  distributed.py      multi-process start-up (launcher flags, TPU pods, SLURM)
+  aot.py              mode=aot: compile the train step for a TPU topology
+  model_flops.py      analytic forward MACs of a model (from its jaxpr)
   main.py             absl launcher (the only file that defines flags)
 """
 

@@ -2,6 +2,8 @@ r"""Launcher: the only module that defines flags.
 
   python -m mrl_jax.main --config=configs/default.py[:arg] --workdir=DIR \
       [--mode=train|eval] [--config.field=value ...]
+  python -m mrl_jax.main --mode=aot --topology=v5e:16x16 --config=... \
+      --workdir=DIR
 
 mode=train trains (resuming from DIR's checkpoints if any) and evaluates;
 mode=eval evaluates DIR's latest checkpoint. Both print the per-dim table and
@@ -9,6 +11,12 @@ write DIR/eval_summary.json. mode=export writes the latest checkpoint's
 embeddings under DIR/embeddings/ (see mrl_jax/export.py); mode=knn and
 mode=retrieval evaluate those per nesting dim (mrl_jax/embedding_eval.py).
 mode=export_encoder writes DIR/encoder, a bundle for mrl_jax.load_encoder.
+Several processes (one per host or GPU): add --coordinator_address=HOST:PORT
+--num_processes=N --process_id=I, or nothing on TPU pods and under SLURM
+(mrl_jax/distributed.py).
+mode=aot compiles the train step for a TPU topology on this machine and
+writes DIR/aot_report.{json,txt} (mrl_jax/aot.py; needs `pip install
+'.[aot]'`).
 """
 import functools
 import logging as pylogging
@@ -25,11 +33,20 @@ config_flags.DEFINE_config_file(
 flags.DEFINE_string("workdir", None, "Checkpoints, metrics and summaries.")
 flags.DEFINE_enum("mode", "train",
                   ["train", "eval", "export", "knn", "retrieval",
-                   "export_encoder"],
+                   "export_encoder", "aot"],
                   "train (then evaluate), eval (latest checkpoint), export "
                   "(embeddings of config.export.splits), or knn / retrieval "
                   "on the exported train (database) and eval (query) splits, "
-                  "or export_encoder (DIR/encoder for mrl_jax.load_encoder).")
+                  "export_encoder (DIR/encoder for mrl_jax.load_encoder), or aot "
+                  "(compile the train step for --topology).")
+flags.DEFINE_string("topology", None, "--mode=aot: TPU slice to compile for, "
+                    "GENERATION:SHAPE, e.g. v5e:16x16, v4:2x2x2.")
+flags.DEFINE_string("coordinator_address", None, "Multi-process runs: "
+                    "HOST:PORT of process 0 (not needed on TPU pods or under "
+                    "SLURM, where JAX finds it).")
+flags.DEFINE_integer("num_processes", None, "Multi-process runs: how many.")
+flags.DEFINE_integer("process_id", None, "Multi-process runs: this process's "
+                     "index, 0..num_processes-1.")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -54,13 +71,19 @@ def main(argv: list[str]) -> None:
   from mrl_jax import embedding_eval  # pylint: disable=import-outside-toplevel
   from mrl_jax import encoder  # pylint: disable=import-outside-toplevel
   from mrl_jax import export  # pylint: disable=import-outside-toplevel
+  from mrl_jax import aot  # pylint: disable=import-outside-toplevel
   run = {"train": train.train_and_evaluate, "eval": train.evaluate,
          "export": export.export_embeddings,
          "knn": functools.partial(embedding_eval.run, "knn"),
          "retrieval": functools.partial(embedding_eval.run, "retrieval"),
          "export_encoder": encoder.export_encoder,
+         "aot": functools.partial(aot.run, topology=FLAGS.topology),
          }[FLAGS.mode]
+  from mrl_jax import distributed  # pylint: disable=import-outside-toplevel
   try:
+    if FLAGS.mode != "aot":  # aot compiles for devices it does not run on
+      distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes,
+                             FLAGS.process_id)
     result = run(FLAGS.config, FLAGS.workdir)
   except (ValueError, FloatingPointError) as e:
     logging.info("stopping on error", exc_info=True)
@@ -69,6 +92,8 @@ def main(argv: list[str]) -> None:
     print("\n".join(f"{split}: {path}" for split, path in result.items()))
   elif FLAGS.mode == "export_encoder":
     print(f"encoder bundle: {result}")
+  elif FLAGS.mode == "aot":
+    print(aot.format_report(result), flush=True)
   elif FLAGS.mode in embedding_eval.MODES:
     print(embedding_eval.format_result(result), flush=True)
   else:

@@ -43,8 +43,15 @@ class Setup:
   grad_accum_steps: int
 
 
-def setup(config: ml_collections.ConfigDict) -> Setup:
-  """Validates the config; raises a one-line ValueError on bad input."""
+def setup(config: ml_collections.ConfigDict,
+          devices: list[jax.Device] | None = None) -> Setup:
+  """Validates the config; raises a one-line ValueError on bad input.
+
+  Args:
+    config: the run's config.
+    devices: the mesh's devices; None: all devices (`--mode=aot` passes
+      compile-only TPU devices).
+  """
   model = classifier.build_model(config)
   dims = model.head.nesting_dims
   weights = nesting.validate_relative_importance(
@@ -52,7 +59,7 @@ def setup(config: ml_collections.ConfigDict) -> Setup:
   loss_fn = losses.get_loss_fn(config.loss.name,
                                config.loss.get("label_smoothing", 0.0))
   pipeline.validate(config.data)
-  mesh = sharding.make_train_mesh(config.mesh)
+  mesh = sharding.make_train_mesh(config.mesh, devices)
   sharding.check_batch_size(config.batch_size, mesh, "batch_size")
   sharding.check_batch_size(config.eval_batch_size, mesh, "eval_batch_size")
   rules = sharding_rules.from_config(config.get("sharding"))
@@ -100,10 +107,16 @@ def train_state_shardings(abstract_state: step_lib.TrainState,
           abstract_state.opt_state, abstract_state.params, specs), s.mesh))
 
 
-def _init_or_restore(s: Setup, config: ml_collections.ConfigDict,
-                     tx: optax.GradientTransformation,
-                     ckpt: checkpointing.Checkpointer, image_shape):
-  """Resumes from the newest readable checkpoint, else initialises."""
+def abstract_train_state(s: Setup, config: ml_collections.ConfigDict,
+                         tx: optax.GradientTransformation,
+                         image_shape: tuple[int, ...]):
+  """The train state as shapes, dtypes and shardings, without any arrays.
+
+  Returns:
+    (init, rng, target): `init(rng)` creates the state; `target` is a
+    TrainState of `jax.ShapeDtypeStruct`s carrying the state's shardings
+    (the restore target, and what `--mode=aot` compiles against).
+  """
   init = functools.partial(step_lib.create_train_state, s.model, tx,
                            image_shape=image_shape)
   # threefry init compiles slowly on CPU (seconds per kernel shape); rbg is
@@ -114,6 +127,15 @@ def _init_or_restore(s: Setup, config: ml_collections.ConfigDict,
   target = jax.tree.map(
       lambda a, sh: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sh),
       abstract, shardings)
+  return init, rng, target
+
+
+def _init_or_restore(s: Setup, config: ml_collections.ConfigDict,
+                     tx: optax.GradientTransformation,
+                     ckpt: checkpointing.Checkpointer, image_shape):
+  """Resumes from the newest readable checkpoint, else initialises."""
+  init, rng, target = abstract_train_state(s, config, tx, image_shape)
+  shardings = jax.tree.map(lambda t: t.sharding, target)
   restored = ckpt.restore_latest(target)
   if restored is not None:
     logging.info("resumed from checkpoint at step %d", restored[1])
@@ -134,10 +156,8 @@ def _raise_if_nonfinite(state: step_lib.TrainState,
         "config.optimizer.learning_rate or check the input data")
 
 
-def _jit_train_step(s: Setup, tx, state_shardings, seed: int):
-  step = step_lib.make_train_step(s.model, tx, s.loss_fn,
-                                  s.relative_importance, seed,
-                                  s.grad_accum_steps)
+  pipeline.validate(config.data)
+  mesh = sharding.make_train_mesh(config.mesh, devices)
   return jax.jit(
       sharding.traced_under_mesh(step, s.mesh),
       in_shardings=(state_shardings, sharding.batch_sharding(s.mesh)),
@@ -216,14 +236,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
                                     s.fingerprint, config.keep_checkpoints)
   ckpt.check_compatible()
   source = pipeline.open_source(config.data, config.data.train_split)
-  for data_cfg in pipeline.extra_eval_sets(config.data).values():
-    pipeline.open_source(data_cfg, data_cfg.eval_split)  # fail before training
+  pipeline.validate(config.data)
+  mesh = sharding.make_train_mesh(config.mesh, devices)
   per_epoch = pipeline.steps_per_epoch(source, config.batch_size)
   total = config_lib.steps("total", config, per_epoch)
   tx = optim.build_optimizer(config.optimizer, total, per_epoch)
   state, state_sh = _init_or_restore(s, config, tx, ckpt,
                                      pipeline.image_shape(config.data, source))
-  train_step = _jit_train_step(s, tx, state_sh, config.seed)
+  train_step = jit_train_step(s, tx, state_sh, config.seed)
   eval_step = _jit_eval_step(s, state_sh)
   writer = metric_writer.MetricWriter(workdir)
   start = int(state.step)

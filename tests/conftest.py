@@ -13,6 +13,11 @@ import pytest  # does not import jax
 os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
                            " --xla_force_host_platform_device_count=8")
 os.environ.setdefault("JAX_DISABLE_MOST_OPTIMIZATIONS", "1")
+# Tests run on (fake) CPU devices. With libtpu installed (the test extra, for
+# --mode=aot) JAX would otherwise probe for a TPU in every process (~1 s and
+# error lines); the aot tests get their compile-only TPU devices from
+# libtpu's topology API, which does not need the TPU backend.
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 # tf.data must not grab the (fake) accelerators.
 os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
