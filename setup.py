@@ -25,8 +25,16 @@ INSTALL_REQUIRES = [
     "numpy>=2.0,<2.5",
 ]
 
+# Plots of the evaluation (experiments/fashion_mnist/report.py).
+PLOTS = ["matplotlib==3.11.2"]
+# FAISS IndexFlatIP, the baseline of experiments/bench/search_bench.py.
+BENCH = ["faiss-cpu==1.15.1"]
+
 EXTRAS_REQUIRE = {
-    "test": ["pytest>=8,<10"],
+    # Tests run the plot and benchmark scripts, so they need both.
+    "test": ["pytest>=8,<10", *PLOTS, *BENCH],
+    "plots": PLOTS,
+    "bench": BENCH,
 }
 
 setuptools.setup(
