@@ -53,3 +53,21 @@ def test_report_table_claims_and_plots(tmp_path):
   assert all(pathlib.Path(p).stat().st_size > 10_000 for p in r["plots"])
   assert json.loads((out / "results.json").read_text())["linear"]["ff"] == {
       "8": 0.9108, "16": 0.9}
+
+
+def test_reproduce_script_report_stage(tmp_path):
+  """The README's one command, limited to its last stage (the others train
+  seven models): it must find the report and write into MRL_REPRO_OUT."""
+  import os  # pylint: disable=import-outside-toplevel
+  import subprocess  # pylint: disable=import-outside-toplevel
+  import sys  # pylint: disable=import-outside-toplevel
+  root = tmp_path / "runs"
+  _write(root, "mrl", "eval", {"top1": {str(d): 0.9 for d in DIMS}})
+  env = {**os.environ, "STAGES": "train eval report", "MODELS": "",
+         "PY": sys.executable, "MRL_REPRO_ROOT": str(root),
+         "MRL_REPRO_OUT": str(tmp_path / "out")}
+  proc = subprocess.run(["bash", str(REPORT.parent / "reproduce.sh")],
+                        env=env, capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  assert "| 8 | 90.00 | missing |" in proc.stdout
+  assert (tmp_path / "out" / "accuracy_vs_dim.png").exists()

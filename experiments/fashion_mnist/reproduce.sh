@@ -6,7 +6,8 @@
 #
 #   bash experiments/fashion_mnist/reproduce.sh
 #
-# Workdirs go to $MRL_REPRO_ROOT (default workdirs/repro); finished steps are
+# Workdirs go to $MRL_REPRO_ROOT (default workdirs/repro), results to
+# $MRL_REPRO_OUT (default experiments/fashion_mnist); finished steps are
 # skipped on a rerun (training resumes, export skips finished shards).
 # STAGES (default "train eval bench report") and MODELS select what runs.
 set -euo pipefail
@@ -15,8 +16,8 @@ cd "$(dirname "$0")/../.."
 PY=${PY:-.venv/bin/python}
 ROOT=${MRL_REPRO_ROOT:-workdirs/repro}
 STAGES=${STAGES:-train eval bench report}
-OUT=experiments/fashion_mnist
-MODELS=${MODELS:-mrl mrl_e ff8 ff16 ff32 ff64 ff128}
+OUT=${MRL_REPRO_OUT:-experiments/fashion_mnist}
+MODELS=${MODELS-mrl mrl_e ff8 ff16 ff32 ff64 ff128}
 
 args() {  # config flags of each model: identical recipe, only the head differs
   case $1 in
