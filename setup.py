@@ -30,9 +30,13 @@ INSTALL_REQUIRES = [
 # torch-2.13.0+cpu (~30 s); elsewhere add
 # --extra-index-url https://download.pytorch.org/whl/cpu to skip CUDA.
 TORCH = ["torch==2.13.0"]
-# Running experiments/notebooks/ headless (tests) and their plots.
+# Plots of the evaluation (experiments/fashion_mnist/report.py); the
+# notebooks run headless in tests (nbclient) and plot too.
+PLOTS = ["matplotlib==3.11.2"]
 NOTEBOOKS = ["nbclient==0.11.0", "nbformat==5.11.1", "ipykernel==7.4.0",
-             "matplotlib==3.11.2"]
+             *PLOTS]
+# FAISS IndexFlatIP, the baseline of experiments/bench/search_bench.py.
+BENCH = ["faiss-cpu==1.15.1"]
 
 # --mode=aot: compiles the train step for TPU topologies on a CPU-only
 # machine; 0.0.42.* is the libtpu built for jax 0.10.2. In the test extra too,
@@ -43,8 +47,10 @@ EXTRAS_REQUIRE = {
     "aot": [LIBTPU],
     "torch": TORCH,
     "notebooks": NOTEBOOKS,
-    # The import parity tests and the notebook tests run in CI too.
-    "test": ["pytest>=8,<10", LIBTPU] + TORCH + NOTEBOOKS,
+    "plots": PLOTS,
+    "bench": BENCH,
+    # CI runs the AOT, import-parity, notebook, plot and benchmark tests.
+    "test": ["pytest>=8,<10", LIBTPU, *TORCH, *NOTEBOOKS, *BENCH],
 }
 
 setuptools.setup(

@@ -63,6 +63,17 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.export.splits = ("train", "test")
   config.export.dtype = "float16"
   config.export.examples_per_shard = 20_000
+  config.export.logits_splits = ("test",)  # per-dim logits for --mode=adaptive
+  config.export.flip_tta = True  # and those of the flipped images
+
+  # --mode=adaptive / probe / baselines (mrl_jax/embedding_eval.py).
+  config.adaptive = ml_collections.ConfigDict(
+      {"holdout": 0.2, "seeds": 30, "tta": True, "tolerance": 0.0})
+  config.probe = ml_collections.ConfigDict(
+      {"shots": (1, 5, 10, 0), "seeds": 3, "l2": 1e-4, "steps": 200})
+  config.baselines = ml_collections.ConfigDict(
+      {"methods": ("svd", "random"), "dims": config_dict.placeholder(tuple),
+       "seeds": 1, "l2": 1e-4, "steps": 200})
 
   config.mesh = (("data", -1),)  # axes data, fsdp, model; one size may be -1
   config.sharding = config_lib.sharding_section("dp")  # or fsdp, fsdp_tp
@@ -83,6 +94,12 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.model.kwargs.embed_dim = 32
     config.export.splits = ("train[:1024]", "test[:256]")
     config.export.examples_per_shard = 256
+    config.export.logits_splits = ("test[:256]",)
+    config.adaptive.seeds = 3
+    config.probe.shots = (2, 0)
+    config.probe.seeds = 2
+    config.probe.steps = 30
+    config.baselines.steps = 30
     config.log_every_steps = 4
     config.checkpoint_every_steps = 4
   return config

@@ -4,8 +4,13 @@ Downstream evaluators (k-NN, retrieval, adaptive classification) read these
 instead of re-running the backbone. Layout, per split:
 
   DIR/embeddings/<dataset>/<split>/
-    metadata.json              model, step, nesting dims, dtype
-    shard-p<process>-<i>.npz   "embeddings" [n, d], "labels" [n] or [n, C]
+    metadata.json              model, step, nesting dims, dtype, arrays
+    shard-p<process>-<i>.npz   "embeddings" [n, d], "labels" [n] or [n, C];
+                               for `config.export.logits_splits` also the
+                               per-dim head logits "logits" [n, G, C] and,
+                               with `config.export.flip_tta`, "flip_logits"
+                               [n, G, C] of the horizontally flipped images
+                               (adaptive classification reads these)
 
 Embeddings are the raw backbone output z (not normalised; MRL retrieval
 normalises each prefix z[:m] separately). Splits stream through in shards of
@@ -41,6 +46,11 @@ def _export_settings(config: ml_collections.ConfigDict) -> dict[str, Any]:
                                                config.data.eval_split)),
       "dtype": export.get("dtype", "float16"),
       "examples_per_shard": int(export.get("examples_per_shard", 50_000)),
+      # Per-dim logits are [n, G, C]: only for the (small) eval split by
+      # default, never for a 1.28M-image train split unless asked.
+      "logits_splits": tuple(export.get("logits_splits")
+                             or (config.data.eval_split,)),
+      "flip_tta": bool(export.get("flip_tta", True)),
   }
   if settings["dtype"] not in DTYPES:
     raise ValueError(f"unknown export dtype {settings['dtype']!r}; set "
@@ -66,17 +76,30 @@ def _local_rows(x: jax.Array, mesh: jax.sharding.Mesh) -> np.ndarray:
       x, mesh, sharding.batch_spec(mesh)))
 
 
+def _shard_has(path: str, keys: tuple[str, ...]) -> bool:
+  """True if the shard exists and holds every array in keys."""
+  if not os.path.exists(path):
+    return False
+  with np.load(path) as shard:  # reads the zip directory, not the data
+    return set(keys) <= set(shard.files)
+
+
 def _export_split(config, s: train.Setup, embed, state, split: str,
-                  settings: dict[str, Any], out_dir: str) -> None:
-  """Writes this process's missing shards of one split."""
+                  settings: dict[str, Any], keys: tuple[str, ...],
+                  out_dir: str) -> None:
+  """Writes this process's missing shards of one split.
+
+  keys: arrays each shard holds, besides "labels"; a shard written earlier
+  without some of them (e.g. before logits were asked for) is redone.
+  """
   source = pipeline.open_source(config.data, split)
   per_shard = settings["examples_per_shard"]
   num_shards = -(-source.num_examples // per_shard)
   names = [f"shard-p{jax.process_index():03d}-{i:05d}.npz"
            for i in range(num_shards)]
   done = 0
-  while done < num_shards and os.path.exists(os.path.join(out_dir,
-                                                          names[done])):
+  while done < num_shards and _shard_has(os.path.join(out_dir, names[done]),
+                                         keys):
     done += 1
   if done:
     logging.info("%s: %d of %d shards already exported", split, done,
@@ -84,24 +107,49 @@ def _export_split(config, s: train.Setup, embed, state, split: str,
   batches = pipeline.eval_batches(config.data, source, config.eval_batch_size,
                                   sharding.batch_sharding(s.mesh),
                                   start=done * per_shard)
-  rows, labels, shard = [], [], done
+  rows = {key: [] for key in keys + ("labels",)}
+  shard = done
 
   def write_shard() -> None:
     atomic_files.write_npz(
         os.path.join(out_dir, names[shard]),
-        embeddings=np.concatenate(rows).astype(settings["dtype"]),
-        labels=np.concatenate(labels))
+        labels=np.concatenate(rows["labels"]),
+        **{key: np.concatenate(rows[key]).astype(settings["dtype"])
+           for key in keys})
 
   for batch in batches:
     mask = _local_rows(batch["mask"], s.mesh).astype(bool)
-    rows.append(_local_rows(embed(state, batch), s.mesh)[mask])
-    labels.append(_local_rows(batch["label"], s.mesh)[mask])
+    outputs = embed(state, batch)
+    for key in keys:
+      rows[key].append(_local_rows(outputs[key], s.mesh)[mask])
+    rows["labels"].append(_local_rows(batch["label"], s.mesh)[mask])
     # Shards hold whole batches: per_shard is a multiple of the local batch.
-    if sum(map(len, rows)) >= per_shard:
+    if sum(map(len, rows["labels"])) >= per_shard:
       write_shard()
-      rows, labels, shard = [], [], shard + 1
-  if rows and sum(map(len, rows)):
+      rows, shard = {key: [] for key in rows}, shard + 1
+  if sum(map(len, rows["labels"])):
     write_shard()
+
+
+def _make_embed(s: train.Setup, state_sh: Any, keys: tuple[str, ...]):
+  """jit(state, batch) -> the arrays named in keys, row-sharded, float32:
+  "embeddings" [B, d], "logits" [B, G, C], "flip_logits" [B, G, C]."""
+
+  def embed(st, batch):
+    variables = {"params": st.params, "batch_stats": st.batch_stats}
+    logits, aux = s.model.apply(variables, batch["image"], train=False)
+    # Rows first, so that every output shards over the batch like the input.
+    out = {"embeddings": aux["embedding"].astype(np.float32),
+           "logits": logits.swapaxes(0, 1).astype(np.float32)}
+    if "flip_logits" in keys:  # images are [B, H, W, C]: flip the width
+      flipped, _ = s.model.apply(variables, batch["image"][:, :, ::-1],
+                                 train=False)
+      out["flip_logits"] = flipped.swapaxes(0, 1).astype(np.float32)
+    return {key: out[key] for key in keys}
+
+  return jax.jit(embed,
+                 in_shardings=(state_sh, sharding.batch_sharding(s.mesh)),
+                 out_shardings=sharding.batch_sharding(s.mesh))
 
 
 def export_embeddings(config: ml_collections.ConfigDict,
@@ -113,17 +161,16 @@ def export_embeddings(config: ml_collections.ConfigDict,
   """
   settings = _export_settings(config)
   s, state, state_sh = train.restore_latest(config, workdir)
-  embed = jax.jit(
-      lambda st, batch: s.model.apply(
-          {"params": st.params, "batch_stats": st.batch_stats},
-          batch["image"], train=False)[1]["embedding"].astype(np.float32),
-      in_shardings=(state_sh, sharding.batch_sharding(s.mesh)),
-      out_shardings=sharding.batch_sharding(s.mesh))
   out = {}
   for split in settings["splits"]:
     out_dir = split_dir(workdir, config.data.name, split)
     os.makedirs(out_dir, exist_ok=True)
-    _export_split(config, s, embed, state, split, settings, out_dir)
+    keys = ("embeddings",)
+    if split in settings["logits_splits"]:
+      keys += ("logits", "flip_logits") if settings["flip_tta"] else (
+          "logits",)
+    _export_split(config, s, _make_embed(s, state_sh, keys), state, split,
+                  settings, keys, out_dir)
     metadata = {
         "model": config.model.name, "step": int(state.step),
         "dataset": config.data.name, "split": split,
@@ -131,6 +178,7 @@ def export_embeddings(config: ml_collections.ConfigDict,
         "embedding_dim": s.model.backbone.embedding_dim,
         "dtype": settings["dtype"], "normalisation": "none",
         "num_processes": jax.process_count(),
+        "arrays": ["labels", *keys],
     }
     if jax.process_index() == 0:
       atomic_files.write_json(os.path.join(out_dir, "metadata.json"), metadata)
@@ -139,14 +187,33 @@ def export_embeddings(config: ml_collections.ConfigDict,
   return out
 
 
-def load_split(directory: str) -> tuple[np.ndarray, np.ndarray, dict]:
-  """Reads an exported split: (embeddings [N, d], labels, metadata)."""
+def load_arrays(directory: str, keys: tuple[str, ...]
+                ) -> tuple[dict[str, np.ndarray], dict]:
+  """Reads the named arrays of an exported split, all shards concatenated.
+
+  Returns:
+    ({key: array with N rows}, metadata).
+  Raises:
+    ValueError: if the export lacks one of them (with the setting to change).
+  """
   with open(os.path.join(directory, "metadata.json")) as f:
     metadata = json.load(f)
+  missing = set(keys) - set(metadata.get("arrays", ["embeddings", "labels"]))
+  if missing:
+    raise ValueError(
+        f"{directory} has no {sorted(missing)}; add its split to "
+        "config.export.logits_splits (flip_logits: config.export.flip_tta="
+        "True) and run --mode=export again")
   shards = [np.load(path) for path in
             sorted(glob.glob(os.path.join(directory, "shard-*.npz")))]
-  return (np.concatenate([sh["embeddings"] for sh in shards]),
-          np.concatenate([sh["labels"] for sh in shards]), metadata)
+  return {key: np.concatenate([sh[key] for sh in shards])
+          for key in keys}, metadata
+
+
+def load_split(directory: str) -> tuple[np.ndarray, np.ndarray, dict]:
+  """Reads an exported split: (embeddings [N, d], labels, metadata)."""
+  arrays, metadata = load_arrays(directory, ("embeddings", "labels"))
+  return arrays["embeddings"], arrays["labels"], metadata
 
 
 def load_database_and_queries(train_dir: str, eval_dir: str

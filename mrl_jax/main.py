@@ -8,8 +8,9 @@ r"""Launcher: the only module that defines flags.
 mode=train trains (resuming from DIR's checkpoints if any) and evaluates;
 mode=eval evaluates DIR's latest checkpoint. Both print the per-dim table and
 write DIR/eval_summary.json. mode=export writes the latest checkpoint's
-embeddings under DIR/embeddings/ (see mrl_jax/export.py); mode=knn and
-mode=retrieval evaluate those per nesting dim (mrl_jax/embedding_eval.py).
+embeddings under DIR/embeddings/ (see mrl_jax/export.py); mode=knn,
+retrieval, adaptive, probe and baselines evaluate those per nesting dim
+(mrl_jax/embedding_eval.py).
 mode=export_encoder writes DIR/encoder, a bundle for mrl_jax.load_encoder.
 Several processes (one per host or GPU): add --coordinator_address=HOST:PORT
 --num_processes=N --process_id=I, or nothing on TPU pods and under SLURM
@@ -32,11 +33,14 @@ config_flags.DEFINE_config_file(
     "config", None, "Config file, optionally with ':arg'.", lock_config=True)
 flags.DEFINE_string("workdir", None, "Checkpoints, metrics and summaries.")
 flags.DEFINE_enum("mode", "train",
-                  ["train", "eval", "export", "knn", "retrieval",
-                   "export_encoder", "aot"],
+                  ["train", "eval", "export", "knn", "retrieval", "adaptive",
+                   "probe", "baselines", "export_encoder", "aot"],
                   "train (then evaluate), eval (latest checkpoint), export "
                   "(embeddings of config.export.splits), or knn / retrieval "
                   "on the exported train (database) and eval (query) splits, "
+                  "adaptive (MRL-AC cascade on the exported eval logits), "
+                  "probe (few-shot linear probes on frozen prefixes), "
+                  "baselines (SVD / random features of an FF-full model), "
                   "export_encoder (DIR/encoder for mrl_jax.load_encoder), or aot "
                   "(compile the train step for --topology).")
 flags.DEFINE_string("topology", None, "--mode=aot: TPU slice to compile for, "
@@ -74,8 +78,8 @@ def main(argv: list[str]) -> None:
   from mrl_jax import aot  # pylint: disable=import-outside-toplevel
   run = {"train": train.train_and_evaluate, "eval": train.evaluate,
          "export": export.export_embeddings,
-         "knn": functools.partial(embedding_eval.run, "knn"),
-         "retrieval": functools.partial(embedding_eval.run, "retrieval"),
+         **{mode: functools.partial(embedding_eval.run, mode)
+            for mode in embedding_eval.MODES},
          "export_encoder": encoder.export_encoder,
          "aot": functools.partial(aot.run, topology=FLAGS.topology),
          }[FLAGS.mode]

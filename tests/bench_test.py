@@ -118,3 +118,40 @@ def test_input_pipeline_jpegs_are_imagenet_like():
       assert (image.format, image.size, image.mode) == ("JPEG", (500, 375),
                                                        "RGB")
     assert 60_000 < len(data) < 200_000  # ImageNet averages ~110 KB
+
+
+def _write_split(directory: pathlib.Path, embeddings, labels) -> None:
+  """A minimal `--mode=export` split: one shard and its metadata."""
+  import numpy as np  # pylint: disable=import-outside-toplevel
+  directory.mkdir(parents=True)
+  np.savez(directory / "shard-p000-00000.npz", embeddings=embeddings,
+           labels=labels)
+  (directory / "metadata.json").write_text(json.dumps(
+      {"model": "toy", "head": "mrl", "step": 1, "nesting": [4, 8, 16]}))
+
+
+def test_search_bench_exact_and_adaptive(tmp_path):
+  import numpy as np  # pylint: disable=import-outside-toplevel
+  bench = _load("search_bench")
+  exact = bench.exact_vs_faiss(rows=3000, dim=64, num_queries=20, k=10,
+                               repeats=1)
+  assert exact["id_agreement"] == 1.0  # both exact: same neighbours
+  for key in ("jax_qps", "faiss_qps", "jax_over_faiss"):
+    _assert_positive_finite(exact[key], key)
+  # Class signal in the leading coordinates, as in an MRL embedding.
+  rng = np.random.default_rng(0)
+  labels = rng.integers(0, 4, 900)
+  z = rng.normal(size=(900, 16)).astype(np.float32)
+  z[:, :4] += 3 * np.eye(4)[labels]
+  _write_split(tmp_path / "train", z[:800], labels[:800])
+  _write_split(tmp_path / "test", z[800:], labels[800:])
+  out = bench.adaptive_vs_exact(str(tmp_path), [4], shortlist_k=50, k=10,
+                                repeats=1)
+  assert out["rows"] == 800 and out["queries"] == 100 and out["dim"] == 16
+  assert [a["Ds"] for a in out["adaptive"]] == [4]
+  for a in out["adaptive"]:
+    _assert_positive_finite(a["speedup"], "speedup")
+    assert 0.0 < a["mAP@10"] <= 1.0
+    # The 4-d shortlist holds the class signal, the full-dim re-rank keeps
+    # it: not worse than exact search (here better: it skips noise dims).
+    assert a["mAP@10_minus_exact_points"] > -1.0

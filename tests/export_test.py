@@ -11,7 +11,8 @@ def test_defaults_and_path_safe_split_names(config_module):
   settings = export._export_settings(  # pylint: disable=protected-access
       config_module("default").get_config())
   assert settings == {"splits": ("train", "test"), "dtype": "float16",
-                      "examples_per_shard": 20_000}
+                      "examples_per_shard": 20_000,
+                      "logits_splits": ("test",), "flip_tta": True}
   assert export.split_dir("W", "ds", "train[:10%]").endswith(
       os.path.join("embeddings", "ds", "train_10%"))
 

@@ -212,3 +212,45 @@ def test_knn_and_retrieval_modes_on_exported_embeddings(reference, copy_of):
     for d in (8, 16, 32):
       assert 0.0 <= summary[f"{metric}/d={d}"] <= 1.0
       assert f"{metric}/d={d}" in proc.stdout
+
+
+def test_adaptive_probe_and_baselines_modes(reference, copy_of):
+  workdir = copy_of(reference[0])
+  # Without the eval split's logits, adaptive says how to get them ...
+  launch(workdir, "--mode=export", "--config.export.logits_splits=('x',)")
+  proc = launch(workdir, "--mode=adaptive", check=False)
+  assert proc.returncode != 0
+  last = proc.stderr.strip().splitlines()[-1]
+  assert last.startswith("mrl_jax: error:")
+  assert "config.export.logits_splits" in last
+  # ... and a rerun of export redoes the shards that lack them.
+  launch(workdir, "--mode=export")
+  test_dir = os.path.join(workdir, "embeddings", "fashion_mnist", "test_256")
+  arrays, _ = export.load_arrays(test_dir, ("logits", "flip_logits"))
+  assert arrays["logits"].shape == arrays["flip_logits"].shape == (256, 3, 10)
+  assert "logits" not in export.load_arrays(
+      os.path.join(workdir, "embeddings", "fashion_mnist", "train_1024"),
+      ())[1]["arrays"]
+  # The exported logits are the heads' logits: their top-1 is eval's.
+  with open(os.path.join(workdir, "eval_summary.json")) as f:
+    top1 = json.load(f)["top1"]
+  _, labels, _ = export.load_split(test_dir)
+  for g, d in enumerate((8, 16, 32)):
+    acc = np.mean(arrays["logits"][:, g].argmax(-1) == labels)
+    assert abs(acc - top1[str(d)]) <= 1 / 256  # float16 ties at most
+  expected = {
+      "adaptive": ("adaptive/ac_accuracy/d=32", "adaptive/ac_expected_dim/d=32"),
+      "probe": ("probe/top1@2shot/d=8", "probe/top1@all/d=32"),
+      "baselines": ("svd/linear_top1/d=8", "random/knn_top1/d=32"),
+  }
+  for mode, names in expected.items():
+    proc = launch(workdir, f"--mode={mode}")
+    with open(os.path.join(workdir, f"{mode}_summary.json")) as f:
+      summary = json.load(f)
+    assert summary["step"] == 12
+    for name in names:
+      assert 0.0 <= summary[name] <= 32.0 and name in proc.stdout
+  with open(os.path.join(workdir, "adaptive_summary.json")) as f:
+    adaptive = json.load(f)
+  assert adaptive["num_eval"] == 256 - 51 and len(adaptive["seeds"]) == 3
+  assert 8.0 <= adaptive["expected_dim"]["32"] <= 32.0

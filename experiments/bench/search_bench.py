@@ -1,0 +1,155 @@
+r"""Search benchmarks: (a) exact full-dim MIPS, our JAX engine vs FAISS
+IndexFlatIP; (b) adaptive retrieval vs exact full-dim search on a real
+model's exported embeddings, at equal mAP@10.
+
+  .venv/bin/python experiments/bench/search_bench.py --out=/tmp/search.json \
+      [--exact_rows=50000 --exact_dim=2048 --exact_queries=500] \
+      [--embeddings=W/embeddings/fashion_mnist]   # enables (b)
+
+(a) Gaussian database [N, d] float32 and queries [Q, d] (values do not change
+the work of an exact scan), k = 10. Both engines return the exact top-k by
+inner product; the script checks that their ids agree. FAISS uses all cores
+(OpenMP), XLA:CPU its intra-op thread pool; both are warmed up first
+(compile / first-touch), then each is timed `--repeats` times, interleaved,
+and the median is reported as queries/s.
+
+(b) Database = the exported train split, queries = the exported test split
+(`--mode=export` of a trained model), per-prefix cosine as in MRL. Exact
+search at the full dim D vs adaptive retrieval (shortlist K at D_s, re-rank
+at D); mAP@10 (standard definition) of each, wall-clock medians, speed-up.
+Every D_s in `--shortlist_dims` is reported (the plot of mAP@10 vs shortlist
+dim and speed reads this).
+
+Both parts need `pip install -e '.[bench]'` (faiss-cpu) for (a).
+"""
+import json
+import os
+import platform
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from absl import app
+from absl import flags
+import jax
+import numpy as np
+
+from mrl_jax import export
+from mrl_jax import search
+from mrl_jax.evaluators import retrieval
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("out", None, "JSON file for the results.")
+flags.DEFINE_integer("exact_rows", 50_000, "(a) database rows N.")
+flags.DEFINE_integer("exact_dim", 2048, "(a) dimension d.")
+flags.DEFINE_integer("exact_queries", 500, "(a) queries Q.")
+flags.DEFINE_integer("k", 10, "neighbours returned.")
+flags.DEFINE_integer("repeats", 3, "timed repetitions per engine.")
+flags.DEFINE_string("embeddings", None,
+                    "(b) DIR/embeddings/<dataset> with exported train and "
+                    "test splits; (b) is skipped without it.")
+flags.DEFINE_list("shortlist_dims", ["8", "16", "32", "64"], "(b) D_s.")
+flags.DEFINE_integer("shortlist_k", 200, "(b) K.")
+
+
+def _median_time(fn: Callable[[], Any], repeats: int) -> float:
+  times = []
+  for _ in range(repeats):
+    start = time.perf_counter()
+    jax.block_until_ready(fn())
+    times.append(time.perf_counter() - start)
+  return statistics.median(times)
+
+
+def exact_vs_faiss(rows: int, dim: int, num_queries: int, k: int,
+                   repeats: int, seed: int = 0) -> dict[str, Any]:
+  """(a): queries/s of exact top-k inner-product search, JAX vs FAISS."""
+  import faiss  # pylint: disable=import-outside-toplevel
+  rng = np.random.default_rng(seed)
+  database = rng.standard_normal((rows, dim), np.float32)
+  queries = rng.standard_normal((num_queries, dim), np.float32)
+  index = search.build_index(database, normalize=False)
+  flat = faiss.IndexFlatIP(dim)
+  flat.add(database)
+  ours = lambda: search.search(index, queries, dim, k)
+  theirs = lambda: flat.search(queries, k)
+  ids, (_, faiss_ids) = ours()[1], theirs()  # warm-up: compile, first touch
+  agree = float(np.mean(np.asarray(ids) == faiss_ids))
+  t_ours, t_faiss = [], []
+  for _ in range(repeats):  # interleaved, so load drifts hit both
+    t_ours.append(_median_time(ours, 1))
+    t_faiss.append(_median_time(theirs, 1))
+  jax_s, faiss_s = statistics.median(t_ours), statistics.median(t_faiss)
+  return {"rows": rows, "dim": dim, "queries": num_queries, "k": k,
+          "jax_seconds": jax_s, "faiss_seconds": faiss_s,
+          "jax_qps": num_queries / jax_s, "faiss_qps": num_queries / faiss_s,
+          "jax_over_faiss": faiss_s / jax_s, "id_agreement": agree,
+          "faiss_threads": faiss.omp_get_max_threads()}
+
+
+def _map_at(ids: Any, q_labels: np.ndarray, db_labels: np.ndarray,
+            k: int) -> float:
+  out = retrieval.retrieval_metrics(q_labels, db_labels[np.asarray(ids)],
+                                    np.bincount(db_labels), (k,))
+  return out[f"mAP@{k}"]
+
+
+def adaptive_vs_exact(embeddings_dir: str, shortlist_dims: Sequence[int],
+                      shortlist_k: int, k: int,
+                      repeats: int) -> dict[str, Any]:
+  """(b): adaptive retrieval vs exact full-dim search on exported splits."""
+  database, db_labels, queries, q_labels, meta = (
+      export.load_database_and_queries(
+          os.path.join(embeddings_dir, "train"),
+          os.path.join(embeddings_dir, "test")))
+  queries = queries.astype(np.float32)
+  full = database.shape[1]
+  index = search.build_index(database, boundaries=sorted(
+      set(meta["nesting"]) | set(shortlist_dims)), normalize=True)
+  exact = lambda: search.search(index, queries, full, k)
+  out = {"model": meta["model"], "head": meta["head"], "step": meta["step"],
+         "rows": len(database), "queries": len(queries), "dim": full,
+         "shortlist_k": shortlist_k, "k": k}
+  exact_ids = exact()[1]
+  out["exact_seconds"] = _median_time(exact, repeats)
+  out["exact_mAP@10"] = _map_at(exact_ids, q_labels, db_labels, 10)
+  out["adaptive"] = []
+  for ds in shortlist_dims:
+    run = lambda ds=ds: search.adaptive_search(index, queries, ds,
+                                               shortlist_k, full, k)
+    ids = run()[1]
+    seconds = _median_time(run, repeats)
+    out["adaptive"].append({
+        "Ds": ds, "Dr": full, "seconds": seconds,
+        "speedup": out["exact_seconds"] / seconds,
+        "flop_ratio": full / (ds + shortlist_k * full / len(database)),
+        "mAP@10": _map_at(ids, q_labels, db_labels, 10),
+        "mAP@10_minus_exact_points": 100 * (
+            _map_at(ids, q_labels, db_labels, 10) - out["exact_mAP@10"])})
+  return out
+
+
+def main(argv: Sequence[str]) -> None:
+  del argv
+  result = {"machine": {"platform": platform.platform(),
+                        "cpus": os.cpu_count(),
+                        "load_avg": os.getloadavg(),
+                        "jax_devices": str(jax.devices())}}
+  result["exact"] = exact_vs_faiss(FLAGS.exact_rows, FLAGS.exact_dim,
+                                   FLAGS.exact_queries, FLAGS.k,
+                                   FLAGS.repeats)
+  if FLAGS.embeddings:
+    result["adaptive"] = adaptive_vs_exact(
+        FLAGS.embeddings, [int(d) for d in FLAGS.shortlist_dims],
+        FLAGS.shortlist_k, FLAGS.k, FLAGS.repeats)
+  result["machine"]["load_avg_end"] = os.getloadavg()
+  text = json.dumps(result, indent=1)
+  print(text)
+  if FLAGS.out:
+    with open(FLAGS.out, "w") as f:
+      f.write(text)
+
+
+if __name__ == "__main__":
+  app.run(main)

@@ -1,0 +1,53 @@
+#!/usr/bin/env bash
+# Small-scale reproduction of the MRL paper on Fashion-MNIST: trains MRL,
+# MRL-E and FF-k (k = 8..128) with the default recipe, exports embeddings,
+# runs every evaluator and baseline, then writes the table and the plots to
+# experiments/fashion_mnist/ (results.md, results.json, *.png).
+#
+#   bash experiments/fashion_mnist/reproduce.sh
+#
+# Workdirs go to $MRL_REPRO_ROOT (default workdirs/repro), results to
+# $MRL_REPRO_OUT (default experiments/fashion_mnist); finished steps are
+# skipped on a rerun (training resumes, export skips finished shards).
+# STAGES (default "train eval bench report") and MODELS select what runs.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+[[ -n ${PY:-} ]] || bash scripts/setup.sh  # PY: an existing interpreter
+PY=${PY:-.venv/bin/python}
+ROOT=${MRL_REPRO_ROOT:-workdirs/repro}
+STAGES=${STAGES:-train eval bench report}
+OUT=${MRL_REPRO_OUT:-experiments/fashion_mnist}
+MODELS=${MODELS-mrl mrl_e ff8 ff16 ff32 ff64 ff128}
+
+args() {  # config flags of each model: identical recipe, only the head differs
+  case $1 in
+    mrl) echo "--config=configs/default.py:head=mrl" ;;
+    mrl_e) echo "--config=configs/default.py:head=mrl_e" ;;
+    ff*) echo "--config=configs/default.py:head=ff --config.mrl.ff_dim=${1#ff}" ;;
+  esac
+}
+launch() {  # launch MODEL MODE
+  # shellcheck disable=SC2046
+  $PY -m mrl_jax.main $(args "$1") --workdir="$ROOT/$1" --mode="$2"
+}
+
+for name in $MODELS; do
+  if [[ " $STAGES " == *" train "* && ! -f $ROOT/$name/eval_summary.json ]]; then
+    launch "$name" train
+  fi
+  if [[ " $STAGES " == *" eval "* && -f $ROOT/$name/eval_summary.json ]]; then
+    launch "$name" export
+    launch "$name" knn
+    case $name in
+      mrl|mrl_e) for mode in retrieval adaptive probe; do launch "$name" $mode; done ;;
+      ff128) launch "$name" baselines ;;
+    esac
+  fi
+done
+if [[ " $STAGES " == *" bench "* && -f $ROOT/mrl/embeddings/fashion_mnist/train/metadata.json ]]; then
+  $PY experiments/bench/search_bench.py --out="$OUT/search_bench.json" \
+      --embeddings="$ROOT/mrl/embeddings/fashion_mnist" --shortlist_dims=8,16,32,64
+fi
+if [[ " $STAGES " == *" report "* ]]; then
+  $PY experiments/fashion_mnist/report.py --root="$ROOT" --out="$OUT"
+fi

@@ -1,0 +1,73 @@
+"""experiments/fashion_mnist/report.py on hand-made summaries: the table,
+the claims check (holds / FAILS / missing) and the PNGs."""
+import importlib.util
+import json
+import pathlib
+
+REPORT = (pathlib.Path(__file__).resolve().parents[1] /
+          "experiments/fashion_mnist/report.py")
+DIMS = (8, 16, 32, 64, 128)
+
+
+def _load_report():
+  spec = importlib.util.spec_from_file_location("report", REPORT)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+def _write(root, name, kind, obj):
+  (root / name).mkdir(parents=True, exist_ok=True)
+  (root / name / f"{kind}_summary.json").write_text(json.dumps(obj))
+
+
+def test_report_table_claims_and_plots(tmp_path):
+  root, out = tmp_path / "runs", tmp_path / "out"
+  _write(root, "mrl", "eval", {"top1": {str(d): 0.90 + d / 10_000
+                                        for d in DIMS}})
+  _write(root, "mrl", "knn", {f"knn/top1/d={d}": 0.88 for d in DIMS})
+  # FF-8 one point above MRL-8 (a failed claim), FF-16 below; others absent.
+  _write(root, "ff8", "eval", {"top1": {"8": 0.9108}})
+  _write(root, "ff16", "eval", {"top1": {"16": 0.9000}})
+  _write(root, "ff128", "baselines", {
+      **{f"svd/linear_top1/d={d}": 0.5 for d in DIMS},
+      **{f"random/linear_top1/d={d}": 0.3 for d in DIMS}})
+  _write(root, "mrl", "adaptive", {
+      "nesting": list(DIMS), "seeds": [0, 1], "num_fit": 2, "num_eval": 8,
+      "accuracy": {"16": 0.90, "128": 0.92},
+      "expected_dim": {"16": 10.0, "128": 20.0},
+      "expected_cost": {"16": 12.0, "128": 30.0},
+      "dim_accuracy": {str(d): 0.9 + d / 10_000 for d in DIMS},
+      "smallest_expected_dim_matching_full_dim": 20.0})
+  report = _load_report()
+  r = report.write(str(root), str(out))
+  text = (out / "results.md").read_text()
+  assert "| 8 | 90.08 | missing | 91.08 | 50.00 | 30.00 |" in text
+  assert "FAILS on k = [8, 16]" in text and "8: -1.00" in text
+  assert "FF-k missing for k = [32, 64, 128]" in text
+  assert "MRL above FF at the smallest dims [8, 16]: FAILS" in text
+  assert "svd far below MRL at 8 dims (linear head): holds" in text
+  assert "expected dim of 20.0 = 0.16 of 128: holds" in text
+  assert sorted(p.name for p in out.glob("*.png")) == [
+      "accuracy_vs_dim.png", "adaptive_classification.png"]
+  assert all(pathlib.Path(p).stat().st_size > 10_000 for p in r["plots"])
+  assert json.loads((out / "results.json").read_text())["linear"]["ff"] == {
+      "8": 0.9108, "16": 0.9}
+
+
+def test_reproduce_script_report_stage(tmp_path):
+  """The README's one command, limited to its last stage (the others train
+  seven models): it must find the report and write into MRL_REPRO_OUT."""
+  import os  # pylint: disable=import-outside-toplevel
+  import subprocess  # pylint: disable=import-outside-toplevel
+  import sys  # pylint: disable=import-outside-toplevel
+  root = tmp_path / "runs"
+  _write(root, "mrl", "eval", {"top1": {str(d): 0.9 for d in DIMS}})
+  env = {**os.environ, "STAGES": "train eval report", "MODELS": "",
+         "PY": sys.executable, "MRL_REPRO_ROOT": str(root),
+         "MRL_REPRO_OUT": str(tmp_path / "out")}
+  proc = subprocess.run(["bash", str(REPORT.parent / "reproduce.sh")],
+                        env=env, capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  assert "| 8 | 90.00 | missing |" in proc.stdout
+  assert (tmp_path / "out" / "accuracy_vs_dim.png").exists()
