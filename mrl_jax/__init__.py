@@ -16,7 +16,7 @@ Where things live:
   export.py           embedding export (mode=export) and load_split(...)
   encoder.py          encoder bundles (mode=export_encoder), load_encoder(path)
   tools/import_torch.py  official PyTorch checkpoints -> mrl_jax checkpoint
-  embedding_eval.py   knn / retrieval modes over exported embeddings
+  embedding_eval.py   knn / retrieval / adaptive / probe / baselines modes
   checkpointing.py    Orbax CheckpointManager wrapper (resume, corruption fallback)
   evaluators/         per-nesting-dim evaluation
   metric_writer.py    metrics.jsonl + TensorBoard

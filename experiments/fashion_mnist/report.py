@@ -207,6 +207,15 @@ def _plot_series(ax, series: dict[str, dict[int, float]], title: str) -> None:
   ax.legend()
 
 
+def _save(fig, out_dir: str, name: str) -> str:
+  """Writes `fig` as out_dir/name, closes it, returns the path."""
+  path = os.path.join(out_dir, name)
+  fig.tight_layout()
+  fig.savefig(path, dpi=100)
+  plt.close(fig)
+  return path
+
+
 def plot(r: dict[str, Any], out_dir: str) -> list[str]:
   """Writes the PNGs that have data; returns their paths."""
   paths = []
@@ -216,10 +225,7 @@ def plot(r: dict[str, Any], out_dir: str) -> list[str]:
   for ax, kind, title in zip(axes, ("linear", "knn"),
                              ("linear classification", "1-NN")):
     _plot_series(ax, {names[k]: v for k, v in r[kind].items()}, title)
-  paths.append(os.path.join(out_dir, "accuracy_vs_dim.png"))
-  fig.tight_layout()
-  fig.savefig(paths[-1], dpi=100)
-  plt.close(fig)
+  paths.append(_save(fig, out_dir, "accuracy_vs_dim.png"))
   if any(r["adaptive"].values()):
     fig, ax = plt.subplots(figsize=(6, 4))
     for name, ac in r["adaptive"].items():
@@ -237,10 +243,7 @@ def plot(r: dict[str, Any], out_dir: str) -> list[str]:
     ax.set_title("adaptive classification")
     ax.grid(alpha=0.3)
     ax.legend()
-    paths.append(os.path.join(out_dir, "adaptive_classification.png"))
-    fig.tight_layout()
-    fig.savefig(paths[-1], dpi=100)
-    plt.close(fig)
+    paths.append(_save(fig, out_dir, "adaptive_classification.png"))
   bench = (r["search_bench"] or {}).get("adaptive")
   if bench:
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
@@ -262,10 +265,7 @@ def plot(r: dict[str, Any], out_dir: str) -> list[str]:
       ax.set_xticks(ds, [str(d) for d in ds])
       ax.grid(alpha=0.3)
       ax.legend()
-    paths.append(os.path.join(out_dir, "adaptive_retrieval.png"))
-    fig.tight_layout()
-    fig.savefig(paths[-1], dpi=100)
-    plt.close(fig)
+    paths.append(_save(fig, out_dir, "adaptive_retrieval.png"))
   return paths
 
 
