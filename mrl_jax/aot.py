@@ -35,6 +35,7 @@ from mrl_jax import optim
 from mrl_jax import sharding
 from mrl_jax import train
 from mrl_jax.data import preprocess
+from mrl_jax.data import resolution
 
 GiB = 2**30
 
@@ -108,7 +109,8 @@ def example_spec(config: ml_collections.ConfigDict
 
   Traces config.data.train_preprocess on a symbolic raw example (an encoded
   image when data.skip_decode, else uint8 [H, W, C]; class ids [n] for the
-  sigmoid loss, an id [] otherwise), so no dataset is needed.
+  sigmoid loss, an id [] otherwise), so no dataset is needed. Under a
+  resolution schedule it is the largest scheduled size (the memory peak).
   """
   data = config.data
   channels = data.get("channels", 3)
@@ -116,7 +118,11 @@ def example_spec(config: ml_collections.ConfigDict
            else tf.TensorSpec([None, None, channels], tf.uint8))
   label = tf.TensorSpec([None] if config.loss.name == "sigmoid" else [],
                         tf.int64)
-  fn = preprocess.build(data.train_preprocess)
+  spec_str = data.train_preprocess
+  if data.get("resolution"):  # progressive resizing: the largest size
+    spec_str = spec_str.replace(resolution.PLACEHOLDER, str(
+        max(resolution.scheduled_sizes(data.resolution))))
+  fn = preprocess.build(spec_str)
   traced = tf.function(lambda ex: fn(ex, tf.constant([0, 0], tf.int64)))
   out = traced.get_concrete_function(
       {"image": image, "label": label}).structured_outputs

@@ -156,8 +156,11 @@ def _raise_if_nonfinite(state: step_lib.TrainState,
         "config.optimizer.learning_rate or check the input data")
 
 
-  pipeline.validate(config.data)
-  mesh = sharding.make_train_mesh(config.mesh, devices)
+def jit_train_step(s: Setup, tx, state_shardings, seed: int):
+  """The sharded, jitted train step (also what `--mode=aot` compiles)."""
+  step = step_lib.make_train_step(s.model, tx, s.loss_fn,
+                                  s.relative_importance, seed,
+                                  s.grad_accum_steps)
   return jax.jit(
       sharding.traced_under_mesh(step, s.mesh),
       in_shardings=(state_shardings, sharding.batch_sharding(s.mesh)),
@@ -236,8 +239,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
                                     s.fingerprint, config.keep_checkpoints)
   ckpt.check_compatible()
   source = pipeline.open_source(config.data, config.data.train_split)
-  pipeline.validate(config.data)
-  mesh = sharding.make_train_mesh(config.mesh, devices)
+  for data_cfg in pipeline.extra_eval_sets(config.data).values():
+    pipeline.open_source(data_cfg, data_cfg.eval_split)  # fail before training
+  logging.info("data: process %d of %d reads %s (%d of %d examples)",
+               jax.process_index(), jax.process_count(), source.split,
+               source.num_examples, source.total_examples)
   per_epoch = pipeline.steps_per_epoch(source, config.batch_size)
   total = config_lib.steps("total", config, per_epoch)
   tx = optim.build_optimizer(config.optimizer, total, per_epoch)

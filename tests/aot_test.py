@@ -30,8 +30,8 @@ def test_launcher_compiles_tiny_resnet_for_v5e_2x2(tmp_path):
   with open(workdir / "aot_report.json") as f:
     report = json.load(f)
   assert report["topology"] == "v5e:2x2" and report["chips"] == 4
-  assert report["mesh"] == {"data": 4}
-  assert report["global_batch"] == 16 and report["image_shape"] == [32, 32, 3]
+  assert report["mesh"] == {"data": 4, "fsdp": 1, "model": 1}
+  assert report["global_batch"] == 16 and report["image_shape"] == [64, 64, 3]
   mem = report["memory_per_chip_bytes"]
   assert mem["hbm"] == 16 * 2**30
   assert all(mem[k] > 0 for k in ("arguments", "outputs", "generated_code"))
@@ -78,5 +78,6 @@ def test_example_spec_follows_the_preprocessing(config_module):
   assert spec["label"].shape == (50,)  # multi-hot targets
   rn50 = config_module("resnet50_imagenet").get_config("smoke")
   spec = aot.example_spec(rn50)
-  assert spec["image"].shape == (32, 32, 3)
+  # Progressive resizing 32 -> 64 in smoke: the largest size (memory peak).
+  assert spec["image"].shape == (64, 64, 3)
   assert spec["label"].shape == () and spec["label"].dtype.kind == "i"
