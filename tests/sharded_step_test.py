@@ -45,7 +45,7 @@ def run_steps(config, initial, num_steps: int = 3, batch_size: int = 16):
   """Losses [num_steps] and the final state of the real jitted step."""
   s, tx, shardings, _ = sharded_setup(config)
   state = jax.device_put(initial, shardings)
-  step = train._jit_train_step(s, tx, shardings, seed=0)  # pylint: disable=protected-access
+  step = train.jit_train_step(s, tx, shardings, seed=0)
   gen = np.random.default_rng(0)
   batch = {"image": jnp.asarray(gen.normal(size=(batch_size, *IMAGE_SHAPE)),
                                 jnp.float32),
