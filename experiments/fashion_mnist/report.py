@@ -22,8 +22,13 @@ matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt  # pylint: disable=wrong-import-position
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("root", "workdirs/repro", "Workdirs of the 7 models.")
-flags.DEFINE_string("out", "experiments/fashion_mnist", "Output directory.")
+
+
+def _define_flags() -> None:
+  # Only when run as a script: tests import this module next to other
+  # experiment scripts that define absl flags of the same names.
+  flags.DEFINE_string("root", "workdirs/repro", "Workdirs of the 7 models.")
+  flags.DEFINE_string("out", "experiments/fashion_mnist", "Output directory.")
 
 DIMS = (8, 16, 32, 64, 128)
 FF = {d: f"ff{d}" for d in DIMS}
@@ -289,4 +294,5 @@ def main(argv: Sequence[str]) -> None:
 
 
 if __name__ == "__main__":
+  _define_flags()
   app.run(main)
