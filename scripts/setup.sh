@@ -17,7 +17,7 @@ fi
 # Reinstall only when setup.py (the dependency list) changes.
 stamp=".venv/.installed-$(sha256sum setup.py | cut -c1-16)"
 if [ ! -f "$stamp" ]; then
-  echo "setup: creating .venv and installing mrl_jax[test] (about a minute)" >&2
+  echo "setup: creating .venv and installing mrl_jax[test] (a few minutes)" >&2
   python3 -m venv .venv
   .venv/bin/pip install -q --disable-pip-version-check -e '.[test]' \
     2> >(grep -v "is ignored: it is neither a file nor a directory" >&2)
