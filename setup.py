@@ -50,7 +50,9 @@ EXTRAS_REQUIRE = {
     "plots": PLOTS,
     "bench": BENCH,
     # CI runs the AOT, import-parity, notebook, plot and benchmark tests.
-    "test": ["pytest>=8,<10", LIBTPU, *TORCH, *NOTEBOOKS, *BENCH],
+    # pytest-xdist: scripts/test.sh runs one worker per core (up to 4).
+    "test": ["pytest>=8,<10", "pytest-xdist==3.8.0", LIBTPU, *TORCH,
+             *NOTEBOOKS, *BENCH],
 }
 
 setuptools.setup(

@@ -2,7 +2,9 @@ r"""MRL on Fashion-MNIST: the embedded default (real data, no web needed).
 
   python -m mrl_jax.main --config=configs/default.py --workdir=workdirs/default
 
-Arguments (comma-separated): `smoke` (tiny, < 1 min), `head=mrl|mrl_e|ff`.
+Arguments (comma-separated): `smoke` (tiny, < 1 min), `head=mrl|mrl_e|ff`,
+`dim=D` (representation size, default 128; nesting halves from D down to 8:
+`dim=2048` is the paper's ResNet-50 width, used by the retrieval benchmark).
 Hardware: 2 CPU cores. Data: TFDS `fashion_mnist`, prepared offline from the
 Debian package `dataset-fashion-mnist` (60k train / 10k test).
 Model: a small CNN (`small_cnn`) with a 128-d representation; nesting
@@ -22,7 +24,7 @@ from mrl_jax import config_lib
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  arg = config_lib.parse_arg(arg, smoke=False, head="mrl")
+  arg = config_lib.parse_arg(arg, smoke=False, head="mrl", dim=128)
   config = ml_collections.ConfigDict()
   config.seed = 0
   config.total_epochs = 4
@@ -43,7 +45,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       "flip_lr|normalize('fashion_mnist')|keep('image', 'label')")
   config.data.eval_preprocess = "normalize('fashion_mnist')|keep('image', 'label')"
 
-  config.model = config_lib.model_section("small_cnn", "float32")
+  config.model = config_lib.model_section("small_cnn", "float32",
+                                          embed_dim=arg.dim)
 
   config.mrl = config_lib.mrl_section(arg.head)
 
