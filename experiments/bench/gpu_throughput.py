@@ -39,7 +39,6 @@ Runs on CPU too, for tests: `--models=resnet_mu,vit_mu --image_size=32
 """
 import argparse
 import dataclasses
-import json
 import statistics
 import time
 from collections.abc import Callable, Sequence
@@ -48,6 +47,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+from mrl_jax import atomic_files
 from mrl_jax import train_step as step_lib
 from mrl_jax.mrl import heads
 
@@ -237,8 +237,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
   results["peak_bytes_in_use"] = stats.get("peak_bytes_in_use")
   print_table(results)
   if args.out:
-    with open(args.out, "w") as f:
-      json.dump(results, f, indent=1)
+    atomic_files.write_json(args.out, results)
   return results
 
 

@@ -41,6 +41,7 @@ import numpy as np
 from PIL import Image
 import tensorflow as tf
 
+from mrl_jax import atomic_files
 from mrl_jax.data import preprocess
 
 from mrl_overhead import cpu_model  # experiments/bench/mrl_overhead.py
@@ -190,8 +191,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
   result = bench(args)
   print(json.dumps(result, indent=2))
   if args.out:
-    with open(args.out, "w") as f:
-      json.dump(result, f, indent=2)
+    atomic_files.write_json(args.out, result)
   return result
 
 

@@ -41,7 +41,6 @@ Record results with the machine and its load (the JSON holds both).
 """
 import argparse
 import dataclasses
-import json
 import os
 import platform
 import statistics
@@ -52,6 +51,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+from mrl_jax import atomic_files
 from mrl_jax import train_step as step_lib
 from mrl_jax.mrl import heads
 from mrl_jax.mrl import losses
@@ -280,8 +280,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
   results["loadavg_end"] = os.getloadavg()
   print_table(results)
   if args.out:
-    with open(args.out, "w") as f:
-      json.dump(results, f, indent=1)
+    atomic_files.write_json(args.out, results)
   return results
 
 

@@ -35,6 +35,7 @@ from absl import flags
 import jax
 import numpy as np
 
+from mrl_jax import atomic_files
 from mrl_jax import export
 from mrl_jax import search
 from mrl_jax.evaluators import retrieval
@@ -53,13 +54,18 @@ flags.DEFINE_list("shortlist_dims", ["8", "16", "32", "64"], "(b) D_s.")
 flags.DEFINE_integer("shortlist_k", 200, "(b) K.")
 
 
-def _median_time(fn: Callable[[], Any], repeats: int) -> float:
-  times = []
+def _interleaved_medians(fns: dict[str, Callable[[], Any]],
+                         repeats: int) -> dict[str, float]:
+  """Median seconds of each fn, timed in rounds (one call of each per round)
+  so that load drifts on a shared machine hit every fn alike. Call each once
+  before (compile, first touch)."""
+  times = {name: [] for name in fns}
   for _ in range(repeats):
-    start = time.perf_counter()
-    jax.block_until_ready(fn())
-    times.append(time.perf_counter() - start)
-  return statistics.median(times)
+    for name, fn in fns.items():
+      start = time.perf_counter()
+      jax.block_until_ready(fn())
+      times[name].append(time.perf_counter() - start)
+  return {name: statistics.median(t) for name, t in times.items()}
 
 
 def exact_vs_faiss(rows: int, dim: int, num_queries: int, k: int,
@@ -76,11 +82,8 @@ def exact_vs_faiss(rows: int, dim: int, num_queries: int, k: int,
   theirs = lambda: flat.search(queries, k)
   ids, (_, faiss_ids) = ours()[1], theirs()  # warm-up: compile, first touch
   agree = float(np.mean(np.asarray(ids) == faiss_ids))
-  t_ours, t_faiss = [], []
-  for _ in range(repeats):  # interleaved, so load drifts hit both
-    t_ours.append(_median_time(ours, 1))
-    t_faiss.append(_median_time(theirs, 1))
-  jax_s, faiss_s = statistics.median(t_ours), statistics.median(t_faiss)
+  t = _interleaved_medians({"jax": ours, "faiss": theirs}, repeats)
+  jax_s, faiss_s = t["jax"], t["faiss"]
   return {"rows": rows, "dim": dim, "queries": num_queries, "k": k,
           "jax_seconds": jax_s, "faiss_seconds": faiss_s,
           "jax_qps": num_queries / jax_s, "faiss_qps": num_queries / faiss_s,
@@ -107,26 +110,25 @@ def adaptive_vs_exact(embeddings_dir: str, shortlist_dims: Sequence[int],
   full = database.shape[1]
   index = search.build_index(database, boundaries=sorted(
       set(meta["nesting"]) | set(shortlist_dims)), normalize=True)
-  exact = lambda: search.search(index, queries, full, k)
+  runs = {"exact": lambda: search.search(index, queries, full, k)}
+  for ds in shortlist_dims:
+    runs[ds] = lambda ds=ds: search.adaptive_search(
+        index, queries, ds, shortlist_k, full, k)
+  ids = {name: run()[1] for name, run in runs.items()}  # warm-up
+  seconds = _interleaved_medians(runs, repeats)
+  exact_map = _map_at(ids["exact"], q_labels, db_labels, 10)
   out = {"model": meta["model"], "head": meta["head"], "step": meta["step"],
          "rows": len(database), "queries": len(queries), "dim": full,
-         "shortlist_k": shortlist_k, "k": k}
-  exact_ids = exact()[1]
-  out["exact_seconds"] = _median_time(exact, repeats)
-  out["exact_mAP@10"] = _map_at(exact_ids, q_labels, db_labels, 10)
-  out["adaptive"] = []
+         "shortlist_k": shortlist_k, "k": k,
+         "exact_seconds": seconds["exact"], "exact_mAP@10": exact_map,
+         "adaptive": []}
   for ds in shortlist_dims:
-    run = lambda ds=ds: search.adaptive_search(index, queries, ds,
-                                               shortlist_k, full, k)
-    ids = run()[1]
-    seconds = _median_time(run, repeats)
+    ap = _map_at(ids[ds], q_labels, db_labels, 10)
     out["adaptive"].append({
-        "Ds": ds, "Dr": full, "seconds": seconds,
-        "speedup": out["exact_seconds"] / seconds,
+        "Ds": ds, "Dr": full, "seconds": seconds[ds],
+        "speedup": seconds["exact"] / seconds[ds],
         "flop_ratio": full / (ds + shortlist_k * full / len(database)),
-        "mAP@10": _map_at(ids, q_labels, db_labels, 10),
-        "mAP@10_minus_exact_points": 100 * (
-            _map_at(ids, q_labels, db_labels, 10) - out["exact_mAP@10"])})
+        "mAP@10": ap, "mAP@10_minus_exact_points": 100 * (ap - exact_map)})
   return out
 
 
@@ -144,11 +146,9 @@ def main(argv: Sequence[str]) -> None:
         FLAGS.embeddings, [int(d) for d in FLAGS.shortlist_dims],
         FLAGS.shortlist_k, FLAGS.k, FLAGS.repeats)
   result["machine"]["load_avg_end"] = os.getloadavg()
-  text = json.dumps(result, indent=1)
-  print(text)
+  print(json.dumps(result, indent=1))
   if FLAGS.out:
-    with open(FLAGS.out, "w") as f:
-      f.write(text)
+    atomic_files.write_json(FLAGS.out, result)
 
 
 if __name__ == "__main__":
