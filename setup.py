@@ -44,6 +44,12 @@ BENCH = ["faiss-cpu==1.15.1"]
 LIBTPU = "libtpu==0.0.42.*"
 
 EXTRAS_REQUIRE = {
+    # Accelerator builds of the pinned jax (the base pins are the CPU build):
+    # `pip install -e '.[tpu]'` on TPU VMs, '.[cuda12]' on NVIDIA GPUs
+    # (CUDA 12 wheels also run on newer drivers), '.[cuda13]' for CUDA 13.
+    "tpu": ["jax[tpu]==0.10.2"],
+    "cuda12": ["jax[cuda12]==0.10.2"],
+    "cuda13": ["jax[cuda13]==0.10.2"],
     "aot": [LIBTPU],
     "torch": TORCH,
     "notebooks": NOTEBOOKS,
@@ -59,7 +65,9 @@ setuptools.setup(
     name="mrl_jax",
     version="0.1.0",
     description="Matryoshka Representation Learning (MRL) in JAX/Flax.",
-    python_requires=">=3.11,<3.12",
+    # 3.11 is the tested set; 3.12 (Colab's Python) installs these pins and
+    # runs the smoke config (BUILD_NOTES.md, "Python 3.12").
+    python_requires=">=3.11,<3.13",
     packages=setuptools.find_packages(include=["mrl_jax", "mrl_jax.*"]),
     install_requires=INSTALL_REQUIRES,
     extras_require=EXTRAS_REQUIRE,

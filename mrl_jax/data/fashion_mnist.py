@@ -11,6 +11,7 @@ and a NUL) in front of Debian's bytes 10.., check the result against the
 upstream SHA-256 (= TFDS's registered checksum), and feed the rebuilt files to
 the unchanged builder as `manual_dir`. See notes/datasets.md, section 2.3.
 """
+import fcntl
 import hashlib
 import pathlib
 import struct
@@ -95,6 +96,20 @@ def prepare(data_dir: str | None = None) -> None:
   builder = tfds.builder(f"fashion_mnist:{VERSION}", data_dir=data_dir)
   if builder.is_prepared():
     return
+  # Several processes on one host (local multi-process runs, parallel test
+  # workers) may start preparing at once; the first prepares, the others
+  # wait for it and then find the dataset prepared.
+  root = pathlib.Path(builder.data_dir_root)
+  root.mkdir(parents=True, exist_ok=True)
+  with open(root / ".fashion_mnist.lock", "w") as lock:
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    if not builder.is_prepared():
+      _prepare_unlocked(builder)
+
+
+def _prepare_unlocked(builder) -> None:
+  """Prepares `builder` from the Debian files, else by download."""
+  import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
   if all((DEBIAN_DIR / f"{s}.gz").is_file() for s in UPSTREAM):
     logging.info("Preparing fashion_mnist from %s", DEBIAN_DIR)
     with tempfile.TemporaryDirectory(prefix="fashion_mnist_") as tmp:

@@ -10,11 +10,18 @@ every boundary prefix (`prefix_norms`, [N, G]); the MRL protocol normalises
 each prefix separately, so the cosine at dim m divides the m-dim score by the
 m-dim prefix norm (and normalises the query prefix too).
 
-Search. The database is scanned in chunks of `chunk_rows` rows: one
-[Q, C] score matmul per chunk, then `lax.top_k` over the running top-k
-concatenated with the chunk's scores. Rows are split over the `data` axis of
-a mesh (all devices by default); each device scans its own rows and keeps its
-own top-k, and one global merge orders the D x k candidates at the end.
+Search. The database is scanned in chunks of `chunk_rows` rows, one [Q, C]
+score matmul per chunk. With enough rows per k (at least 4k groups of 16 or
+8 rows) the scan takes two passes: pass 1 keeps only the maximum score of
+every group, the k groups with the largest maxima must hold the top k, and
+pass 2 re-scores just their rows (`top_k` over every score costs several ns
+per element on CPU, more than a 16-dim matmul; the max is a fused
+reduction; the two passes' matmuls differ in shape, so scores within float
+rounding of the k-th may be decided differently, as between any two exact
+engines). Otherwise (few rows, k near N) `lax.top_k` merges each chunk's
+scores into a running top-k. Rows are split over the `data` axis of a mesh
+(all devices by default); each device finds its own top-k, and one global
+merge orders the D x k candidates at the end.
 
 Where the database lives (two placements, same kernels):
 * `on_device=True` (default): the blocks are sharded device arrays; one

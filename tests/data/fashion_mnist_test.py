@@ -1,4 +1,5 @@
 """Tests for mrl_jax.data.fashion_mnist (offline TFDS preparation)."""
+import concurrent.futures
 import gzip
 import hashlib
 import importlib.resources
@@ -70,7 +71,20 @@ def test_rebuild_rejects_wrong_files(tmp_path):
 @needs_debian
 def test_prepare_then_load_offline(tmp_path, monkeypatch):
   data_dir = str(tmp_path / "tfds")
-  fashion_mnist.prepare(data_dir)
+  # Two concurrent callers (as parallel processes on one host): one
+  # prepares, the other waits for the lock and finds the data prepared.
+  prepares = []
+  original = tfds.core.DatasetBuilder.download_and_prepare
+  def counted(self, *args, **kwargs):
+    prepares.append(self.name)
+    return original(self, *args, **kwargs)
+  monkeypatch.setattr(tfds.core.DatasetBuilder, "download_and_prepare",
+                      counted)
+  with concurrent.futures.ThreadPoolExecutor(2) as pool:
+    for future in [pool.submit(fashion_mnist.prepare, data_dir)
+                   for _ in range(2)]:
+      future.result()
+  assert prepares == ["fashion_mnist"]
   assert not (tmp_path / "tfds" / "downloads").exists()  # Not kept.
 
   ds = tfds.load("fashion_mnist", split="test", data_dir=data_dir,
