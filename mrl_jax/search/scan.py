@@ -144,6 +144,20 @@ def _merge_by_id(s: Array, ids: Array, k: int) -> tuple[Array, Array]:
   return -neg[:, :k], ids[:, :k]
 
 
+def _rows_scores(plan: Plan, q_parts: Sequence[Array],
+                 blocks: Sequence[Array], full_norm: Array | None,
+                 start: Any, size: int, first_id: Array, num_valid: Array
+                 ) -> tuple[Array, Array]:
+  """Scores [Q, size] of rows start.. (dynamic slices, no copy) and their
+  ids [size]; padding rows (ids >= num_valid) score -inf."""
+  rows = [lax.dynamic_slice_in_dim(x, start, size) for x in blocks]
+  norm = (None if full_norm is None
+          else lax.dynamic_slice_in_dim(full_norm, start, size))
+  s = _chunk_scores(plan, q_parts, rows, norm)
+  ids = first_id + start + jnp.arange(size, dtype=jnp.int32)
+  return jnp.where(ids[None, :] < num_valid, s, -jnp.inf), ids
+
+
 def _scan_rows(plan: Plan, q_parts: Sequence[Array], blocks: Sequence[Array],
                full_norm: Array | None, carry: tuple[Array, Array],
                first_id: Array, num_valid: Array, k: int, chunk_rows: int
@@ -157,12 +171,8 @@ def _scan_rows(plan: Plan, q_parts: Sequence[Array], blocks: Sequence[Array],
   n = blocks[0].shape[0]
 
   def update(start, size, carry):
-    rows = [lax.dynamic_slice_in_dim(x, start, size) for x in blocks]
-    norm = (None if full_norm is None
-            else lax.dynamic_slice_in_dim(full_norm, start, size))
-    s = _chunk_scores(plan, q_parts, rows, norm)
-    ids = first_id + start + jnp.arange(size, dtype=jnp.int32)
-    s = jnp.where(ids[None, :] < num_valid, s, -jnp.inf)
+    s, ids = _rows_scores(plan, q_parts, blocks, full_norm, start, size,
+                          first_id, num_valid)
     return _merge_sorted_prefix(*carry, s, ids[None, :], k)
 
   num_full, tail = divmod(n, chunk_rows)
@@ -197,12 +207,8 @@ def _two_pass_topk(plan: Plan, q_parts: Sequence[Array],
 
   def maxima_of(start, size):
     """[Q, ceil(size / group)] group maxima of rows start..start+size-1."""
-    rows = [lax.dynamic_slice_in_dim(x, start, size) for x in blocks]
-    norm = (None if full_norm is None
-            else lax.dynamic_slice_in_dim(full_norm, start, size))
-    s = _chunk_scores(plan, q_parts, rows, norm)
-    ids = first_id + start + jnp.arange(size, dtype=jnp.int32)
-    s = jnp.where(ids[None, :] < num_valid, s, -jnp.inf)
+    s, _ = _rows_scores(plan, q_parts, blocks, full_norm, start, size,
+                        first_id, num_valid)
     pad = -size % group  # only the last chunk has a partial group
     s = jnp.pad(s, ((0, 0), (0, pad)), constant_values=-jnp.inf)
     return s.reshape(q, -1, group).max(axis=2)
