@@ -52,6 +52,11 @@ def test_paper_nesting(name, dims, config_module):
   assert train.setup(config_module(name).get_config()).nesting_dims == dims
 
 
+def test_default_dim_argument_sets_width_and_halving_nesting(config_module):
+  setup = train.setup(config_module("default").get_config("dim=2048"))
+  assert setup.nesting_dims == (8, 16, 32, 64, 128, 256, 512, 1024, 2048)
+
+
 def test_resnet50_recipe(config_module):
   config = config_module("resnet50_imagenet").get_config()
   opt = config.optimizer
