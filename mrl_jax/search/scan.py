@@ -97,11 +97,13 @@ def _chunk_scores(plan: Plan, q_parts: Sequence[Array],
   rows = list(rows)
   if plan.rest:
     rows[-1] = rows[-1][:, :plan.rest]
-  dots = [lax.dot_general(q, x, (((1,), (1,)), ((), ())),
-                          precision=plan.precision,
-                          preferred_element_type=jnp.float32)
-          for q, x in zip(q_parts, rows)]
-  s = functools.reduce(jnp.add, dots)
+  # One matmul over the chunk's columns side by side: the copy of [C, m] is
+  # cheap next to the matmul, and XLA:CPU runs narrow (8-64 column) matmuls
+  # at a fraction of its speed on wide ones (full-dim search 15% faster).
+  s = lax.dot_general(jnp.concatenate(q_parts, axis=1),
+                      jnp.concatenate(rows, axis=1), (((1,), (1,)), ((), ())),
+                      precision=plan.precision,
+                      preferred_element_type=jnp.float32)
   if plan.normalize:
     s = s / jnp.maximum(_prefix_norm(plan, full_norm, rows[-1]),
                         NORM_FLOOR)[None, :]
@@ -133,6 +135,34 @@ def _group_size(rows: int, k: int, dim: int) -> int:
   """
   for group in (16, 8):
     if rows // group >= 4 * k and k * group * dim <= rows:
+      return group
+  return 0
+
+
+def _merge_grouped(run_s: Array, run_i: Array, s: Array, first: Array,
+                   k: int, group: int) -> tuple[Array, Array]:
+  """`_merge_sorted_prefix` of chunk scores [Q, C] (ids first + j) through a
+  group-max prefilter: `top_k` runs over the C / group maxima and the k * group
+  scores of the k best groups (which hold the chunk's top k) instead of all C.
+
+  Selected groups are put back in id order and equal maxima pick the lower
+  group, so ties still go to the lower id.
+  """
+  q, c = s.shape
+  s = s.reshape(q, c // group, group)
+  maxima = s.max(axis=2)
+  _, best = lax.top_k(jnp.where(maxima == 0, 0.0, maxima), k)
+  best = jnp.sort(best, axis=1)
+  cand = jnp.take_along_axis(s, best[:, :, None], axis=1).reshape(q, -1)
+  ids = first + (best[:, :, None] * group
+                 + jnp.arange(group, dtype=jnp.int32)).reshape(q, -1)
+  return _merge_sorted_prefix(run_s, run_i, cand, ids, k)
+
+
+def _chunk_group(chunk: int, k: int) -> int:
+  """Group size for `_merge_grouped` of a [Q, chunk] score block; 0: none."""
+  for group in (32, 16, 8):
+    if chunk % group == 0 and chunk // group >= 4 * k:
       return group
   return 0
 
@@ -173,6 +203,9 @@ def _scan_rows(plan: Plan, q_parts: Sequence[Array], blocks: Sequence[Array],
   def update(start, size, carry):
     s, ids = _rows_scores(plan, q_parts, blocks, full_norm, start, size,
                           first_id, num_valid)
+    group = _chunk_group(size, k)
+    if group:
+      return _merge_grouped(*carry, s, first_id + start, k, group)
     return _merge_sorted_prefix(*carry, s, ids[None, :], k)
 
   num_full, tail = divmod(n, chunk_rows)
