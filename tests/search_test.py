@@ -64,10 +64,10 @@ def _assert_no_near_ties(scores, k, gap=1e-6):
 
 # (m, chunk_rows, k): block-aligned and not, chunks that divide the rows per
 # device (26 for 8 shards, 203 for one) and that do not, k above the chunk;
-# the last three take the group-max prefilter (chunk >= 4k groups of 8 or 32
-# columns) on one device, with many tied maxima.
+# on one device the last four take a group-max prefilter (two passes, or per
+# chunk for (64, 96, 3)), with many tied maxima.
 CASES = [(8, 16, 10), (16, 7, 40), (24, 13, 5), (64, 64, 50), (5, 29, 3),
-         (4, 96, 3), (8, 128, 1), (3, 64, 2)]
+         (4, 96, 3), (8, 128, 1), (3, 64, 2), (64, 96, 3)]
 
 
 @pytest.mark.parametrize("mesh", MESHES)
@@ -109,14 +109,17 @@ def test_equal_scores_go_to_the_lower_id():
   _assert_equal(search.search(index, INT_Q, 16, 30, chunk_rows=4), want)
 
 
-def test_group_prefilter_keeps_ties_in_id_order():
-  # One chunk of 64 rows in 8 groups of 8 (k = 2). Group 1 holds the best
-  # score (id 9) and a 5 at id 10; group 0 holds a 5 at id 0, so the second
-  # place goes to id 0 although group 1's maximum ranks first.
-  db = np.full((64, 1), -1.0, np.float32)
+@pytest.mark.parametrize("width", [1, 64])  # two passes; chunk prefilter
+def test_group_prefilter_keeps_ties_in_id_order(width):
+  # 64 rows in 8 groups of 8 (k = 2). Group 1 holds the best score (id 9)
+  # and a 5 at id 10; group 0 holds a 5 at id 0, so the second place goes to
+  # id 0 although group 1's maximum ranks first.
+  db = np.zeros((64, width), np.float32)
+  db[:, 0] = -1.0
   db[[0, 9, 10], 0] = 5.0, 9.0, 5.0
   index = search.build_index(db, mesh=MESH1)
-  got = search.search(index, np.ones((1, 1), np.float32), 1, 2, chunk_rows=64)
+  got = search.search(index, np.ones((1, width), np.float32), width, 2,
+                      chunk_rows=64)
   _assert_equal(got, (np.array([[9.0, 5.0]], np.float32), np.array([[9, 0]])))
 
 
