@@ -181,7 +181,8 @@ def report_markdown(r: dict[str, Any]) -> str:
     lines.append("")
   bench = (r["search_bench"] or {}).get("adaptive")
   if bench:
-    lines += [f"### Adaptive retrieval ({bench['rows']} database rows, "
+    lines += [f"### Adaptive retrieval ({bench['model']} {bench['head']} "
+              f"model, d={bench['dim']}; {bench['rows']} database rows, "
               f"{bench['queries']} queries, K={bench['shortlist_k']}, "
               f"D_r={bench['dim']})", "",
               "| D_s | mAP@10 | vs exact (points) | seconds | speed-up | "
