@@ -149,14 +149,19 @@ def _merge_grouped(run_s: Array, run_i: Array, s: Array, first: Array,
   group, so ties still go to the lower id.
   """
   q, c = s.shape
-  s = s.reshape(q, c // group, group)
-  maxima = s.max(axis=2)
+  local = _best_group_rows(s.reshape(q, c // group, group).max(axis=2), k,
+                           group)
+  cand = jnp.take_along_axis(s, local, axis=1)
+  return _merge_sorted_prefix(run_s, run_i, cand, first + local, k)
+
+
+def _best_group_rows(maxima: Array, k: int, group: int) -> Array:
+  """Row offsets [Q, k * group], in id order, of the k groups whose maxima
+  [Q, G] are largest (equal maxima: the lower group; -0.0 ties +0.0, which
+  top_k would rank apart)."""
   _, best = lax.top_k(jnp.where(maxima == 0, 0.0, maxima), k)
-  best = jnp.sort(best, axis=1)
-  cand = jnp.take_along_axis(s, best[:, :, None], axis=1).reshape(q, -1)
-  ids = first + (best[:, :, None] * group
-                 + jnp.arange(group, dtype=jnp.int32)).reshape(q, -1)
-  return _merge_sorted_prefix(run_s, run_i, cand, ids, k)
+  return (jnp.sort(best, axis=1)[:, :, None] * group
+          + jnp.arange(group, dtype=jnp.int32)).reshape(maxima.shape[0], -1)
 
 
 def _chunk_group(chunk: int, k: int) -> int:
@@ -254,11 +259,7 @@ def _two_pass_topk(plan: Plan, q_parts: Sequence[Array],
     parts.append(jnp.moveaxis(per_chunk, 0, 1).reshape(q, -1))
   if tail:
     parts.append(maxima_of(num_full * chunk, tail))
-  maxima = jnp.concatenate(parts, axis=1)
-  # -0.0 ranks below +0.0 in top_k; equal maxima must tie.
-  _, best = lax.top_k(jnp.where(maxima == 0, 0.0, maxima), k)
-  local = (jnp.sort(best, axis=1)[:, :, None] * group
-           + jnp.arange(group, dtype=jnp.int32)).reshape(q, k * group)
+  local = _best_group_rows(jnp.concatenate(parts, axis=1), k, group)
   dot, nrm = _gathered_scores(plan, q_parts, jnp.minimum(local, n - 1),
                               blocks, full_norm)
   s = dot if nrm is None else dot / jnp.maximum(nrm, NORM_FLOOR)
