@@ -41,6 +41,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.data.num_classes = 10
   config.data.cache = True
   config.data.shuffle_buffer = 60_000
+  # S data shards, each shuffled and batched alone (pipeline.py): batches are
+  # the same for any process count dividing S. None: one per device.
+  config.data.num_shards = config_dict.placeholder(int)
   config.data.train_preprocess = (
       "flip_lr|normalize('fashion_mnist')|keep('image', 'label')")
   config.data.eval_preprocess = "normalize('fashion_mnist')|keep('image', 'label')"

@@ -67,6 +67,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.data.skip_decode = True  # files stay encoded until preprocessing
   config.data.cache = False
   config.data.shuffle_buffer = 10_000
+  # S data shards, each shuffled and batched alone (pipeline.py): batches are
+  # the same for any process count dividing S. None: one per device.
+  config.data.num_shards = config_dict.placeholder(int)
   stats = "normalize('imagenet')" if channels == 3 else "value_range(-1, 1)"
   # decode_jpeg_and_inception_crop decodes only the crop of a JPEG, but
   # always to RGB; grayscale folders decode to 1 channel first.

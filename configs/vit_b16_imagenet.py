@@ -61,6 +61,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.data.cache = False  # ~150 GB encoded: does not fit in host memory.
   config.data.skip_decode = True  # decode_* ops read the encoded JPEG.
   config.data.shuffle_buffer = 50_000
+  # S data shards, each shuffled and batched alone (pipeline.py): batches are
+  # the same for any process count dividing S. None: one per device.
+  config.data.num_shards = config_dict.placeholder(int)
   config.data.train_preprocess = (
       "decode_jpeg_and_inception_crop(224)|flip_lr|value_range(-1, 1)"
       "|keep('image', 'label')")

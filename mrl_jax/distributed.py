@@ -11,8 +11,10 @@ A run spans several processes (one per host, or per GPU) in one of three ways:
   * otherwise a single process.
 
 Everything after start-up is the same code on every process: each reads its
-own slice of the data (tfds.split_for_jax_process), metrics and summaries are
-written by process 0 only, and Orbax writes checkpoints collectively.
+own data shards for training (the global batches do not depend on the process
+count, see data/pipeline.py) and its own slice of eval splits, metrics and
+summaries are written by process 0 only, and Orbax writes checkpoints
+collectively.
 """
 from absl import logging
 import jax

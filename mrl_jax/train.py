@@ -62,6 +62,8 @@ def setup(config: ml_collections.ConfigDict,
   mesh = sharding.make_train_mesh(config.mesh, devices)
   sharding.check_batch_size(config.batch_size, mesh, "batch_size")
   sharding.check_batch_size(config.eval_batch_size, mesh, "eval_batch_size")
+  pipeline.check_shards(config.data, config.batch_size, mesh.devices.size,
+                        len({d.process_index for d in mesh.devices.flat}))
   rules = sharding_rules.from_config(config.get("sharding"))
   _check_grad_accum(config, mesh)
   optim.build_optimizer(config.optimizer, 1, 1)  # validates optimizer fields
@@ -241,10 +243,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   source = pipeline.open_source(config.data, config.data.train_split)
   for data_cfg in pipeline.extra_eval_sets(config.data).values():
     pipeline.open_source(data_cfg, data_cfg.eval_split)  # fail before training
-  logging.info("data: process %d of %d reads %s (%d of %d examples)",
-               jax.process_index(), jax.process_count(), source.split,
-               source.num_examples, source.total_examples)
-  per_epoch = pipeline.steps_per_epoch(source, config.batch_size)
+  shards = pipeline.num_shards(config.data)
+  logging.info("data: process %d of %d reads %s", jax.process_index(),
+               jax.process_count(), pipeline.describe_process_shards(
+                   source, shards, jax.process_index(), jax.process_count()))
+  per_epoch = pipeline.steps_per_epoch(source, config.batch_size, shards)
   total = config_lib.steps("total", config, per_epoch)
   tx = optim.build_optimizer(config.optimizer, total, per_epoch)
   state, state_sh = _init_or_restore(s, config, tx, ckpt,

@@ -7,8 +7,9 @@ ImageFolder do), kept as `FolderSource.class_names` and in
 `config.data.class_names` (checked against the folder when given). Files are
 served encoded, like TFDS datasets read with `skip_decode`, so the
 preprocess specs start with `decode` or `decode_jpeg_and_inception_crop`.
-Split strings may slice (`train[:90%]`, `train[100:]`) as TFDS ones do; each
-process reads its own contiguous part.
+Split strings may slice (`train[:90%]`, `train[100:]`) as TFDS ones do; for
+evaluation each process reads its own contiguous part, for training the
+pipeline reads contiguous data shards (`FolderSource.shard`).
 """
 from collections.abc import Sequence
 import dataclasses
@@ -95,18 +96,36 @@ def peek(root: str, split: str, count: int = 8) -> tuple[int, int, int]:
   return channels, int(np.median(heights)), int(np.median(widths))
 
 
+def _part(n: int, index: int, count: int) -> slice:
+  """Contiguous, near-equal part `index` of `count` of n items."""
+  return slice(index * n // count, (index + 1) * n // count)
+
+
 @dataclasses.dataclass(frozen=True)
 class FolderSource:
   """One split of an image folder, as read by this process."""
   split: str
-  paths: tuple[str, ...]  # this process's part
+  paths: tuple[str, ...]  # this process's part (or one data shard)
   labels: tuple[int, ...]
   total_examples: int  # in the whole split, over all processes
   class_names: tuple[str, ...]
+  split_paths: tuple[str, ...]  # the whole split, over all processes
+  split_labels: tuple[int, ...]
 
   @property
   def num_examples(self) -> int:
     return len(self.paths)
+
+  @property
+  def whole_split(self) -> str:
+    return self.split
+
+  def shard(self, index: int, count: int) -> "FolderSource":
+    """Data shard `index` of `count`: a contiguous, near-equal part of the
+    whole split, whichever process reads it."""
+    part = _part(len(self.split_paths), index, count)
+    return dataclasses.replace(self, paths=self.split_paths[part],
+                               labels=self.split_labels[part])
 
   def read(self, shuffle_seed: int | None = None) -> tf.data.Dataset:
     """{"image": encoded file bytes [], "label": int64 []} examples."""
@@ -155,7 +174,6 @@ def open_source(cfg: ml_collections.ConfigDict, split: str) -> FolderSource:
   if not paths:
     raise ValueError(f"split {split!r} of {root!r} is empty")
   # Contiguous, near-equal parts per process (as tfds.split_for_jax_process).
-  count, index = jax.process_count(), jax.process_index()
-  lo, hi = index * len(paths) // count, (index + 1) * len(paths) // count
-  return FolderSource(split, tuple(paths[lo:hi]), tuple(labels[lo:hi]),
-                      len(paths), tuple(names))
+  mine = _part(len(paths), jax.process_index(), jax.process_count())
+  return FolderSource(split, tuple(paths[mine]), tuple(labels[mine]),
+                      len(paths), tuple(names), tuple(paths), tuple(labels))

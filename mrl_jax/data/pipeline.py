@@ -1,15 +1,33 @@
 """config.data -> streams of globally sharded batches.
 
-Training batches are a deterministic function of (seed, step): epoch e is
-shuffled with a seed derived from (seed, e), each example is preprocessed with
-a stateless seed (epoch seed, position in the epoch), and a run restored at
-step s starts at epoch s // steps_per_epoch, skipping the examples already
-consumed in that epoch *before* they are decoded. So a resumed run sees
-exactly the batches an uninterrupted run would have seen.
+Training batches are a deterministic function of (seed, step), whatever the
+number of processes ("virtual data shards", as in big_vision / grain):
 
-Each process reads its own slice of the split (`tfds.split_for_jax_process`)
-and contributes its local batch to one global `jax.Array` sharded over the
-mesh's data axis.
+* The training split is cut into S = config.data.num_shards contiguous,
+  near-equal shards (None: S = jax.device_count()). Shard j's stream depends
+  only on (seed, epoch, j): its epoch is shuffled with a seed derived from
+  (seed, epoch, j) (buffer config.data.shuffle_buffer // S), each example is
+  preprocessed with a stateless seed (that seed, position in the shard's
+  epoch), and it is batched B / S rows at a time.
+* The global batch of step s is the concatenation of the S shards' batch s,
+  in shard order. Process p of P reads only shards [p*S/P, (p+1)*S/P) and
+  concatenates their batches into its local batch, which becomes rows
+  [p*B/P, (p+1)*B/P) of one global `jax.Array` sharded over the mesh's batch
+  axes (meshes laid over jax.devices() give each process a contiguous block
+  of them). So the global batch is the same for every P that divides S (e.g.
+  2 processes x 4 devices and 1 x 8: S = 8 in both). With S = 1 the stream is
+  bitwise the one of the single-stream pipeline that preceded the shards.
+* Every epoch has the same steps_per_epoch (the fewest full batches any shard
+  holds), and a run restored at step s starts at epoch s // steps_per_epoch,
+  each shard skipping the examples already consumed in that epoch *before*
+  they are decoded. So a resumed run sees exactly the batches an
+  uninterrupted run would have seen.
+
+Cost: S tf.data pipelines (each with its own shuffle buffer, and cache with
+config.data.cache), split among the processes.
+
+Eval streams are not sharded this way: each process reads its own slice of
+the split (`tfds.split_for_jax_process`), since order does not matter there.
 """
 from collections.abc import Callable, Iterator
 import dataclasses
@@ -36,14 +54,31 @@ _OFFLINE_PREPARERS: dict[str, Callable[[str | None], None]] = {
 }
 
 
+def _num_examples(builder: tfds.core.DatasetBuilder, split) -> int:
+  """Examples in `split`, from split metadata (no data read); counted under
+  tfds.testing.mock_data, which has none."""
+  if builder.info.splits:
+    return builder.info.splits[split].num_examples
+  return int(builder.as_dataset(split=split).cardinality())
+
+
 @dataclasses.dataclass(frozen=True)
 class Source:
   """One split of a TFDS dataset, as read by this process."""
   builder: tfds.core.DatasetBuilder
-  split: str  # this process's part of the split
-  num_examples: int  # in this process's part
+  split: str  # this process's part of the split (or one data shard)
+  num_examples: int  # in `split`
   total_examples: int  # in the whole split, over all processes
+  whole_split: str  # the split as given, over all processes
   skip_decode: bool = False  # images stay encoded (for decode_* ops)
+
+  def shard(self, index: int, count: int) -> "Source":
+    """Data shard `index` of `count`: a contiguous, near-equal part of the
+    whole split (`tfds.even_splits`), whichever process reads it; its size
+    comes from split metadata, without reading data."""
+    part = tfds.even_splits(self.whole_split, count)[index]
+    return dataclasses.replace(self, split=part,
+                               num_examples=_num_examples(self.builder, part))
 
   @property
   def class_names(self) -> tuple[str, ...] | None:
@@ -99,16 +134,12 @@ def open_source(cfg: ml_collections.ConfigDict,
           "; or point config.data.data_dir at the directory that holds it"
           ) from None
   try:
-    if builder.info.splits:
-      total = builder.info.splits[split].num_examples
-      num_examples = builder.info.splits[process_split].num_examples
-    else:  # No split metadata (mock_data): count the examples instead.
-      total = int(builder.as_dataset(split=split).cardinality())
-      num_examples = int(builder.as_dataset(split=process_split).cardinality())
+    total = _num_examples(builder, split)
+    num_examples = _num_examples(builder, process_split)
   except (KeyError, ValueError) as e:
     raise ValueError(f"bad split {split!r} for {cfg.name!r} (known: "
                      f"{sorted(builder.info.splits)}): {e}") from None
-  return Source(builder, process_split, num_examples, total,
+  return Source(builder, process_split, num_examples, total, split,
                 cfg.get("skip_decode", False))
 
 
@@ -151,8 +182,79 @@ def extra_eval_sets(cfg: ml_collections.ConfigDict
   return out
 
 
-def _epoch_seed(seed: int, epoch: int) -> int:
-  return int(np.random.SeedSequence([seed, epoch]).generate_state(1)[0])
+def num_shards(cfg: ml_collections.ConfigDict,
+               num_devices: int | None = None) -> int:
+  """S: config.data.num_shards, or, when None, one data shard per device
+  (`num_devices`, default jax.device_count())."""
+  shards = cfg.get("num_shards")
+  if shards is not None:
+    return shards
+  return jax.device_count() if num_devices is None else num_devices
+
+
+def check_shards(cfg: ml_collections.ConfigDict, global_batch: int,
+                 num_devices: int, num_processes: int) -> int:
+  """Checks the data shards against the batch and processes, without I/O.
+
+  Args:
+    cfg: config.data (num_shards).
+    global_batch: the global training batch size B.
+    num_devices: devices of the run (S when config.data.num_shards is None).
+    num_processes: processes of the run.
+  Returns:
+    S, the number of data shards.
+  Raises:
+    ValueError (one line): S is not an integer >= 1, B is not a multiple of
+      S, or S is not a multiple of the process count.
+  """
+  given = cfg.get("num_shards")
+  if given is not None and (not isinstance(given, int)
+                            or isinstance(given, bool) or given < 1):
+    raise ValueError(f"config.data.num_shards={given!r} must be an integer "
+                     ">= 1, or None for one data shard per device")
+  shards = num_shards(cfg, num_devices)
+  what = (f"config.data.num_shards={shards}" if given is not None else
+          f"the {shards} data shards (config.data.num_shards=None: one per "
+          "device)")
+  if global_batch % shards:
+    raise ValueError(f"config.batch_size={global_batch} is not divisible by "
+                     f"{what}; use a batch size that is a multiple of "
+                     f"{shards}, or set config.data.num_shards to a divisor "
+                     f"of {global_batch}")
+  if shards % num_processes:
+    raise ValueError(f"{what} is not divisible by the {num_processes} "
+                     "processes; set config.data.num_shards to a multiple of "
+                     f"{num_processes}")
+  return shards
+
+
+def process_shards(shards: int, process_index: int,
+                   process_count: int) -> range:
+  """The data shards process `process_index` of `process_count` reads: the
+  contiguous block [p*S/P, (p+1)*S/P)."""
+  per_process = shards // process_count
+  return range(process_index * per_process, (process_index + 1) * per_process)
+
+
+def describe_process_shards(source: Source | image_folder.FolderSource,
+                            shards: int, process_index: int,
+                            process_count: int) -> str:
+  """E.g. "shards 4..7 of 8 of train[:256] (128 of 256 examples)"."""
+  mine = process_shards(shards, process_index, process_count)
+  count = sum(source.shard(j, shards).num_examples for j in mine)
+  return (f"shards {mine[0]}..{mine[-1]} of {shards} of {source.whole_split}"
+          f" ({count} of {source.total_examples} examples)")
+
+
+def _shard_seed(seed: int, epoch: int, shard: int) -> int:
+  """Seed of data shard `shard` in `epoch`, from (seed, epoch, shard) only.
+
+  Shard 0's seed is the per-epoch seed of the single-stream pipeline that
+  preceded the shards (SeedSequence([seed, epoch])), so S = 1 keeps its
+  batches bitwise.
+  """
+  words = [seed, epoch] + ([shard] if shard else [])
+  return int(np.random.SeedSequence(words).generate_state(1)[0])
 
 
 def _to_global(batch: dict[str, np.ndarray],
@@ -175,55 +277,115 @@ def local_batch_size(global_batch: int) -> int:
   return global_batch // jax.process_count()
 
 
-def steps_per_epoch(source: Source, global_batch: int) -> int:
-  """Full batches per epoch (the same on every process)."""
-  steps = source.num_examples // local_batch_size(global_batch)
+def steps_per_epoch(source: Source, global_batch: int, shards: int) -> int:
+  """Full batches per epoch: the fewest that any of the `shards` data shards
+  fills with its B / S rows. The same on every process and for every process
+  count; from split metadata, without reading data."""
+  shard_batch = global_batch // shards
+  sizes = [source.shard(j, shards).num_examples for j in range(shards)]
+  steps = min(sizes) // shard_batch
   if steps == 0:
-    raise ValueError(f"split {source.split!r} has {source.num_examples} "
-                     f"examples per process, fewer than one batch of "
-                     f"{local_batch_size(global_batch)}; lower the batch size")
+    raise ValueError(f"split {source.whole_split!r} has {min(sizes)} examples"
+                     f" in its smallest of {shards} data shards, fewer than "
+                     f"one batch of {shard_batch} per shard; lower the batch "
+                     "size or config.data.num_shards")
   return steps
+
+
+@dataclasses.dataclass(frozen=True)
+class _Shard:
+  """One data shard's training stream, a function of (seed, epoch, index)."""
+  source: Source | image_folder.FolderSource  # the shard's part of the split
+  index: int
+  batch: int  # B / S rows per step
+  epoch_size: int  # examples used per epoch: steps_per_epoch * batch
+  shuffle_buffer: int
+  seed: int
+  cached: tf.data.Dataset | None  # the epoch's examples (config.data.cache)
+
+  def epoch(self, epoch: int, offset: int,
+            preprocess: preprocess_lib.PreprocessFn) -> tf.data.Dataset:
+    """Batches {"image": [B/S, ...], "label": [B/S, ...], ...} of `epoch`,
+    from its batch `offset` on."""
+    seed = _shard_seed(self.seed, epoch, self.index)
+    ds = (self.cached if self.cached is not None
+          else self.source.read(shuffle_seed=seed).take(self.epoch_size))
+    ds = ds.shuffle(self.shuffle_buffer, seed=seed)
+    ds = ds.enumerate().skip(offset * self.batch)  # skip before decoding
+    ds = ds.map(lambda i, ex: preprocess(ex, tf.stack([seed % 2**62, i])),
+                num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    return ds.batch(self.batch, drop_remainder=True)
+
+
+def _open_shard(cfg: ml_collections.ConfigDict,
+                source: Source | image_folder.FolderSource, index: int,
+                shards: int, per_epoch: int, global_batch: int,
+                seed: int) -> _Shard:
+  """Shard `index` of `shards` of the split, ready to stream epochs."""
+  part = source.shard(index, shards)
+  batch = global_batch // shards
+  # Every epoch uses the same per_epoch * batch examples of every shard, so
+  # shards and processes stay in step; `take` comes before `cache` so that
+  # the cache is complete.
+  epoch_size = per_epoch * batch
+  cached = (part.read().take(epoch_size).cache() if cfg.get("cache", False)
+            else None)
+  buffer = max(cfg.get("shuffle_buffer", 10_000) // shards, 1)
+  return _Shard(part, index, batch, epoch_size, buffer, seed, cached)
+
+
+def _concat_shards(datasets: list[tf.data.Dataset]) -> tf.data.Dataset:
+  """Zips shard batch streams and concatenates each step's batches in order
+  (one shard: its stream unchanged)."""
+  if len(datasets) == 1:
+    return datasets[0]
+  return tf.data.Dataset.zip(tuple(datasets)).map(
+      lambda *parts: {k: tf.concat([p[k] for p in parts], axis=0)
+                      for k in parts[0]})
+
+
+def process_batches(cfg: ml_collections.ConfigDict,
+                    source: Source | image_folder.FolderSource,
+                    global_batch: int, seed: int, start_step: int,
+                    process_index: int, process_count: int
+                    ) -> Iterator[dict[str, np.ndarray]]:
+  """Endless process-local batches of process `process_index` of
+  `process_count`, starting with the one for `start_step`.
+
+  Each batch [B/P, ...] is the concatenation, in shard order, of the batches
+  [B/S, ...] of this process's data shards (`process_shards`); only those are
+  read. The process is a parameter, so any layout can be emulated in one
+  process.
+  """
+  shards = check_shards(cfg, global_batch, jax.device_count(), process_count)
+  per_epoch = steps_per_epoch(source, global_batch, shards)
+  mine = [_open_shard(cfg, source, j, shards, per_epoch, global_batch, seed)
+          for j in process_shards(shards, process_index, process_count)]
+  epoch, offset = divmod(start_step, per_epoch)
+  while True:
+    # The size scheduled for this epoch (config.data.resolution), if any.
+    preprocess = preprocess_lib.build(resolution.train_spec(cfg, epoch))
+    ds = _concat_shards([s.epoch(epoch, offset, preprocess) for s in mine])
+    yield from ds.prefetch(tf.data.AUTOTUNE).as_numpy_iterator()
+    epoch, offset = epoch + 1, 0
 
 
 def train_batches(cfg: ml_collections.ConfigDict, source: Source,
                   global_batch: int, seed: int, start_step: int,
                   sharding: jax.sharding.Sharding) -> Iterator[Batch]:
-  """Endless training batches, starting with the one for `start_step`.
+  """Endless global training batches [B, ...], starting with the one for
+  `start_step`; the same for any process count dividing the data shards.
 
   With config.data.mixup_alpha > 0, batches come mixed (soft labels [B, C]).
   """
-  local_batch = local_batch_size(global_batch)
-  per_epoch = steps_per_epoch(source, global_batch)
-  # Every epoch uses the same per_epoch * local_batch examples, so processes
-  # stay in step; `take` comes before `cache` so that the cache is complete.
-  epoch_size = per_epoch * local_batch
-  cached = (source.read().take(epoch_size).cache() if cfg.get("cache", False)
-            else None)
-  epoch, offset = divmod(start_step, per_epoch)
-
-  def epoch_batches(epoch: int, offset: int) -> Iterator[dict[str, np.ndarray]]:
-    eseed = _epoch_seed(seed, epoch)
-    # The size scheduled for this epoch (config.data.resolution), if any.
-    preprocess = preprocess_lib.build(resolution.train_spec(cfg, epoch))
-    ds = (cached if cached is not None
-          else source.read(shuffle_seed=eseed).take(epoch_size))
-    ds = ds.shuffle(cfg.get("shuffle_buffer", 10_000), seed=eseed)
-    ds = ds.enumerate().skip(offset * local_batch)  # skip before decoding
-    ds = ds.map(lambda i, ex: preprocess(ex, tf.stack([eseed % 2**62, i])),
-                num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-    ds = ds.batch(local_batch, drop_remainder=True)
-    return ds.prefetch(tf.data.AUTOTUNE).as_numpy_iterator()
-
+  local = process_batches(cfg, source, global_batch, seed, start_step,
+                          jax.process_index(), jax.process_count())
   mix = mixup_lib.make(cfg, seed, sharding)
 
   def all_batches() -> Iterator[Batch]:
-    e, o, step = epoch, offset, start_step
-    while True:
-      for batch in epoch_batches(e, o):
-        batch = _to_global(batch, sharding)
-        yield mix(batch, step) if mix else batch
-        step += 1
-      e, o = e + 1, 0
+    for step, batch in enumerate(local, start_step):
+      batch = _to_global(batch, sharding)
+      yield mix(batch, step) if mix else batch
 
   return _prefetch(all_batches())
 

@@ -66,6 +66,25 @@ def test_source_labels_follow_sorted_class_folders(config, image_tree):
   assert image_folder.classes(str(image_tree)) == list(CLASSES)
 
 
+def test_training_shards_cut_the_whole_split(config):
+  source = pipeline.open_source(config.data, "train[:22]")
+  shards = [source.shard(j, 4) for j in range(4)]
+  assert [s.num_examples for s in shards] == [5, 6, 5, 6]
+  # Contiguous, in order, disjoint, covering the whole split.
+  assert sum((s.paths for s in shards), ()) == source.paths
+  assert sum((s.labels for s in shards), ()) == source.labels
+  assert pipeline.steps_per_epoch(source, 8, 4) == 2  # 5 // 2
+  # Emulated 2 processes give the 1-process global batches.
+  data = config.data.copy_and_resolve_references()
+  data.num_shards = 4
+  one = pipeline.process_batches(data, source, 8, 0, 1, 0, 1)
+  two = [pipeline.process_batches(data, source, 8, 0, 1, p, 2) for p in (0, 1)]
+  for _ in range(3):  # steps 1..3 cross the epoch boundary
+    a, halves = next(one), [next(t) for t in two]
+    np.testing.assert_array_equal(
+        a["image"], np.concatenate([h["image"] for h in halves]))
+
+
 def test_eval_batches_are_sharded_and_padded(config):
   source = pipeline.open_source(config.data, config.data.eval_split)
   mesh = sharding.make_mesh((("data", -1),))
