@@ -71,6 +71,13 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.export.examples_per_shard = 20_000
   config.export.logits_splits = ("test",)  # per-dim logits for --mode=adaptive
   config.export.flip_tta = True  # and those of the flipped images
+  # count > 0: also export `count` augmented copies of `split` (a larger
+  # database of real embeddings for the search benchmark: 16 views of the
+  # train split are 960k rows).
+  config.export.views = ml_collections.ConfigDict({
+      "split": "train", "count": 0,
+      "preprocess": ("pad_and_random_crop(2)|flip_lr|"
+                     "normalize('fashion_mnist')|keep('image', 'label')")})
 
   # --mode=adaptive / probe / baselines (mrl_jax/embedding_eval.py).
   config.adaptive = ml_collections.ConfigDict(
@@ -101,6 +108,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.export.splits = ("train[:1024]", "test[:256]")
     config.export.examples_per_shard = 256
     config.export.logits_splits = ("test[:256]",)
+    config.export.views.split = "train[:1024]"
     config.adaptive.seeds = 3
     config.probe.shots = (2, 0)
     config.probe.seeds = 2

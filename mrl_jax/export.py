@@ -11,6 +11,12 @@ instead of re-running the backbone. Layout, per split:
                                with `config.export.flip_tta`, "flip_logits"
                                [n, G, C] of the horizontally flipped images
                                (adaptive classification reads these)
+  DIR/embeddings/<dataset>/<split>_views<R>/   with config.export.views
+    shard-p<process>-v<view>-<i>.npz  "embeddings", "labels" of R augmented
+                               copies of a split (view v of example i is
+                               preprocessed with the stateless seed (v, i)):
+                               a larger database of real embeddings for
+                               search benchmarks
 
 Embeddings are the raw backbone output z (not normalised; MRL retrieval
 normalises each prefix z[:m] separately). Splits stream through in shards of
@@ -34,6 +40,7 @@ from mrl_jax import atomic_files
 from mrl_jax import sharding
 from mrl_jax import train
 from mrl_jax.data import pipeline
+from mrl_jax.data import preprocess as preprocess_lib
 
 DTYPES = ("float16", "float32")
 
@@ -51,6 +58,7 @@ def _export_settings(config: ml_collections.ConfigDict) -> dict[str, Any]:
       "logits_splits": tuple(export.get("logits_splits")
                              or (config.data.eval_split,)),
       "flip_tta": bool(export.get("flip_tta", True)),
+      "views": _views_settings(export.get("views")),
   }
   if settings["dtype"] not in DTYPES:
     raise ValueError(f"unknown export dtype {settings['dtype']!r}; set "
@@ -64,9 +72,32 @@ def _export_settings(config: ml_collections.ConfigDict) -> dict[str, Any]:
   return settings
 
 
+def _views_settings(views: Any) -> dict[str, Any] | None:
+  """config.export.views (augmented copies of a split), checked; None: off."""
+  if not views or not views.get("count"):
+    return None
+  count = views.get("count")
+  if not isinstance(count, int) or count < 0:
+    raise ValueError(f"config.export.views.count={count!r} must be an int "
+                     ">= 0 (0: no augmented views)")
+  spec = views.get("preprocess")
+  if not spec:
+    raise ValueError("config.export.views.preprocess is empty; give the "
+                     "augmentation spec, e.g. \"pad_and_random_crop(2)|"
+                     "flip_lr|normalize('fashion_mnist')\"")
+  preprocess_lib.build(spec)  # a bad spec fails here, before any work
+  return {"split": views.get("split", "train"), "count": count,
+          "preprocess": spec}
+
+
+def views_split_name(split: str, count: int) -> str:
+  """Name (and directory) of `count` augmented views of `split`."""
+  return f"{split}_views{count}"
+
+
 def split_dir(workdir: str, dataset: str, split: str) -> str:
   """DIR/embeddings/<dataset>/<split>, with split slices made path-safe."""
-  safe = re.sub(r"[^A-Za-z0-9_.%-]+", "_", split).strip("_")
+  safe = re.sub(r"[^A-Za-z0-9.%-]+", "_", split).strip("_")
   return os.path.join(workdir, "embeddings", dataset, safe)
 
 
@@ -86,27 +117,30 @@ def _shard_has(path: str, keys: tuple[str, ...]) -> bool:
 
 def _export_split(config, s: train.Setup, embed, state, split: str,
                   settings: dict[str, Any], keys: tuple[str, ...],
-                  out_dir: str) -> None:
+                  out_dir: str, view: tuple[str, int] | None = None) -> None:
   """Writes this process's missing shards of one split.
 
   keys: arrays each shard holds, besides "labels"; a shard written earlier
   without some of them (e.g. before logits were asked for) is redone.
+  view: (preprocess spec, v): write augmented view v of the split instead
+    (shards named ...-v<v>-..., so that views sort in order).
   """
   source = pipeline.open_source(config.data, split)
   per_shard = settings["examples_per_shard"]
   num_shards = -(-source.num_examples // per_shard)
-  names = [f"shard-p{jax.process_index():03d}-{i:05d}.npz"
+  tag = "" if view is None else f"-v{view[1]:03d}"
+  names = [f"shard-p{jax.process_index():03d}{tag}-{i:05d}.npz"
            for i in range(num_shards)]
   done = 0
   while done < num_shards and _shard_has(os.path.join(out_dir, names[done]),
                                          keys):
     done += 1
   if done:
-    logging.info("%s: %d of %d shards already exported", split, done,
+    logging.info("%s%s: %d of %d shards already exported", split, tag, done,
                  num_shards)
   batches = pipeline.eval_batches(config.data, source, config.eval_batch_size,
                                   sharding.batch_sharding(s.mesh),
-                                  start=done * per_shard)
+                                  start=done * per_shard, view=view)
   rows = {key: [] for key in keys + ("labels",)}
   shard = done
 
@@ -162,28 +196,44 @@ def export_embeddings(config: ml_collections.ConfigDict,
   settings = _export_settings(config)
   s, state, state_sh = train.restore_latest(config, workdir)
   out = {}
-  for split in settings["splits"]:
-    out_dir = split_dir(workdir, config.data.name, split)
+
+  def export_one(name: str, split: str, keys: tuple[str, ...],
+                 views: dict[str, Any] | None = None) -> None:
+    out_dir = split_dir(workdir, config.data.name, name)
     os.makedirs(out_dir, exist_ok=True)
-    keys = ("embeddings",)
-    if split in settings["logits_splits"]:
-      keys += ("logits", "flip_logits") if settings["flip_tta"] else (
-          "logits",)
-    _export_split(config, s, _make_embed(s, state_sh, keys), state, split,
-                  settings, keys, out_dir)
+    embed = _make_embed(s, state_sh, keys)
+    for view in ([None] if views is None else
+                 [(views["preprocess"], v) for v in range(views["count"])]):
+      _export_split(config, s, embed, state, split, settings, keys, out_dir,
+                    view)
     metadata = {
         "model": config.model.name, "step": int(state.step),
-        "dataset": config.data.name, "split": split,
+        "dataset": config.data.name, "split": name,
         "nesting": list(s.nesting_dims), "head": config.mrl.head,
         "embedding_dim": s.model.backbone.embedding_dim,
         "dtype": settings["dtype"], "normalisation": "none",
         "num_processes": jax.process_count(),
         "arrays": ["labels", *keys],
     }
+    if views is not None:  # per process: view 0 of its examples, view 1, ...
+      metadata["views"] = {"of": split, "count": views["count"],
+                           "preprocess": views["preprocess"],
+                           "seeds": "stateless (view, position)"}
     if jax.process_index() == 0:
       atomic_files.write_json(os.path.join(out_dir, "metadata.json"), metadata)
-    logging.info("exported %s to %s", split, out_dir)
-    out[split] = out_dir
+    logging.info("exported %s to %s", name, out_dir)
+    out[name] = out_dir
+
+  for split in settings["splits"]:
+    keys = ("embeddings",)
+    if split in settings["logits_splits"]:
+      keys += ("logits", "flip_logits") if settings["flip_tta"] else (
+          "logits",)
+    export_one(split, split, keys)
+  views = settings["views"]
+  if views:
+    export_one(views_split_name(views["split"], views["count"]),
+               views["split"], ("embeddings",), views)
   return out
 
 

@@ -145,9 +145,11 @@ def test_search_bench_exact_and_adaptive(tmp_path):
   z[:, :4] += 3 * np.eye(4)[labels]
   _write_split(tmp_path / "train", z[:800], labels[:800])
   _write_split(tmp_path / "test", z[800:], labels[800:])
-  out = bench.adaptive_vs_exact(str(tmp_path), [4], shortlist_k=50, k=10,
-                                repeats=1)
-  assert out["rows"] == 800 and out["queries"] == 100 and out["dim"] == 16
+  out = bench.adaptive_vs_exact(str(tmp_path), "train", [4], shortlist_k=50,
+                                k=10, repeats=1, num_queries=60,
+                                query_batch_size=25, chunk_rows=(128, 64))
+  assert out["rows"] == 800 and out["queries"] == 60 and out["dim"] == 16
+  assert out["database"] == "train"
   assert [a["Ds"] for a in out["adaptive"]] == [4]
   for a in out["adaptive"]:
     _assert_positive_finite(a["speedup"], "speedup")

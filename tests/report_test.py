@@ -21,6 +21,17 @@ def _write(root, name, kind, obj):
   (root / name / f"{kind}_summary.json").write_text(json.dumps(obj))
 
 
+def _retrieval_run(database, rows, points, speedup):
+  """One database's entry of search_bench.json's "adaptive" list."""
+  return {"database": database, "model": "small_cnn", "head": "mrl",
+          "rows": rows, "queries": 2000, "dim": 2048, "shortlist_k": 200,
+          "exact_seconds": speedup, "exact_mAP@10": 0.8,
+          "adaptive": [{"Ds": 16, "Dr": 2048, "seconds": 1.0,
+                        "speedup": speedup, "flop_ratio": 50.0,
+                        "mAP@10": 0.8 + points / 100,
+                        "mAP@10_minus_exact_points": points}]}
+
+
 def test_report_table_claims_and_plots(tmp_path):
   root, out = tmp_path / "runs", tmp_path / "out"
   _write(root, "mrl", "eval", {"top1": {str(d): 0.90 + d / 10_000
@@ -39,9 +50,19 @@ def test_report_table_claims_and_plots(tmp_path):
       "expected_cost": {"16": 12.0, "128": 30.0},
       "dim_accuracy": {str(d): 0.9 + d / 10_000 for d in DIMS},
       "smallest_expected_dim_matching_full_dim": 20.0})
+  # Retrieval benchmark on two databases: equal mAP on the small one only.
+  out.mkdir()
+  (out / "search_bench.json").write_text(json.dumps({"adaptive": [
+      _retrieval_run("train", 60_000, -0.05, 3.0),
+      _retrieval_run("train_views16", 960_000, -0.25, 16.0)]}))
   report = _load_report()
   r = report.write(str(root), str(out))
   text = (out / "results.md").read_text()
+  assert "database train_views16: 960,000 rows, 2,000 queries" in text
+  assert ("D_r=2048, 60,000 rows) matches exact 2048-d mAP@10: holds "
+          "(79.95 vs 80.00); 3.0x faster") in text
+  assert ("D_r=2048, 960,000 rows) matches exact 2048-d mAP@10: FAILS "
+          "(79.75 vs 80.00); 16.0x faster") in text
   assert "| 8 | 90.08 | missing | 91.08 | 50.00 | 30.00 |" in text
   assert "FAILS on k = [8, 16]" in text and "8: -1.00" in text
   assert "FF-k missing for k = [32, 64, 128]" in text
@@ -49,7 +70,8 @@ def test_report_table_claims_and_plots(tmp_path):
   assert "svd far below MRL at 8 dims (linear head): holds" in text
   assert "expected dim of 20.0 = 0.16 of 128: holds" in text
   assert sorted(p.name for p in out.glob("*.png")) == [
-      "accuracy_vs_dim.png", "adaptive_classification.png"]
+      "accuracy_vs_dim.png", "adaptive_classification.png",
+      "adaptive_retrieval.png"]
   assert all(pathlib.Path(p).stat().st_size > 10_000 for p in r["plots"])
   assert json.loads((out / "results.json").read_text())["linear"]["ff"] == {
       "8": 0.9108, "16": 0.9}

@@ -123,6 +123,22 @@ def test_group_prefilter_keeps_ties_in_id_order(width):
   _assert_equal(got, (np.array([[9.0, 5.0]], np.float32), np.array([[9, 0]])))
 
 
+@pytest.mark.parametrize("on_device", [True, False])
+def test_padding_rows_never_match_when_every_score_is_negative(on_device):
+  # 315 rows on 8 devices: 40 per device, the last 5 are zero padding, which
+  # would score 0 and beat every real (negative) score if not masked. 40 rows
+  # in groups of 8 at m = 4, k = 1: the two-pass scan.
+  db = -np.abs(np.tile(INT_DB, (2, 1))[:315]) - 1  # every entry <= -1
+  db[283, :4] = -0.5  # the best row, on the padded device, not in the
+  # padding's group: an unmasked padding group would take its place.
+  q = np.abs(INT_Q) + 1
+  index = search.build_index(db, mesh=MESH8, on_device=on_device)
+  got = search.search(index, q, 4, 1, chunk_rows=16, host_chunk_rows=320)
+  want = _brute(q, db, 4, 1)
+  assert (want[0] < 0).all()
+  _assert_equal(got, want)
+
+
 def test_bfloat16_storage_exact_on_small_integers():
   index = search.build_index(INT_DB, dtype=jnp.bfloat16, mesh=MESH8)
   assert index.dtype == jnp.bfloat16

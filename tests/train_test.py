@@ -198,6 +198,29 @@ def test_export_writes_resumable_embedding_shards(reference, copy_of):
   np.testing.assert_array_equal(again, emb)
 
 
+def test_export_of_augmented_views(reference, copy_of):
+  workdir = copy_of(reference[0])
+  launch(workdir, "--mode=export", "--config.export.views.count=2")
+  root = os.path.join(workdir, "embeddings", "fashion_mnist")
+  plain, labels, _ = export.load_split(os.path.join(root, "train_1024"))
+  views_dir = os.path.join(root, "train_1024_views2")
+  emb, view_labels, meta = export.load_split(views_dir)
+  assert meta["views"]["count"] == 2 and meta["views"]["of"] == "train[:1024]"
+  assert emb.shape == (2048, 32)
+  np.testing.assert_array_equal(view_labels, np.tile(labels, 2))
+  # Random crops and flips: each view differs from the plain images and from
+  # the other view, but the views are a function of (view, position).
+  for a, b in ((emb[:1024], plain), (emb[:1024], emb[1024:])):
+    assert np.mean(np.any(a != b, axis=1)) > 0.5
+  first = sorted(os.listdir(views_dir))[0]
+  assert first == "metadata.json" or first.startswith("shard-p000-v000-")
+  os.remove(os.path.join(views_dir, "shard-p000-v001-00003.npz"))
+  proc = launch(workdir, "--mode=export", "--config.export.views.count=2")
+  assert "-v001: 3 of 4 shards already exported" in proc.stderr
+  again, _, _ = export.load_split(views_dir)
+  np.testing.assert_array_equal(again, emb)
+
+
 def test_knn_and_retrieval_modes_on_exported_embeddings(reference, copy_of):
   workdir = copy_of(reference[0])
   proc = launch(workdir, "--mode=knn", check=False)

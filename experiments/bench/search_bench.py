@@ -4,7 +4,8 @@ model's exported embeddings, at equal mAP@10.
 
   .venv/bin/python experiments/bench/search_bench.py --out=/tmp/search.json \
       [--exact_rows=50000 --exact_dim=2048 --exact_queries=500] \
-      [--embeddings=W/embeddings/fashion_mnist]   # enables (b)
+      [--embeddings=W/embeddings/fashion_mnist]  # enables (b)
+      [--databases=train,train_views16 --num_queries=2000]
 
 (a) Gaussian database [N, d] float32 and queries [Q, d] (values do not change
 the work of an exact scan), k = 10. Both engines return the exact top-k by
@@ -13,12 +14,17 @@ inner product; the script checks that their ids agree. FAISS uses all cores
 (compile / first-touch), then each is timed `--repeats` times, interleaved,
 and the median is reported as queries/s.
 
-(b) Database = the exported train split, queries = the exported test split
-(`--mode=export` of a trained model), per-prefix cosine as in MRL. Exact
-search at the full dim D vs adaptive retrieval (shortlist K at D_s, re-rank
-at D); mAP@10 (standard definition) of each, wall-clock medians, speed-up.
-Every D_s in `--shortlist_dims` is reported (the plot of mAP@10 vs shortlist
-dim and speed reads this).
+(b) Database = an exported split (`--databases`: the train split, or its
+augmented views `train_views16` from `config.export.views`, 960k rows of
+real embeddings), queries = the exported test split (`--mode=export` of a
+trained model), per-prefix cosine as in MRL. Exact search at the full dim D
+vs adaptive retrieval (shortlist K at D_s, re-rank at D); mAP@10 (standard
+definition) of each, wall-clock medians, speed-up. Every D_s in
+`--shortlist_dims` is reported (the plot of mAP@10 vs shortlist dim and
+speed reads this). Both run in query batches of `--query_batch_size`; the
+exact scan and the shortlist each use their own chunk size (the full-dim
+matmul wants long chunks, the 16-dim shortlist short ones whose scores stay
+in cache).
 
 Both parts need `pip install -e '.[bench]'` (faiss-cpu) for (a).
 """
@@ -50,8 +56,17 @@ flags.DEFINE_integer("repeats", 3, "timed repetitions per engine.")
 flags.DEFINE_string("embeddings", None,
                     "(b) DIR/embeddings/<dataset> with exported train and "
                     "test splits; (b) is skipped without it.")
+flags.DEFINE_list("databases", ["train"],
+                  "(b) exported splits under --embeddings used as the "
+                  "database, each measured on its own.")
 flags.DEFINE_list("shortlist_dims", ["8", "16", "32", "64"], "(b) D_s.")
 flags.DEFINE_integer("shortlist_k", 200, "(b) K.")
+flags.DEFINE_integer("num_queries", 0, "(b) a fixed random subset of this "
+                     "many test queries (0: all).")
+flags.DEFINE_integer("query_batch_size", 1000, "(b) queries per search call.")
+flags.DEFINE_integer("exact_chunk_rows", 8192, "(b) rows per step, exact.")
+flags.DEFINE_integer("shortlist_chunk_rows", 1024,
+                     "(b) rows per step, shortlist.")
 
 
 def _interleaved_medians(fns: dict[str, Callable[[], Any]],
@@ -98,28 +113,43 @@ def _map_at(ids: Any, q_labels: np.ndarray, db_labels: np.ndarray,
   return out[f"mAP@{k}"]
 
 
-def adaptive_vs_exact(embeddings_dir: str, shortlist_dims: Sequence[int],
-                      shortlist_k: int, k: int,
-                      repeats: int) -> dict[str, Any]:
-  """(b): adaptive retrieval vs exact full-dim search on exported splits."""
-  database, db_labels, queries, q_labels, meta = (
-      export.load_database_and_queries(
-          os.path.join(embeddings_dir, "train"),
-          os.path.join(embeddings_dir, "test")))
+def adaptive_vs_exact(embeddings_dir: str, database: str,
+                      shortlist_dims: Sequence[int], shortlist_k: int, k: int,
+                      repeats: int, num_queries: int = 0,
+                      query_batch_size: int | None = None,
+                      chunk_rows: tuple[int, int] = (8192, 1024)
+                      ) -> dict[str, Any]:
+  """(b): adaptive retrieval vs exact full-dim search on exported splits.
+
+  chunk_rows: (exact scan, shortlist scan) rows per step.
+  """
+  db, db_labels, queries, q_labels, meta = export.load_database_and_queries(
+      os.path.join(embeddings_dir, database),
+      os.path.join(embeddings_dir, "test"))
+  if 0 < num_queries < len(queries):
+    pick = np.sort(np.random.default_rng(0).choice(len(queries), num_queries,
+                                                   replace=False))
+    queries, q_labels = queries[pick], q_labels[pick]
   queries = queries.astype(np.float32)
-  full = database.shape[1]
-  index = search.build_index(database, boundaries=sorted(
+  rows, full = db.shape
+  index = search.build_index(db, boundaries=sorted(
       set(meta["nesting"]) | set(shortlist_dims)), normalize=True)
-  runs = {"exact": lambda: search.search(index, queries, full, k)}
+  del db  # the index holds its own float32 copy
+  batch = dict(query_batch_size=query_batch_size)
+  runs = {"exact": lambda: search.search(index, queries, full, k,
+                                         chunk_rows=chunk_rows[0], **batch)}
   for ds in shortlist_dims:
     runs[ds] = lambda ds=ds: search.adaptive_search(
-        index, queries, ds, shortlist_k, full, k)
+        index, queries, ds, shortlist_k, full, k, chunk_rows=chunk_rows[1],
+        **batch)
   ids = {name: run()[1] for name, run in runs.items()}  # warm-up
   seconds = _interleaved_medians(runs, repeats)
   exact_map = _map_at(ids["exact"], q_labels, db_labels, 10)
-  out = {"model": meta["model"], "head": meta["head"], "step": meta["step"],
-         "rows": len(database), "queries": len(queries), "dim": full,
-         "shortlist_k": shortlist_k, "k": k,
+  out = {"database": database, "model": meta["model"], "head": meta["head"],
+         "step": meta["step"], "rows": rows, "queries": len(queries),
+         "dim": full, "shortlist_k": shortlist_k, "k": k,
+         "query_batch_size": query_batch_size,
+         "chunk_rows": {"exact": chunk_rows[0], "shortlist": chunk_rows[1]},
          "exact_seconds": seconds["exact"], "exact_mAP@10": exact_map,
          "adaptive": []}
   for ds in shortlist_dims:
@@ -127,7 +157,7 @@ def adaptive_vs_exact(embeddings_dir: str, shortlist_dims: Sequence[int],
     out["adaptive"].append({
         "Ds": ds, "Dr": full, "seconds": seconds[ds],
         "speedup": seconds["exact"] / seconds[ds],
-        "flop_ratio": full / (ds + shortlist_k * full / len(database)),
+        "flop_ratio": full / (ds + shortlist_k * full / rows),
         "mAP@10": ap, "mAP@10_minus_exact_points": 100 * (ap - exact_map)})
   return out
 
@@ -142,9 +172,12 @@ def main(argv: Sequence[str]) -> None:
                                    FLAGS.exact_queries, FLAGS.k,
                                    FLAGS.repeats)
   if FLAGS.embeddings:
-    result["adaptive"] = adaptive_vs_exact(
-        FLAGS.embeddings, [int(d) for d in FLAGS.shortlist_dims],
-        FLAGS.shortlist_k, FLAGS.k, FLAGS.repeats)
+    result["adaptive"] = [adaptive_vs_exact(
+        FLAGS.embeddings, database, [int(d) for d in FLAGS.shortlist_dims],
+        FLAGS.shortlist_k, FLAGS.k, FLAGS.repeats, FLAGS.num_queries,
+        FLAGS.query_batch_size,
+        (FLAGS.exact_chunk_rows, FLAGS.shortlist_chunk_rows))
+                          for database in FLAGS.databases]
   result["machine"]["load_avg_end"] = os.getloadavg()
   print(json.dumps(result, indent=1))
   if FLAGS.out:

@@ -127,18 +127,23 @@ def claims(r: dict[str, Any]) -> list[str]:
                  f"({100 * full:.2f}, flip-TTA) at an expected dim of "
                  f"{match:.1f} = {match / max(ac['nesting']):.2f} of "
                  f"{max(ac['nesting'])}: holds")
-  bench = (r["search_bench"] or {}).get("adaptive")
-  if bench:
+  for bench in _retrieval_benches(r):
     for a in bench["adaptive"]:
       if a["Ds"] == 16:
         ok = a["mAP@10_minus_exact_points"] >= -0.1
         out.append(
             f"- Adaptive retrieval (D_s=16, K={bench['shortlist_k']}, "
-            f"D_r={bench['dim']}) matches exact {bench['dim']}-d mAP@10: "
-            f"{'holds' if ok else 'FAILS'} ({100 * a['mAP@10']:.2f} vs "
+            f"D_r={bench['dim']}, {bench['rows']:,} rows) matches exact "
+            f"{bench['dim']}-d mAP@10: {'holds' if ok else 'FAILS'} "
+            f"({100 * a['mAP@10']:.2f} vs "
             f"{100 * bench['exact_mAP@10']:.2f}); {a['speedup']:.1f}x "
             f"faster (FLOP ratio {a['flop_ratio']:.1f}x)")
   return out or ["- nothing measured yet"]
+
+
+def _retrieval_benches(r: dict[str, Any]) -> list[dict[str, Any]]:
+  """search_bench.json's adaptive-retrieval runs, one per database."""
+  return (r["search_bench"] or {}).get("adaptive") or []
 
 
 def report_markdown(r: dict[str, Any]) -> str:
@@ -179,12 +184,11 @@ def report_markdown(r: dict[str, Any]) -> str:
           f"{100 * probe[f'probe/{key}/d={d}']:.2f}"
           for d in probe["nesting"]) + " |")
     lines.append("")
-  bench = (r["search_bench"] or {}).get("adaptive")
-  if bench:
+  for bench in _retrieval_benches(r):
     lines += [f"### Adaptive retrieval ({bench['model']} {bench['head']} "
-              f"model, d={bench['dim']}; {bench['rows']} database rows, "
-              f"{bench['queries']} queries, K={bench['shortlist_k']}, "
-              f"D_r={bench['dim']})", "",
+              f"model, d={bench['dim']}; database {bench['database']}: "
+              f"{bench['rows']:,} rows, {bench['queries']:,} queries, "
+              f"K={bench['shortlist_k']}, D_r={bench['dim']})", "",
               "| D_s | mAP@10 | vs exact (points) | seconds | speed-up | "
               "FLOP ratio |", "|---:|---:|---:|---:|---:|---:|",
               f"| exact {bench['dim']} | {100 * bench['exact_mAP@10']:.2f} "
@@ -250,20 +254,24 @@ def plot(r: dict[str, Any], out_dir: str) -> list[str]:
     ax.grid(alpha=0.3)
     ax.legend()
     paths.append(_save(fig, out_dir, "adaptive_classification.png"))
-  bench = (r["search_bench"] or {}).get("adaptive")
-  if bench:
+  benches = _retrieval_benches(r)
+  if benches:
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
-    ds = [a["Ds"] for a in bench["adaptive"]]
-    ax1.plot(ds, [100 * a["mAP@10"] for a in bench["adaptive"]], marker="o",
-             label=f"adaptive (K={bench['shortlist_k']}, D_r={bench['dim']})")
-    ax1.axhline(100 * bench["exact_mAP@10"], color="k", ls="--",
-                label=f"exact {bench['dim']}-d")
+    for bench, color in zip(benches, ("C0", "C1", "C2", "C3")):
+      ds = [a["Ds"] for a in bench["adaptive"]]
+      rows = f"{bench['rows']:,} rows"
+      ax1.plot(ds, [100 * a["mAP@10"] for a in bench["adaptive"]],
+               marker="o", color=color,
+               label=f"adaptive, {rows} (K={bench['shortlist_k']}, "
+               f"D_r={bench['dim']})")
+      ax1.axhline(100 * bench["exact_mAP@10"], color=color, ls="--",
+                  label=f"exact {bench['dim']}-d, {rows}")
+      ax2.plot(ds, [a["speedup"] for a in bench["adaptive"]], marker="o",
+               color=color, label=f"measured, {rows}")
+      ax2.plot(ds, [a["flop_ratio"] for a in bench["adaptive"]], ls="--",
+               color=color, label=f"FLOP ratio, {rows}")
     ax1.set_xlabel("shortlist dim D_s")
     ax1.set_ylabel("mAP@10 (%)")
-    ax2.plot(ds, [a["speedup"] for a in bench["adaptive"]], marker="o",
-             label="measured")
-    ax2.plot(ds, [a["flop_ratio"] for a in bench["adaptive"]], ls="--",
-             label="FLOP ratio")
     ax2.set_xlabel("shortlist dim D_s")
     ax2.set_ylabel("speed-up over exact search (x)")
     for ax in (ax1, ax2):

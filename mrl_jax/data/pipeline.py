@@ -391,11 +391,19 @@ def train_batches(cfg: ml_collections.ConfigDict, source: Source,
 
 
 def _eval_dataset(cfg: ml_collections.ConfigDict, source: Source,
-                  start: int = 0) -> tf.data.Dataset:
-  preprocess = preprocess_lib.build(cfg.eval_preprocess)
-  seed = tf.constant([0, 0], tf.int64)  # eval ops are not random
-  return source.read().skip(start).map(lambda ex: preprocess(ex, seed),
-                                       num_parallel_calls=tf.data.AUTOTUNE)
+                  start: int = 0, view: tuple[str, int] | None = None
+                  ) -> tf.data.Dataset:
+  """The split from example `start` on, eval-preprocessed; or, with view =
+  (spec, v), preprocessed by spec with the stateless seed (v, position)."""
+  if view is None:
+    preprocess = preprocess_lib.build(cfg.eval_preprocess)
+    seed = tf.constant([0, 0], tf.int64)  # eval ops are not random
+    return source.read().skip(start).map(lambda ex: preprocess(ex, seed),
+                                         num_parallel_calls=tf.data.AUTOTUNE)
+  preprocess, v = preprocess_lib.build(view[0]), tf.constant(view[1], tf.int64)
+  ds = source.read().enumerate().skip(start)  # positions count from 0
+  return ds.map(lambda i, ex: preprocess(ex, tf.stack([v, i])),
+                num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
 
 
 def image_shape(cfg: ml_collections.ConfigDict,
@@ -406,13 +414,16 @@ def image_shape(cfg: ml_collections.ConfigDict,
 
 def eval_batches(cfg: ml_collections.ConfigDict, source: Source,
                  global_batch: int, sharding: jax.sharding.Sharding,
-                 start: int = 0) -> Iterator[Batch]:
+                 start: int = 0, view: tuple[str, int] | None = None
+                 ) -> Iterator[Batch]:
   """One pass over the split from this process's example `start` on.
 
+  view: (preprocess spec, v) for augmented view v of the split (example i
+    gets the stateless seed (v, i)); default the eval preprocessing.
   The last batch is padded, with "mask" = 0 on the padding rows.
   """
   local_batch = local_batch_size(global_batch)
-  ds = _eval_dataset(cfg, source, start).batch(local_batch)
+  ds = _eval_dataset(cfg, source, start, view).batch(local_batch)
   ds = ds.prefetch(tf.data.AUTOTUNE)
   # Every process runs the same number of steps (collectives must match).
   per_process = math.ceil(source.total_examples / jax.process_count())

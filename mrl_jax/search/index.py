@@ -8,6 +8,7 @@ every boundary prefix: the MRL protocol normalises each prefix separately.
 """
 from collections.abc import Sequence
 import dataclasses
+import functools
 from typing import Any
 
 import jax
@@ -108,18 +109,20 @@ def build_index(embeddings: Any, *, boundaries: Sequence[int] | None = None,
   # at most (shards - 1) zero rows, masked by id at search time.
   shards = mesh.shape[axis_name] if on_device else 1
   rows = -(-n // shards) * shards
+  # Each block goes to the devices as soon as it is built, so host memory
+  # holds one block's copy at a time (a 1M x 2048 float32 index is 8 GB).
+  place = (functools.partial(jax.device_put,
+                             device=NamedSharding(mesh, P(axis_name)))
+           if on_device else lambda x: x)
   blocks, norms, sq = [], [], np.zeros(n, np.float32)
   for s, e in zip(starts, bounds):
     block = np.zeros((rows, e - s), dtype)
     block[:n] = np.asarray(embeddings[:, s:e]).astype(dtype)
-    blocks.append(block)
     if normalize:
       sq = sq + _row_sq_norms(block[:n])
-      norms.append(np.pad(np.sqrt(sq), (0, rows - n)))
-  if on_device:
-    rows_sharding = NamedSharding(mesh, P(axis_name))
-    blocks = [jax.device_put(b, rows_sharding) for b in blocks]
-    norms = [jax.device_put(x, rows_sharding) for x in norms]
+      norms.append(place(np.pad(np.sqrt(sq), (0, rows - n))))
+    blocks.append(place(block))
+    del block
   return PrefixIndex(tuple(blocks), bounds, tuple(norms) if normalize else None,
                      n, mesh, axis_name)
 
