@@ -147,7 +147,7 @@ def test_search_bench_exact_and_adaptive(tmp_path):
   _write_split(tmp_path / "test", z[800:], labels[800:])
   out = bench.adaptive_vs_exact(str(tmp_path), "train", [4], shortlist_k=50,
                                 k=10, repeats=1, num_queries=60,
-                                query_batch_size=25, chunk_rows=(128, 64))
+                                query_batch_size=25)
   assert out["rows"] == 800 and out["queries"] == 60 and out["dim"] == 16
   assert out["database"] == "train"
   assert [a["Ds"] for a in out["adaptive"]] == [4]

@@ -21,10 +21,9 @@ trained model), per-prefix cosine as in MRL. Exact search at the full dim D
 vs adaptive retrieval (shortlist K at D_s, re-rank at D); mAP@10 (standard
 definition) of each, wall-clock medians, speed-up. Every D_s in
 `--shortlist_dims` is reported (the plot of mAP@10 vs shortlist dim and
-speed reads this). Both run in query batches of `--query_batch_size`; the
-exact scan and the shortlist each use their own chunk size (the full-dim
-matmul wants long chunks, the 16-dim shortlist short ones whose scores stay
-in cache).
+speed reads this). Both run in query batches of `--query_batch_size`,
+with the engine's default chunk sizes (8192 rows for the full-dim scan,
+1024 for shortlists of at most 64 dims).
 
 Both parts need `pip install -e '.[bench]'` (faiss-cpu) for (a).
 """
@@ -64,9 +63,6 @@ flags.DEFINE_integer("shortlist_k", 200, "(b) K.")
 flags.DEFINE_integer("num_queries", 0, "(b) a fixed random subset of this "
                      "many test queries (0: all).")
 flags.DEFINE_integer("query_batch_size", 1000, "(b) queries per search call.")
-flags.DEFINE_integer("exact_chunk_rows", 8192, "(b) rows per step, exact.")
-flags.DEFINE_integer("shortlist_chunk_rows", 1024,
-                     "(b) rows per step, shortlist.")
 
 
 def _interleaved_medians(fns: dict[str, Callable[[], Any]],
@@ -116,13 +112,9 @@ def _map_at(ids: Any, q_labels: np.ndarray, db_labels: np.ndarray,
 def adaptive_vs_exact(embeddings_dir: str, database: str,
                       shortlist_dims: Sequence[int], shortlist_k: int, k: int,
                       repeats: int, num_queries: int = 0,
-                      query_batch_size: int | None = None,
-                      chunk_rows: tuple[int, int] = (8192, 1024)
+                      query_batch_size: int | None = None
                       ) -> dict[str, Any]:
-  """(b): adaptive retrieval vs exact full-dim search on exported splits.
-
-  chunk_rows: (exact scan, shortlist scan) rows per step.
-  """
+  """(b): adaptive retrieval vs exact full-dim search on exported splits."""
   db, db_labels, queries, q_labels, meta = export.load_database_and_queries(
       os.path.join(embeddings_dir, database),
       os.path.join(embeddings_dir, "test"))
@@ -136,12 +128,10 @@ def adaptive_vs_exact(embeddings_dir: str, database: str,
       set(meta["nesting"]) | set(shortlist_dims)), normalize=True)
   del db  # the index holds its own float32 copy
   batch = dict(query_batch_size=query_batch_size)
-  runs = {"exact": lambda: search.search(index, queries, full, k,
-                                         chunk_rows=chunk_rows[0], **batch)}
+  runs = {"exact": lambda: search.search(index, queries, full, k, **batch)}
   for ds in shortlist_dims:
     runs[ds] = lambda ds=ds: search.adaptive_search(
-        index, queries, ds, shortlist_k, full, k, chunk_rows=chunk_rows[1],
-        **batch)
+        index, queries, ds, shortlist_k, full, k, **batch)
   ids = {name: run()[1] for name, run in runs.items()}  # warm-up
   seconds = _interleaved_medians(runs, repeats)
   exact_map = _map_at(ids["exact"], q_labels, db_labels, 10)
@@ -149,7 +139,6 @@ def adaptive_vs_exact(embeddings_dir: str, database: str,
          "step": meta["step"], "rows": rows, "queries": len(queries),
          "dim": full, "shortlist_k": shortlist_k, "k": k,
          "query_batch_size": query_batch_size,
-         "chunk_rows": {"exact": chunk_rows[0], "shortlist": chunk_rows[1]},
          "exact_seconds": seconds["exact"], "exact_mAP@10": exact_map,
          "adaptive": []}
   for ds in shortlist_dims:
@@ -175,9 +164,7 @@ def main(argv: Sequence[str]) -> None:
     result["adaptive"] = [adaptive_vs_exact(
         FLAGS.embeddings, database, [int(d) for d in FLAGS.shortlist_dims],
         FLAGS.shortlist_k, FLAGS.k, FLAGS.repeats, FLAGS.num_queries,
-        FLAGS.query_batch_size,
-        (FLAGS.exact_chunk_rows, FLAGS.shortlist_chunk_rows))
-                          for database in FLAGS.databases]
+        FLAGS.query_batch_size) for database in FLAGS.databases]
   result["machine"]["load_avg_end"] = os.getloadavg()
   print(json.dumps(result, indent=1))
   if FLAGS.out:

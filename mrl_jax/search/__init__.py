@@ -55,7 +55,8 @@ __all__ = ["PrefixIndex", "build_index", "search", "rerank",
 
 
 def search(index: PrefixIndex, queries: Any, dim: int, k: int, *,
-           chunk_rows: int = 8192, query_batch_size: int | None = None,
+           chunk_rows: int | None = None,
+           query_batch_size: int | None = None,
            host_chunk_rows: int = 1 << 18) -> tuple[Array, Array]:
   """Exact top-k by inner product (cosine if normalised) at prefix dim m.
 
@@ -64,7 +65,10 @@ def search(index: PrefixIndex, queries: Any, dim: int, k: int, *,
     queries: [Q, d_q] with d_q >= dim; only [:, :dim] is read.
     dim: prefix length m, 1 <= m <= d (any m, not only block boundaries).
     k: neighbours per query, 1 <= k <= N (may exceed `chunk_rows`).
-    chunk_rows: database rows per device per matmul / top-k step.
+    chunk_rows: database rows per device per matmul / top-k step; default
+      8192, or 1024 for prefixes of at most 64 dims (low-dim shortlists are
+      10-25% faster on CPU when the [Q, C] scores stay in cache; wide scans
+      want long matmuls).
     query_batch_size: queries per compiled call (bounds the [Q, C] score
       memory); default all at once. A host index re-streams the database
       once per batch, so give it large batches.
@@ -75,6 +79,8 @@ def search(index: PrefixIndex, queries: Any, dim: int, k: int, *,
   """
   plan = make_plan(index, dim, queries)
   check_k(k, index.num_rows, "k")
+  if chunk_rows is None:
+    chunk_rows = 1024 if dim <= 64 else 8192
   if chunk_rows < 1 or host_chunk_rows < 1:
     raise ValueError(f"chunk_rows={chunk_rows} and host_chunk_rows="
                      f"{host_chunk_rows} must be positive")
