@@ -127,11 +127,12 @@ def adaptive_vs_exact(embeddings_dir: str, database: str,
   index = search.build_index(db, boundaries=sorted(
       set(meta["nesting"]) | set(shortlist_dims)), normalize=True)
   del db  # the index holds its own float32 copy
-  batch = dict(query_batch_size=query_batch_size)
-  runs = {"exact": lambda: search.search(index, queries, full, k, **batch)}
+  runs = {"exact": lambda: search.search(
+      index, queries, full, k, query_batch_size=query_batch_size)}
   for ds in shortlist_dims:
     runs[ds] = lambda ds=ds: search.adaptive_search(
-        index, queries, ds, shortlist_k, full, k, **batch)
+        index, queries, ds, shortlist_k, full, k,
+        query_batch_size=query_batch_size)
   ids = {name: run()[1] for name, run in runs.items()}  # warm-up
   seconds = _interleaved_medians(runs, repeats)
   exact_map = _map_at(ids["exact"], q_labels, db_labels, 10)

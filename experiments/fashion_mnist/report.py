@@ -257,7 +257,8 @@ def plot(r: dict[str, Any], out_dir: str) -> list[str]:
   benches = _retrieval_benches(r)
   if benches:
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
-    for bench, color in zip(benches, ("C0", "C1", "C2", "C3")):
+    for i, bench in enumerate(benches):
+      color = f"C{i}"  # one colour per database in both panels
       ds = [a["Ds"] for a in bench["adaptive"]]
       rows = f"{bench['rows']:,} rows"
       ax1.plot(ds, [100 * a["mAP@10"] for a in bench["adaptive"]],
