@@ -1,10 +1,14 @@
 """Exact prefix search against numpy brute force (stable argsort ties)."""
+import re
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from mrl_jax import search
+from mrl_jax.search import index as index_lib
+from mrl_jax.search import scan
 from mrl_jax import sharding
 
 N, D, Q = 203, 64, 6  # 203 = 7 x 29; 8 shards of 26 rows (5 padding rows).
@@ -67,7 +71,7 @@ def _assert_no_near_ties(scores, k, gap=1e-6):
 # on one device the last four take a group-max prefilter (two passes, or per
 # chunk for (64, 96, 3)), with many tied maxima.
 CASES = [(8, 16, 10), (16, 7, 40), (24, 13, 5), (64, 64, 50), (5, 29, 3),
-         (4, 96, 3), (8, 128, 1), (3, 64, 2), (64, 96, 3)]
+         (4, 96, 3), (8, 128, 1), (3, 64, 2), (64, 96, 3), (40, 13, 5)]
 
 
 @pytest.mark.parametrize("mesh", MESHES)
@@ -79,7 +83,8 @@ def test_search_equals_numpy_with_ties(mesh, m, chunk, k):
 
 
 @pytest.mark.parametrize("mesh", MESHES)
-@pytest.mark.parametrize("m,chunk,k", [(24, 13, 5), (64, 7, 40), (6, 64, 2)])
+@pytest.mark.parametrize("m,chunk,k", [(24, 13, 5), (64, 7, 40), (6, 64, 2),
+                                       (48, 64, 3)])
 def test_normalized_search_equals_numpy(mesh, m, chunk, k):
   index = search.build_index(GAUSS_DB, normalize=True, mesh=MESHES[mesh])
   want = _brute(GAUSS_Q, GAUSS_DB, m, k, normalize=True)
@@ -166,8 +171,13 @@ def test_query_batches_equal_one_batch():
 def test_index_layout_and_prefix_norms():
   index = search.build_index(GAUSS_DB, normalize=True, mesh=MESH8)
   assert index.boundaries == (8, 16, 32, 64)
+  # Low column blocks up to 32 (< d = 64), then the whole array.
+  assert index.spans == ((0, 8), (8, 16), (16, 32), (0, 64))
   assert [b.shape for b in index.blocks] == [(208, 8), (208, 8), (208, 16),
-                                             (208, 32)]
+                                             (208, 64)]
+  np.testing.assert_array_equal(np.asarray(index.blocks[2])[:N],
+                                GAUSS_DB[:, 16:32])
+  np.testing.assert_array_equal(np.asarray(index.blocks[3])[:N], GAUSS_DB)
   want = np.stack([np.linalg.norm(GAUSS_DB[:, :e], axis=1)
                    for e in index.boundaries], 1)
   np.testing.assert_allclose(index.prefix_norms(), want, rtol=1e-6)
@@ -175,6 +185,27 @@ def test_index_layout_and_prefix_norms():
   assert custom.boundaries == (4, 10, 64) and custom.blocks[1].shape == (N, 6)
   _assert_equal(search.search(custom, INT_Q, 12, 9, chunk_rows=50),
                 _brute(INT_Q, INT_DB, 12, 9))
+
+
+@pytest.mark.parametrize("dim,block_ids,widths", [
+    (5, (0,), (5,)), (16, (0, 1), (8, 8)), (20, (0, 1, 2), (8, 8, 4)),
+    (32, (0, 1, 2), (8, 8, 16)), (33, (3,), (33,)), (64, (3,), (64,))])
+def test_low_prefixes_read_only_their_column_blocks(dim, block_ids, widths):
+  index = search.build_index(INT_DB, mesh=MESH1)
+  plan = scan.make_plan(index, dim, INT_Q)
+  assert (plan.block_ids, plan.widths) == (block_ids, widths)
+
+
+def test_large_index_is_written_in_row_chunks(monkeypatch):
+  # Shards bigger than one host chunk are filled in place chunk by chunk.
+  monkeypatch.setattr(index_lib, "_BUILD_ROWS", 10)
+  index = search.build_index(GAUSS_DB, normalize=True, mesh=MESH8)
+  np.testing.assert_array_equal(np.asarray(index.blocks[-1])[:N], GAUSS_DB)
+  assert not np.asarray(index.blocks[-1])[N:].any()
+  want = np.linalg.norm(GAUSS_DB[:, :16], axis=1)
+  np.testing.assert_allclose(index.prefix_norms()[:, 1], want, rtol=1e-6)
+  _assert_equal(search.search(index, GAUSS_Q, 40, 5),
+                _brute(GAUSS_Q, GAUSS_DB, 40, 5, True), exact=False)
 
 
 def _ref_rerank(q, db, cand, m, k, normalize=False):
@@ -229,3 +260,28 @@ def test_bad_arguments_are_rejected():
     search.funnel_search(index, INT_Q, [(8, 3), (16, 5)])
   with pytest.raises(ValueError, match="float32 or bfloat16"):
     search.build_index(INT_DB, dtype=np.float16)
+
+
+def _ynn_fusion_bodies(hlo):
+  """HLO text of each computation XLA:CPU hands to YNNPACK."""
+  names = re.findall(r"calls=(%[\w.-]+), [^\n]*__ynn_fusion", hlo)
+  return [hlo.split(f"\n{name} ")[1].split("\n}\n")[0] for name in names]
+
+
+@pytest.mark.parametrize("dim", [16, 40])
+def test_wide_scans_leave_the_group_max_to_xla_on_cpu(dim):
+  # XLA:CPU hands matmuls and reductions to YNNPACK. Low-dim scans keep the
+  # group max there; wide scans (they read the whole-array block) leave it
+  # to XLA's own fusions (a 2048-d scan is 15-20% faster). 4060 rows, k =
+  # 10, 1024-row chunks: the two-pass scan (YNNPACK takes big reductions).
+  db = np.tile(INT_DB, (20, 1))
+  index = search.build_index(db, mesh=MESH1)
+  plan = scan.make_plan(index, dim, INT_Q)
+  fn = scan._device_search_fn(MESH1, "data", plan, 10, 1024)
+  blocks, norm = scan._used(index, plan)
+  hlo = fn.lower(INT_Q, blocks, norm, jnp.int32(len(db))).compile().as_text()
+  bodies = _ynn_fusion_bodies(hlo)
+  assert any(" dot(" in b for b in bodies)
+  assert any(" reduce(" in b for b in bodies) == (dim <= 32)
+  _assert_equal(fn(INT_Q, blocks, norm, jnp.int32(len(db))),
+                _brute(INT_Q, db, dim, 10))

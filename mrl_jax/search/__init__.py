@@ -1,11 +1,13 @@
 """Exact maximum-inner-product search over nested (Matryoshka) prefixes.
 
-Layout. `PrefixIndex` stores the [N, d] database as column blocks cut at the
-nesting boundaries ([0:8], [8:16], [16:32], ... by default), each its own
-contiguous [N, width] array. The m-dim score is the sum of the block scores
-for the blocks inside m (plus the first `m - start` columns of the block that
-straddles m), so a D_s = 16 scan reads 16 columns per row and never touches
-the other 2032. With `normalize=True` the index also keeps the L2 norm of
+Layout. `PrefixIndex` stores the low nesting prefixes of the [N, d] database
+as column blocks ([0:8], [8:16], [16:32], [32:64] by default), each its own
+contiguous [N, width] array, so a D_s = 16 scan reads 16 columns per row and
+never touches the other 2032, plus the whole [N, d] row-major array, which
+wider prefixes read (no per-chunk copy of blocks side by side before the
+matmul; a re-ranked candidate is one contiguous row); 3% more memory at the
+defaults. The m-dim score is one matmul over the columns < m of the blocks
+read. With `normalize=True` the index also keeps the L2 norm of
 every boundary prefix (`prefix_norms`, [N, G]); the MRL protocol normalises
 each prefix separately, so the cosine at dim m divides the m-dim score by the
 m-dim prefix norm (and normalises the query prefix too).
@@ -27,8 +29,7 @@ Where the database lives (two placements, same kernels):
 * `on_device=True` (default): the blocks are sharded device arrays; one
   jitted `shard_map` runs a `fori_loop` over the chunks of each device's rows
   (a dynamic slice per chunk, no copy of the database, no per-chunk Python).
-  This is the fast path whenever the scanned prefix fits device memory, which
-  the block layout makes likely: only the blocks a search needs are read.
+  This is the fast path whenever the index fits device memory.
 * `on_device=False`: the blocks stay host numpy arrays (np.memmap works);
   `search` streams `host_chunk_rows` rows at a time to the devices and carries
   each device's running top-k between the calls. For databases larger than

@@ -1,10 +1,15 @@
-"""The prefix index: a database stored as column blocks at nesting boundaries.
+"""The prefix index: a database stored for contiguous low-dim prefix scans.
 
-`PrefixIndex` stores the [N, d] database as column blocks cut at the nesting
-boundaries ([0:8], [8:16], [16:32], ... by default), each its own contiguous
-[N, width] array, so a D_s = 16 scan reads 16 columns per row and never
-touches the other 2032. With `normalize=True` it also keeps the L2 norm of
-every boundary prefix: the MRL protocol normalises each prefix separately.
+`PrefixIndex` keeps the [N, d] database twice over its first columns: the
+low nesting prefixes ([0:8], [8:16], [16:32], [32:64] by default, up to
+`contiguous_dim`) as column blocks, each its own contiguous [N, width]
+array, so a D_s = 16 shortlist scan reads 16 columns per row and never
+touches the other 2032; and the whole [N, d] row-major array, which every
+wider prefix reads (one matmul operand per chunk with no per-chunk copy of
+blocks side by side, and a re-ranked candidate is one contiguous row). The
+blocks cost 64 / 2048 = 3% more memory at the defaults. With
+`normalize=True` the index also keeps the L2 norm of every boundary prefix:
+the MRL protocol normalises each prefix separately.
 """
 from collections.abc import Sequence
 import dataclasses
@@ -26,13 +31,15 @@ NORM_FLOOR = 1e-12
 
 @dataclasses.dataclass(frozen=True, eq=False)
 class PrefixIndex:
-  """A database of N embeddings stored as column blocks (see module doc).
+  """A database of N embeddings stored for prefix scans (see module doc).
 
   Attributes:
-    blocks: per block b, [rows, boundaries[b] - boundaries[b-1]] in the
-      storage dtype; device arrays sharded over `axis_name` (rows padded with
-      zeros to a multiple of the shard count) or host numpy arrays.
-    boundaries: block ends, strictly increasing; the last is the full dim d.
+    blocks: per block j, [rows, end_j - start_j] columns `spans[j]` in the
+      storage dtype: the low column blocks, then the whole [rows, d] array;
+      device arrays sharded over `axis_name` (rows padded with zeros to a
+      multiple of the shard count) or host numpy arrays.
+    spans: (start, end) columns of each block; the last is (0, d).
+    boundaries: nesting boundaries, strictly increasing; the last is d.
     norms: per boundary b, [rows] float32 L2 norm of the prefix
       [:boundaries[b]]; None when the index is not normalised.
     num_rows: N, the real rows (ids 0..N-1); padded rows never match.
@@ -40,6 +47,7 @@ class PrefixIndex:
     axis_name: the mesh axis that splits the rows.
   """
   blocks: tuple[Any, ...]
+  spans: tuple[tuple[int, int], ...]
   boundaries: tuple[int, ...]
   norms: tuple[Any, ...] | None
   num_rows: int
@@ -75,18 +83,21 @@ class PrefixIndex:
 
 def build_index(embeddings: Any, *, boundaries: Sequence[int] | None = None,
                 dtype: Any = jnp.float32, normalize: bool = False,
-                mesh: Mesh | None = None,
+                contiguous_dim: int = 64, mesh: Mesh | None = None,
                 axis_name: str = sharding_lib.DATA_AXIS,
                 on_device: bool = True) -> PrefixIndex:
   """Builds a `PrefixIndex` from [N, d] embeddings.
 
   Args:
     embeddings: [N, d] array (numpy, np.memmap or jax).
-    boundaries: block ends; default the halving nesting list of d
+    boundaries: nesting boundaries; default the halving nesting list of d
       ((8, 16, ..., 2048) for d = 2048). d is appended when missing.
     dtype: storage dtype, float32 or bfloat16. Norms are computed from the
       stored (rounded) values, in float32.
     normalize: keep per-prefix norms and search by per-prefix cosine.
+    contiguous_dim: boundaries up to this dim (and below d) also get their
+      own column block, so scans of prefixes up to the largest of them read
+      contiguous memory; wider prefixes read the whole [N, d] array.
     mesh: devices to split the rows over; default all devices on one
       `data` axis.
     axis_name: the mesh axis that splits the rows.
@@ -104,28 +115,81 @@ def build_index(embeddings: Any, *, boundaries: Sequence[int] | None = None,
     raise ValueError(f"embeddings must be [N>0, d], got {embeddings.shape}")
   n, d = embeddings.shape
   bounds = _check_boundaries(boundaries, d)
-  starts = (0,) + bounds[:-1]
+  low = tuple(b for b in bounds if b <= contiguous_dim and b < d)
+  spans = tuple(zip((0,) + low[:-1], low)) + ((0, d),)
   # Padding to a multiple of the shard count lets shard_map split rows evenly;
   # at most (shards - 1) zero rows, masked by id at search time.
   shards = mesh.shape[axis_name] if on_device else 1
   rows = -(-n // shards) * shards
-  # Each block goes to the devices as soon as it is built, so host memory
-  # holds one block's copy at a time (a 1M x 2048 float32 index is 8 GB).
-  place = (functools.partial(jax.device_put,
-                             device=NamedSharding(mesh, P(axis_name)))
-           if on_device else lambda x: x)
-  blocks, norms, sq = [], [], np.zeros(n, np.float32)
-  for s, e in zip(starts, bounds):
-    block = np.zeros((rows, e - s), dtype)
-    block[:n] = np.asarray(embeddings[:, s:e]).astype(dtype)
-    if normalize:
-      sq = sq + _row_sq_norms(block[:n])
-      norms.append(place(np.pad(np.sqrt(sq), (0, rows - n))))
-    blocks.append(place(block))
-    del block
-  return PrefixIndex(tuple(blocks), bounds, tuple(norms) if normalize else None,
-                     n, mesh, axis_name)
+  cols = lambda s, e: lambda r0, r1: _rounded(embeddings, r0, min(r1, n), s, e,
+                                              dtype, r1 - r0)
+  place = (functools.partial(_device_rows, rows=rows, dtype=dtype,
+                             sharding=NamedSharding(mesh, P(axis_name)))
+           if on_device else functools.partial(_host_rows, rows=rows,
+                                               dtype=dtype))
+  blocks = tuple(place(cols(s, e), e - s) for s, e in spans)
+  norms = None
+  if normalize:
+    sq = np.cumsum([_row_sq_norms(cols(s, e), n) for s, e in
+                    zip((0,) + bounds[:-1], bounds)], axis=0)
+    norms = tuple(place(lambda r0, r1, x=np.sqrt(x): pad_rows(x[r0:r1], r1 - r0),
+                        None) for x in sq)
+  return PrefixIndex(blocks, spans, bounds, norms, n, mesh, axis_name)
 
+
+# Rows per host-to-device copy while building (bounds the host copy).
+_BUILD_ROWS = 1 << 16
+
+
+def _rounded(embeddings: Any, r0: int, r1: int, s: int, e: int,
+             dtype: np.dtype, size: int) -> np.ndarray:
+  """Rows [r0, r1) columns [s, e) in the storage dtype, zero-padded to size."""
+  return pad_rows(np.asarray(embeddings[r0:r1, s:e]).astype(dtype), size)
+
+
+def pad_rows(x: np.ndarray, size: int) -> np.ndarray:
+  """x [n, ...] zero-padded to [size, ...] rows (n <= size)."""
+  if x.shape[0] == size:
+    return x
+  return np.pad(x, [(0, size - x.shape[0])] + [(0, 0)] * (x.ndim - 1))
+
+
+def _host_rows(read: Any, width: int | None, *, rows: int, dtype: np.dtype
+               ) -> np.ndarray:
+  """[rows, width] (or [rows] float32 when width is None) host array."""
+  out = np.zeros((rows,) if width is None else (rows, width),
+                 np.float32 if width is None else dtype)
+  for r0 in range(0, rows, _BUILD_ROWS):
+    r1 = min(r0 + _BUILD_ROWS, rows)
+    out[r0:r1] = read(r0, r1)
+  return out
+
+
+@functools.partial(jax.jit, donate_argnums=0)
+def _write_rows(dst: Array, src: Array, start: Array) -> Array:
+  return jax.lax.dynamic_update_slice_in_dim(dst, src, start, axis=0)
+
+
+def _device_rows(read: Any, width: int | None, *, rows: int,
+                 dtype: np.dtype, sharding: NamedSharding) -> Array:
+  """The [rows, width] (or [rows] float32) array sharded by rows, filled
+  device by device in row chunks written in place: host memory holds one
+  chunk, device memory one copy (a 1M x 2048 float32 index is 8 GB)."""
+  shape = (rows,) if width is None else (rows, width)
+  out_dtype = np.float32 if width is None else dtype
+  shards = []
+  for device, index in sharding.addressable_devices_indices_map(
+      shape).items():
+    r0, r1, _ = index[0].indices(rows)
+    if r1 - r0 <= _BUILD_ROWS:
+      shards.append(jax.device_put(read(r0, r1), device))
+      continue
+    dst = jnp.zeros((r1 - r0,) + shape[1:], out_dtype, device=device)
+    for c0 in range(r0, r1, _BUILD_ROWS):
+      src = jax.device_put(read(c0, min(c0 + _BUILD_ROWS, r1)), device)
+      dst = _write_rows(dst, src, c0 - r0)
+    shards.append(dst)
+  return jax.make_array_from_single_device_arrays(shape, sharding, shards)
 
 
 def _check_boundaries(boundaries: Sequence[int] | None, d: int
@@ -139,10 +203,9 @@ def _check_boundaries(boundaries: Sequence[int] | None, d: int
 
 
 
-def _row_sq_norms(block: np.ndarray, rows: int = 1 << 16) -> np.ndarray:
-  """[n] float32 squared row norms, in row chunks to bound the f32 copy."""
+def _row_sq_norms(read: Any, n: int) -> np.ndarray:
+  """[n] float32 squared norms of rows read(r0, r1), in row chunks."""
   return np.concatenate([
       np.einsum("nd,nd->n", c, c) for c in
-      (block[i:i + rows].astype(np.float32)
-       for i in range(0, block.shape[0], rows))])
-
+      (read(r0, min(r0 + _BUILD_ROWS, n)).astype(np.float32)
+       for r0 in range(0, n, _BUILD_ROWS))])

@@ -17,27 +17,34 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from mrl_jax.search.index import Array, NORM_FLOOR, PrefixIndex
+from mrl_jax.search.index import Array, NORM_FLOOR, PrefixIndex, pad_rows
 
 
 @dataclasses.dataclass(frozen=True)
 class Plan:
   """Static description of a prefix-m scan (hashable: keys compiled fns).
 
-  spans: (start, end) columns of each block read, the last clipped to m.
-  rest: columns read from a block that straddles m (0: m is a boundary).
+  block_ids: the index blocks read: the low column blocks that tile [0, m)
+    when m fits in them, else the whole array alone.
+  spans: (start, end) columns read from each of those blocks, the last
+    clipped to m.
+  rest: columns past the last boundary <= m (0: m is a boundary); their
+    squares are added to that boundary's stored norm.
   norm_block: index of the last boundary <= m whose stored norm is reused
-    (-1: none); the straddling block adds its partial squares.
+    (-1: none).
+  whole: the plan reads the whole-array block (a wide prefix).
   """
+  block_ids: tuple[int, ...]
   spans: tuple[tuple[int, int], ...]
   rest: int
   norm_block: int
   normalize: bool
   dtype: str
+  whole: bool
 
   @property
-  def num_blocks(self) -> int:
-    return len(self.spans)
+  def widths(self) -> tuple[int, ...]:
+    return tuple(e - s for s, e in self.spans)
 
   @property
   def precision(self) -> lax.Precision:
@@ -54,14 +61,15 @@ def make_plan(index: PrefixIndex, dim: int, queries: Any) -> Plan:
   if len(np.shape(queries)) != 2 or np.shape(queries)[1] < dim:
     raise ValueError(f"queries must be [Q, >= {dim}], got "
                      f"{np.shape(queries)}")
-  starts = (0,) + index.boundaries[:-1]
-  spans = tuple((s, min(e, dim)) for s, e in zip(starts, index.boundaries)
-                if s < dim)
-  full = sum(e <= dim for e in index.boundaries)
-  rest = 0 if full == len(spans) else spans[-1][1] - spans[-1][0]
-  return Plan(spans, rest, full - 1, index.normalized, index.dtype.name)
-
-
+  low = index.spans[:-1]
+  whole = not low or dim > low[-1][1]
+  block_ids = ((len(low),) if whole else
+               tuple(j for j, (s, _) in enumerate(low) if s < dim))
+  spans = tuple((index.spans[j][0], min(index.spans[j][1], dim))
+                for j in block_ids)
+  below = [b for b in index.boundaries if b <= dim]
+  return Plan(block_ids, spans, dim - (below[-1] if below else 0),
+              len(below) - 1, index.normalized, index.dtype.name, whole)
 
 
 def check_k(k: int, available: int, what: str) -> None:
@@ -80,11 +88,19 @@ def _query_parts(queries: Array, plan: Plan) -> tuple[Array, ...]:
   return tuple(q[:, s:e] for s, e in plan.spans)
 
 
-def _prefix_norm(plan: Plan, full_norm: Array | None, partial: Array
+def _clip(plan: Plan, rows: Sequence[Array]) -> list[Array]:
+  """Read blocks [..., width] -> only the plan's columns of each."""
+  return [x if x.shape[-1] == w else x[..., :w]
+          for x, w in zip(rows, plan.widths)]
+
+
+def _prefix_norm(plan: Plan, full_norm: Array | None, last: Array
                  ) -> Array:
-  """m-dim prefix norms [...]: the stored boundary norm + partial block."""
+  """m-dim prefix norms [...]: the stored boundary norm + the squares of the
+  last `rest` columns read (those past that boundary)."""
   if not plan.rest:
     return full_norm
+  partial = last[..., last.shape[-1] - plan.rest:]
   sq = jnp.sum(jnp.square(partial.astype(jnp.float32)), axis=-1)
   if full_norm is not None:
     sq = sq + jnp.square(full_norm)
@@ -94,14 +110,12 @@ def _prefix_norm(plan: Plan, full_norm: Array | None, partial: Array
 def _chunk_scores(plan: Plan, q_parts: Sequence[Array],
                   rows: Sequence[Array], full_norm: Array | None) -> Array:
   """Scores [Q, C] of queries against C database rows (per-block parts)."""
-  rows = list(rows)
-  if plan.rest:
-    rows[-1] = rows[-1][:, :plan.rest]
-  # One matmul over the chunk's columns side by side: the copy of [C, m] is
-  # cheap next to the matmul, and XLA:CPU runs narrow (8-64 column) matmuls
-  # at a fraction of its speed on wide ones (full-dim search 15% faster).
-  s = lax.dot_general(jnp.concatenate(q_parts, axis=1),
-                      jnp.concatenate(rows, axis=1), (((1,), (1,)), ((), ())),
+  rows = _clip(plan, rows)
+  # One matmul over the chunk's columns side by side: XLA:CPU runs narrow
+  # (8-64 column) matmuls at a fraction of its speed on wide ones, and a
+  # low-dim chunk is cheap to copy (wide prefixes read one block: no copy).
+  cat = lambda xs: xs[0] if len(xs) == 1 else jnp.concatenate(xs, axis=1)
+  s = lax.dot_general(cat(q_parts), cat(rows), (((1,), (1,)), ((), ())),
                       precision=plan.precision,
                       preferred_element_type=jnp.float32)
   if plan.normalize:
@@ -286,6 +300,22 @@ def _topk_rows(plan: Plan, q_parts: Sequence[Array], blocks: Sequence[Array],
   return _merge_sorted_prefix(*carry, s, i, k)
 
 
+def _scan_options(mesh: Mesh, plan: Plan) -> dict[str, str] | None:
+  """XLA options for a scan's compiled function (None: the defaults).
+
+  XLA:CPU hands a matmul to YNNPACK together with the element-wise ops and
+  reductions that consume its scores (one `__ynn_fusion`). For a low-dim
+  scan that fused group max is the point (the [Q, C] scores never reach
+  memory); for a wide one (it reads the whole-array block) the fused
+  epilogue slows the matmul itself: a 2048-d exact scan is 15-20% faster
+  with the matmul alone in YNNPACK and the epilogue in XLA's own fusions.
+  """
+  if mesh.devices.flat[0].platform != "cpu" or not plan.whole:
+    return None
+  return {"xla_cpu_experimental_ynn_fusion_type":
+          "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT"}
+
+
 def _empty_topk(q: int, k: int, lead: tuple[int, ...] = ()
                 ) -> tuple[Array, Array]:
   """An empty running top-k: scores -inf [*lead, Q, k], ids -1."""
@@ -298,7 +328,7 @@ def _used(index: PrefixIndex, plan: Plan
   """The blocks a plan reads and the boundary norm it reuses (or None)."""
   norm = (index.norms[plan.norm_block]
           if plan.normalize and plan.norm_block >= 0 else None)
-  return index.blocks[:plan.num_blocks], norm
+  return tuple(index.blocks[j] for j in plan.block_ids), norm
 
 
 # ----------------------------------------------------------------------------
@@ -329,7 +359,7 @@ def _device_search_fn(mesh: Mesh, axis: str, plan: Plan, k: int,
     s, i = sharded(_query_parts(queries, plan), blocks, norm, num_valid)
     return _merge_by_id(s, i, k)
 
-  return jax.jit(fn)
+  return jax.jit(fn, compiler_options=_scan_options(mesh, plan))
 
 
 def device_search(index: PrefixIndex, queries: Array, *, plan: Plan, k: int,
@@ -388,7 +418,8 @@ def _gathered_scores(plan: Plan, q_parts: Sequence[Array], loc: Array,
   """
   def one_query(args):
     q_parts, loc = args
-    rows = [jnp.take(x, loc, axis=0)[None] for x in blocks]
+    # Only the plan's columns of each candidate row are gathered.
+    rows = [x[loc, :w][None] for x, w in zip(blocks, plan.widths)]
     gathered = None if norm is None else jnp.take(norm, loc, axis=0)[None]
     dot, nrm = _candidate_scores(plan, [q[None] for q in q_parts], rows,
                                  gathered)
@@ -407,9 +438,7 @@ def _candidate_scores(plan: Plan, q_parts: Sequence[Array],
     (dots [Q, K], the candidates' m-dim prefix norms [Q, K] or None when the
     index is not normalised).
   """
-  rows = list(rows)
-  if plan.rest:
-    rows[-1] = rows[-1][..., :plan.rest]
+  rows = _clip(plan, rows)
   dots = [jnp.einsum("qw,qkw->qk", q, x, precision=plan.precision,
                      preferred_element_type=jnp.float32)
           for q, x in zip(q_parts, rows)]
@@ -455,7 +484,7 @@ def _host_step_fn(mesh: Mesh, axis: str, plan: Plan, k: int,
       lambda queries, blocks, norm, run_s, run_i, base, num_valid: sharded(
           _query_parts(queries, plan), blocks, norm, run_s, run_i, base,
           num_valid),
-      donate_argnums=(3, 4))
+      donate_argnums=(3, 4), compiler_options=_scan_options(mesh, plan))
 
 
 @functools.partial(jax.jit, static_argnums=2)
@@ -482,25 +511,12 @@ def host_search(index: PrefixIndex, queries: Array, *, plan: Plan, k: int,
     # Host slices are copied (and the last one zero-padded) before transfer;
     # dispatch is asynchronous, so the next slice overlaps this chunk's scan.
     put = lambda x: jax.device_put(
-        _padded_rows(x, start, step_rows), rows_sharding)
-    run = fn(queries, tuple(put(_cols(x, plan, j == len(blocks) - 1))
-                            for j, x in enumerate(blocks)),
+        pad_rows(np.asarray(x[start:start + step_rows]), step_rows), rows_sharding)
+    run = fn(queries, tuple(put(x[:, :w]) for x, w in
+                            zip(blocks, plan.widths)),
              None if norm is None else put(norm), *run, jnp.int32(start),
              jnp.int32(index.num_rows))
   return _merge_devices(*run, k)
-
-
-def _cols(block: Any, plan: Plan, last: bool) -> Any:
-  """Only the columns the plan reads (a straddling block is not sent whole)."""
-  return block[:, :plan.rest] if last and plan.rest else block
-
-
-def _padded_rows(x: np.ndarray, start: int, rows: int) -> np.ndarray:
-  """x[start:start + rows] as a numpy array, zero-padded to `rows` rows."""
-  out = np.asarray(x[start:start + rows])
-  if out.shape[0] < rows:
-    out = np.pad(out, [(0, rows - out.shape[0])] + [(0, 0)] * (out.ndim - 1))
-  return out
 
 
 @functools.lru_cache(maxsize=64)
@@ -521,8 +537,7 @@ def host_rerank(index: PrefixIndex, queries: Array, ids: Any, *, plan: Plan,
   ids = np.asarray(ids, np.int32)
   safe = np.clip(ids, 0, index.num_rows - 1)
   blocks, norm = _used(index, plan)
-  rows = tuple(_cols(x, plan, j == len(blocks) - 1)[safe]
-               for j, x in enumerate(blocks))
+  rows = tuple(x[safe, :w] for x, w in zip(blocks, plan.widths))
   return _host_rerank_fn(plan, k)(
       queries, ids, rows, None if norm is None else norm[safe],
       jnp.int32(index.num_rows))
