@@ -272,7 +272,7 @@ def _ynn_fusion_bodies(hlo):
 def test_wide_scans_leave_the_group_max_to_xla_on_cpu(dim):
   # XLA:CPU hands matmuls and reductions to YNNPACK. Low-dim scans keep the
   # group max there; wide scans (they read the whole-array block) leave it
-  # to XLA's own fusions (a 2048-d scan is 15-20% faster). 4060 rows, k =
+  # to XLA's own fusions (2048-d scans 12-14% faster). 4060 rows, k =
   # 10, 1024-row chunks: the two-pass scan (YNNPACK takes big reductions).
   db = np.tile(INT_DB, (20, 1))
   index = search.build_index(db, mesh=MESH1)

@@ -11,7 +11,7 @@ blocks cost 64 / 2048 = 3% more memory at the defaults. With
 `normalize=True` the index also keeps the L2 norm of every boundary prefix:
 the MRL protocol normalises each prefix separately.
 """
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 import dataclasses
 import functools
 from typing import Any
@@ -121,30 +121,36 @@ def build_index(embeddings: Any, *, boundaries: Sequence[int] | None = None,
   # at most (shards - 1) zero rows, masked by id at search time.
   shards = mesh.shape[axis_name] if on_device else 1
   rows = -(-n // shards) * shards
-  cols = lambda s, e: lambda r0, r1: _rounded(embeddings, r0, min(r1, n), s, e,
-                                              dtype, r1 - r0)
-  place = (functools.partial(_device_rows, rows=rows, dtype=dtype,
+  place = (functools.partial(_device_rows, rows=rows,
                              sharding=NamedSharding(mesh, P(axis_name)))
-           if on_device else functools.partial(_host_rows, rows=rows,
-                                               dtype=dtype))
-  blocks = tuple(place(cols(s, e), e - s) for s, e in spans)
+           if on_device else functools.partial(_host_rows, rows=rows))
+  blocks = tuple(place(_column_reader(embeddings, s, e, dtype), (e - s,),
+                       dtype) for s, e in spans)
   norms = None
   if normalize:
-    sq = np.cumsum([_row_sq_norms(cols(s, e), n) for s, e in
-                    zip((0,) + bounds[:-1], bounds)], axis=0)
-    norms = tuple(place(lambda r0, r1, x=np.sqrt(x): pad_rows(x[r0:r1], r1 - r0),
-                        None) for x in sq)
+    sq = np.cumsum([_row_sq_norms(_column_reader(embeddings, s, e, dtype), n)
+                    for s, e in zip((0,) + bounds[:-1], bounds)], axis=0)
+    norms = tuple(place(_vector_reader(np.sqrt(x)), (), np.float32)
+                  for x in sq)
   return PrefixIndex(blocks, spans, bounds, norms, n, mesh, axis_name)
 
 
 # Rows per host-to-device copy while building (bounds the host copy).
 _BUILD_ROWS = 1 << 16
+# read(r0, r1) -> rows [r0, r1) of an index array as numpy, zeros past row N.
+Reader = Callable[[int, int], np.ndarray]
 
 
-def _rounded(embeddings: Any, r0: int, r1: int, s: int, e: int,
-             dtype: np.dtype, size: int) -> np.ndarray:
-  """Rows [r0, r1) columns [s, e) in the storage dtype, zero-padded to size."""
-  return pad_rows(np.asarray(embeddings[r0:r1, s:e]).astype(dtype), size)
+def _column_reader(embeddings: Any, s: int, e: int, dtype: np.dtype
+                   ) -> Reader:
+  """Columns [s, e) of the embeddings [N, d] in the storage dtype."""
+  n = embeddings.shape[0]
+  return lambda r0, r1: pad_rows(
+      np.asarray(embeddings[r0:min(r1, n), s:e]).astype(dtype), r1 - r0)
+
+
+def _vector_reader(x: np.ndarray) -> Reader:
+  return lambda r0, r1: pad_rows(x[r0:r1], r1 - r0)
 
 
 def pad_rows(x: np.ndarray, size: int) -> np.ndarray:
@@ -154,14 +160,12 @@ def pad_rows(x: np.ndarray, size: int) -> np.ndarray:
   return np.pad(x, [(0, size - x.shape[0])] + [(0, 0)] * (x.ndim - 1))
 
 
-def _host_rows(read: Any, width: int | None, *, rows: int, dtype: np.dtype
-               ) -> np.ndarray:
-  """[rows, width] (or [rows] float32 when width is None) host array."""
-  out = np.zeros((rows,) if width is None else (rows, width),
-                 np.float32 if width is None else dtype)
+def _host_rows(read: Reader, tail: tuple[int, ...], dtype: Any, *,
+               rows: int) -> np.ndarray:
+  """The [rows, *tail] host array."""
+  out = np.zeros((rows,) + tail, dtype)
   for r0 in range(0, rows, _BUILD_ROWS):
-    r1 = min(r0 + _BUILD_ROWS, rows)
-    out[r0:r1] = read(r0, r1)
+    out[r0:r0 + _BUILD_ROWS] = read(r0, min(r0 + _BUILD_ROWS, rows))
   return out
 
 
@@ -170,13 +174,12 @@ def _write_rows(dst: Array, src: Array, start: Array) -> Array:
   return jax.lax.dynamic_update_slice_in_dim(dst, src, start, axis=0)
 
 
-def _device_rows(read: Any, width: int | None, *, rows: int,
-                 dtype: np.dtype, sharding: NamedSharding) -> Array:
-  """The [rows, width] (or [rows] float32) array sharded by rows, filled
-  device by device in row chunks written in place: host memory holds one
-  chunk, device memory one copy (a 1M x 2048 float32 index is 8 GB)."""
-  shape = (rows,) if width is None else (rows, width)
-  out_dtype = np.float32 if width is None else dtype
+def _device_rows(read: Reader, tail: tuple[int, ...], dtype: Any, *,
+                 rows: int, sharding: NamedSharding) -> Array:
+  """The [rows, *tail] array sharded by rows, filled device by device in row
+  chunks written in place: host memory holds one chunk, device memory one
+  copy (a 1M x 2048 float32 index is 8 GB)."""
+  shape = (rows,) + tail
   shards = []
   for device, index in sharding.addressable_devices_indices_map(
       shape).items():
@@ -184,7 +187,7 @@ def _device_rows(read: Any, width: int | None, *, rows: int,
     if r1 - r0 <= _BUILD_ROWS:
       shards.append(jax.device_put(read(r0, r1), device))
       continue
-    dst = jnp.zeros((r1 - r0,) + shape[1:], out_dtype, device=device)
+    dst = jnp.zeros((r1 - r0,) + tail, dtype, device=device)
     for c0 in range(r0, r1, _BUILD_ROWS):
       src = jax.device_put(read(c0, min(c0 + _BUILD_ROWS, r1)), device)
       dst = _write_rows(dst, src, c0 - r0)
@@ -203,8 +206,8 @@ def _check_boundaries(boundaries: Sequence[int] | None, d: int
 
 
 
-def _row_sq_norms(read: Any, n: int) -> np.ndarray:
-  """[n] float32 squared norms of rows read(r0, r1), in row chunks."""
+def _row_sq_norms(read: Reader, n: int) -> np.ndarray:
+  """[n] float32 squared norms of the rows read, in row chunks."""
   return np.concatenate([
       np.einsum("nd,nd->n", c, c) for c in
       (read(r0, min(r0 + _BUILD_ROWS, n)).astype(np.float32)

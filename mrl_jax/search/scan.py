@@ -307,8 +307,9 @@ def _scan_options(mesh: Mesh, plan: Plan) -> dict[str, str] | None:
   reductions that consume its scores (one `__ynn_fusion`). For a low-dim
   scan that fused group max is the point (the [Q, C] scores never reach
   memory); for a wide one (it reads the whole-array block) the fused
-  epilogue slows the matmul itself: a 2048-d exact scan is 15-20% faster
-  with the matmul alone in YNNPACK and the epilogue in XLA's own fusions.
+  epilogue (YNNPACK's group max) costs more than it saves: 2048-d exact
+  scans ran 12-14% faster with the matmul alone in YNNPACK and the epilogue
+  in XLA's own fusions (BUILD_NOTES, "Search benchmark").
   """
   if mesh.devices.flat[0].platform != "cpu" or not plan.whole:
     return None
@@ -511,7 +512,8 @@ def host_search(index: PrefixIndex, queries: Array, *, plan: Plan, k: int,
     # Host slices are copied (and the last one zero-padded) before transfer;
     # dispatch is asynchronous, so the next slice overlaps this chunk's scan.
     put = lambda x: jax.device_put(
-        pad_rows(np.asarray(x[start:start + step_rows]), step_rows), rows_sharding)
+        pad_rows(np.asarray(x[start:start + step_rows]), step_rows),
+        rows_sharding)
     run = fn(queries, tuple(put(x[:, :w]) for x, w in
                             zip(blocks, plan.widths)),
              None if norm is None else put(norm), *run, jnp.int32(start),
