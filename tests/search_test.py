@@ -260,6 +260,15 @@ def test_bad_arguments_are_rejected():
     search.funnel_search(index, INT_Q, [(8, 3), (16, 5)])
   with pytest.raises(ValueError, match="float32 or bfloat16"):
     search.build_index(INT_DB, dtype=np.float16)
+  with pytest.raises(ValueError, match="contiguous_dim=-1 must be >= 0"):
+    search.build_index(INT_DB, contiguous_dim=-1)
+
+
+def test_index_without_column_blocks_reads_the_whole_array():
+  index = search.build_index(INT_DB, contiguous_dim=0, mesh=MESH8)
+  assert index.spans == ((0, 64),)
+  _assert_equal(search.search(index, INT_Q, 12, 9, chunk_rows=16),
+                _brute(INT_Q, INT_DB, 12, 9))
 
 
 def _ynn_fusion_bodies(hlo):

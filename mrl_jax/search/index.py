@@ -113,6 +113,9 @@ def build_index(embeddings: Any, *, boundaries: Sequence[int] | None = None,
     raise ValueError(f"storage dtype must be float32 or bfloat16, got {dtype}")
   if len(embeddings.shape) != 2 or not embeddings.shape[0]:
     raise ValueError(f"embeddings must be [N>0, d], got {embeddings.shape}")
+  if contiguous_dim < 0:
+    raise ValueError(f"contiguous_dim={contiguous_dim} must be >= 0 (0: no "
+                     "column blocks, every prefix reads the whole array)")
   n, d = embeddings.shape
   bounds = _check_boundaries(boundaries, d)
   low = tuple(b for b in bounds if b <= contiguous_dim and b < d)
