@@ -88,12 +88,6 @@ def _query_parts(queries: Array, plan: Plan) -> tuple[Array, ...]:
   return tuple(q[:, s:e] for s, e in plan.spans)
 
 
-def _clip(plan: Plan, rows: Sequence[Array]) -> list[Array]:
-  """Read blocks [..., width] -> only the plan's columns of each."""
-  return [x if x.shape[-1] == w else x[..., :w]
-          for x, w in zip(rows, plan.widths)]
-
-
 def _prefix_norm(plan: Plan, full_norm: Array | None, last: Array
                  ) -> Array:
   """m-dim prefix norms [...]: the stored boundary norm + the squares of the
@@ -109,8 +103,8 @@ def _prefix_norm(plan: Plan, full_norm: Array | None, last: Array
 
 def _chunk_scores(plan: Plan, q_parts: Sequence[Array],
                   rows: Sequence[Array], full_norm: Array | None) -> Array:
-  """Scores [Q, C] of queries against C database rows (per-block parts)."""
-  rows = _clip(plan, rows)
+  """Scores [Q, C] of queries against C database rows: per block read, the
+  plan's columns [C, width]."""
   # One matmul over the chunk's columns side by side: XLA:CPU runs narrow
   # (8-64 column) matmuls at a fraction of its speed on wide ones, and a
   # low-dim chunk is cheap to copy (wide prefixes read one block: no copy).
@@ -197,9 +191,11 @@ def _rows_scores(plan: Plan, q_parts: Sequence[Array],
                  blocks: Sequence[Array], full_norm: Array | None,
                  start: Any, size: int, first_id: Array, num_valid: Array
                  ) -> tuple[Array, Array]:
-  """Scores [Q, size] of rows start.. (dynamic slices, no copy) and their
-  ids [size]; padding rows (ids >= num_valid) score -inf."""
-  rows = [lax.dynamic_slice_in_dim(x, start, size) for x in blocks]
+  """Scores [Q, size] of rows start.. (dynamic slices of the plan's columns,
+  no copy) and their ids [size]; padding rows (ids >= num_valid) score
+  -inf."""
+  rows = [lax.dynamic_slice(x, (start, 0), (size, w))
+          for x, w in zip(blocks, plan.widths)]
   norm = (None if full_norm is None
           else lax.dynamic_slice_in_dim(full_norm, start, size))
   s = _chunk_scores(plan, q_parts, rows, norm)
@@ -433,13 +429,13 @@ def _gathered_scores(plan: Plan, q_parts: Sequence[Array], loc: Array,
 def _candidate_scores(plan: Plan, q_parts: Sequence[Array],
                       rows: Sequence[Array], full_norm: Array | None
                       ) -> tuple[Array, Array | None]:
-  """Raw dots [Q, K] with gathered candidate rows [Q, K, w] per block.
+  """Raw dots [Q, K] with gathered candidate rows [Q, K, width] per block
+  (the plan's columns only).
 
   Returns:
     (dots [Q, K], the candidates' m-dim prefix norms [Q, K] or None when the
     index is not normalised).
   """
-  rows = _clip(plan, rows)
   dots = [jnp.einsum("qw,qkw->qk", q, x, precision=plan.precision,
                      preferred_element_type=jnp.float32)
           for q, x in zip(q_parts, rows)]
