@@ -136,7 +136,8 @@ def test_search_bench_exact_and_adaptive(tmp_path):
   exact = bench.exact_vs_faiss(rows=3000, dim=64, num_queries=20, k=10,
                                repeats=1)
   assert exact["id_agreement"] == 1.0  # both exact: same neighbours
-  for key in ("jax_qps", "faiss_qps", "jax_over_faiss"):
+  for key in ("jax_qps", "faiss_qps", "jax_over_faiss", "sgemm_gflops",
+              "jax_fraction_of_sgemm", "faiss_fraction_of_sgemm"):
     _assert_positive_finite(exact[key], key)
   # Class signal in the leading coordinates, as in an MRL embedding.
   rng = np.random.default_rng(0)

@@ -12,7 +12,10 @@ the work of an exact scan), k = 10. Both engines return the exact top-k by
 inner product; the script checks that their ids agree. FAISS uses all cores
 (OpenMP), XLA:CPU its intra-op thread pool; both are warmed up first
 (compile / first-touch), then each is timed `--repeats` times, interleaved,
-and the median is reported as queries/s.
+and the median is reported as queries/s. The bare score matmul
+(`queries @ database.T` in numpy, OpenBLAS sgemm, no top-k) is timed in the
+same rounds: the work both engines share, so their fraction of its
+throughput says how much the top-k and the scan around the matmul cost.
 
 (b) Database = an exported split (`--databases`: the train split, or its
 augmented views `train_views16` from `config.export.views`, 960k rows of
@@ -66,16 +69,23 @@ flags.DEFINE_integer("num_queries", 0, "(b) a fixed random subset of this "
 flags.DEFINE_integer("query_batch_size", 1000, "(b) queries per search call.")
 
 
-def _interleaved_times(fns: dict[str, Callable[[], Any]],
-                       repeats: int) -> dict[str, list[float]]:
+def _interleaved_times(fns: dict[str, Callable[[], Any]], repeats: int,
+                       settle: float = 0.5) -> dict[str, list[float]]:
   """Seconds of each fn per round (one call of each per round, so that load
   drifts on a shared machine hit every fn alike). Call each once before
-  (compile, first touch)."""
+  (compile, first touch).
+
+  Each call waits `settle` seconds first: a BLAS or OpenMP pool keeps its
+  threads spin-waiting after a call (OpenBLAS for ~0.1 s), which would slow
+  whichever fn runs next; on this 2-core box the fn timed right after a
+  numpy sgemm lost about 8%. Odd rounds run the fns in reverse order.
+  """
   times = {name: [] for name in fns}
-  for _ in range(repeats):
-    for name, fn in fns.items():
+  for r in range(repeats):
+    for name in (list(fns) if r % 2 == 0 else list(fns)[::-1]):
+      time.sleep(settle)
       start = time.perf_counter()
-      jax.block_until_ready(fn())
+      jax.block_until_ready(fns[name]())
       times[name].append(time.perf_counter() - start)
   return times
 
@@ -97,12 +107,17 @@ def exact_vs_faiss(rows: int, dim: int, num_queries: int, k: int,
   index = search.build_index(database, normalize=False)
   flat = faiss.IndexFlatIP(dim)
   flat.add(database)
-  ours = lambda: search.search(index, queries, dim, k)
-  theirs = lambda: flat.search(queries, k)
-  ids, (_, faiss_ids) = ours()[1], theirs()  # warm-up: compile, first touch
+  fns = {"jax": lambda: search.search(index, queries, dim, k),
+         "faiss": lambda: flat.search(queries, k),
+         # What both engines are built on: the [Q, N] score matmul alone
+         # (numpy's OpenBLAS sgemm, no top-k).
+         "sgemm": lambda: queries @ database.T}
+  ids, (_, faiss_ids) = fns["jax"]()[1], fns["faiss"]()  # warm-up
+  fns["sgemm"]()
   agree = float(np.mean(np.asarray(ids) == faiss_ids))
-  rounds = _interleaved_times({"jax": ours, "faiss": theirs}, repeats)
-  jax_s, faiss_s = (statistics.median(rounds[n]) for n in ("jax", "faiss"))
+  rounds = _interleaved_times(fns, repeats)
+  jax_s, faiss_s, sgemm_s = (statistics.median(rounds[n])
+                             for n in ("jax", "faiss", "sgemm"))
   return {"rows": rows, "dim": dim, "queries": num_queries, "k": k,
           "jax_seconds": jax_s, "faiss_seconds": faiss_s,
           "jax_qps": num_queries / jax_s, "faiss_qps": num_queries / faiss_s,
@@ -110,6 +125,10 @@ def exact_vs_faiss(rows: int, dim: int, num_queries: int, k: int,
           # Same-round ratios: how much the machine's noise moves the figure.
           "jax_over_faiss_per_round": [
               f / j for j, f in zip(rounds["jax"], rounds["faiss"])],
+          "sgemm_seconds": sgemm_s,
+          "sgemm_gflops": 2 * num_queries * rows * dim / sgemm_s / 1e9,
+          "jax_fraction_of_sgemm": sgemm_s / jax_s,
+          "faiss_fraction_of_sgemm": sgemm_s / faiss_s,
           "id_agreement": agree,
           "faiss_threads": faiss.omp_get_max_threads()}
 

@@ -138,6 +138,16 @@ def claims(r: dict[str, Any]) -> list[str]:
             f"({100 * a['mAP@10']:.2f} vs "
             f"{100 * bench['exact_mAP@10']:.2f}); {a['speedup']:.1f}x "
             f"faster (FLOP ratio {a['flop_ratio']:.1f}x)")
+  exact = (r["search_bench"] or {}).get("exact")
+  if exact:
+    ratio, rounds = exact["jax_over_faiss"], exact["jax_over_faiss_per_round"]
+    out.append(
+        f"- Exact {exact['dim']}-d search ({exact['rows']:,} rows, "
+        f"{exact['queries']} queries) at least FAISS IndexFlatIP's "
+        f"throughput: {'holds' if ratio >= 1 else 'FAILS'} ({ratio:.2f}x; "
+        f"same-round ratios {min(rounds):.2f}-{max(rounds):.2f}x; JAX at "
+        f"{exact['jax_fraction_of_sgemm']:.2f} and FAISS at "
+        f"{exact['faiss_fraction_of_sgemm']:.2f} of a bare sgemm's speed)")
   return out or ["- nothing measured yet"]
 
 

@@ -395,12 +395,9 @@ def _eval_dataset(cfg: ml_collections.ConfigDict, source: Source,
                   ) -> tf.data.Dataset:
   """The split from example `start` on, eval-preprocessed; or, with view =
   (spec, v), preprocessed by spec with the stateless seed (v, position)."""
-  if view is None:
-    preprocess = preprocess_lib.build(cfg.eval_preprocess)
-    seed = tf.constant([0, 0], tf.int64)  # eval ops are not random
-    return source.read().skip(start).map(lambda ex: preprocess(ex, seed),
-                                         num_parallel_calls=tf.data.AUTOTUNE)
-  preprocess, v = preprocess_lib.build(view[0]), tf.constant(view[1], tf.int64)
+  # Eval ops are not random, so the seed only matters for views.
+  spec, v = view or (cfg.eval_preprocess, 0)
+  preprocess, v = preprocess_lib.build(spec), tf.constant(v, tf.int64)
   ds = source.read().enumerate().skip(start)  # positions count from 0
   return ds.map(lambda i, ex: preprocess(ex, tf.stack([v, i])),
                 num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
