@@ -127,33 +127,45 @@ def build_index(embeddings: Any, *, boundaries: Sequence[int] | None = None,
   place = (functools.partial(_device_rows, rows=rows,
                              sharding=NamedSharding(mesh, P(axis_name)))
            if on_device else functools.partial(_host_rows, rows=rows))
-  blocks = tuple(place(_column_reader(embeddings, s, e, dtype), (e - s,),
-                       dtype) for s, e in spans)
-  norms = None
+  layouts = [((e - s,), dtype) for s, e in spans]
   if normalize:
-    sq = np.cumsum([_row_sq_norms(_column_reader(embeddings, s, e, dtype), n)
-                    for s, e in zip((0,) + bounds[:-1], bounds)], axis=0)
-    norms = tuple(place(_vector_reader(np.sqrt(x)), (), np.float32)
-                  for x in sq)
-  return PrefixIndex(blocks, spans, bounds, norms, n, mesh, axis_name)
+    layouts += [((), np.dtype(np.float32))] * len(bounds)
+  arrays = place(_row_reader(embeddings, spans, bounds, dtype, normalize),
+                 layouts)
+  norms = tuple(arrays[len(spans):]) if normalize else None
+  return PrefixIndex(tuple(arrays[:len(spans)]), spans, bounds, norms, n, mesh,
+                     axis_name)
 
 
 # Rows per host-to-device copy while building (bounds the host copy).
 _BUILD_ROWS = 1 << 16
-# read(r0, r1) -> rows [r0, r1) of an index array as numpy, zeros past row N.
-Reader = Callable[[int, int], np.ndarray]
+# read(r0, r1) -> rows [r0, r1) of every index array as numpy, zeros past N.
+Reader = Callable[[int, int], list[np.ndarray]]
+# (per-row shape, dtype) of each array a Reader returns.
+Layouts = Sequence[tuple[tuple[int, ...], np.dtype]]
 
 
-def _column_reader(embeddings: Any, s: int, e: int, dtype: np.dtype
-                   ) -> Reader:
-  """Columns [s, e) of the embeddings [N, d] in the storage dtype."""
+def _row_reader(embeddings: Any, spans: Sequence[tuple[int, int]],
+                bounds: Sequence[int], dtype: np.dtype, normalize: bool
+                ) -> Reader:
+  """Reads each row chunk of the embeddings [N, d] once (a memmap is read
+  once, not once per block) and cuts it into the index arrays: the columns
+  of each span in the storage dtype, then, if `normalize`, the float32 norm
+  of every boundary prefix of the stored (rounded) values."""
   n = embeddings.shape[0]
-  return lambda r0, r1: pad_rows(
-      np.asarray(embeddings[r0:min(r1, n), s:e]).astype(dtype), r1 - r0)
 
+  def read(r0: int, r1: int) -> list[np.ndarray]:
+    rows = pad_rows(np.asarray(embeddings[r0:min(r1, n)]).astype(dtype),
+                    r1 - r0)
+    out = [np.ascontiguousarray(rows[:, s:e]) for s, e in spans]
+    if normalize:
+      sq = [np.einsum("nd,nd->n", c, c) for c in
+            (rows[:, s:e].astype(np.float32)
+             for s, e in zip((0,) + tuple(bounds[:-1]), bounds))]
+      out += list(np.sqrt(np.cumsum(sq, axis=0)))
+    return out
 
-def _vector_reader(x: np.ndarray) -> Reader:
-  return lambda r0, r1: pad_rows(x[r0:r1], r1 - r0)
+  return read
 
 
 def pad_rows(x: np.ndarray, size: int) -> np.ndarray:
@@ -163,13 +175,14 @@ def pad_rows(x: np.ndarray, size: int) -> np.ndarray:
   return np.pad(x, [(0, size - x.shape[0])] + [(0, 0)] * (x.ndim - 1))
 
 
-def _host_rows(read: Reader, tail: tuple[int, ...], dtype: Any, *,
-               rows: int) -> np.ndarray:
-  """The [rows, *tail] host array."""
-  out = np.zeros((rows,) + tail, dtype)
+def _host_rows(read: Reader, layouts: Layouts, *, rows: int
+               ) -> list[np.ndarray]:
+  """The [rows, *shape] host arrays."""
+  outs = [np.zeros((rows,) + shape, dtype) for shape, dtype in layouts]
   for r0 in range(0, rows, _BUILD_ROWS):
-    out[r0:r0 + _BUILD_ROWS] = read(r0, min(r0 + _BUILD_ROWS, rows))
-  return out
+    for out, part in zip(outs, read(r0, min(r0 + _BUILD_ROWS, rows))):
+      out[r0:r0 + _BUILD_ROWS] = part
+  return outs
 
 
 @functools.partial(jax.jit, donate_argnums=0)
@@ -177,25 +190,29 @@ def _write_rows(dst: Array, src: Array, start: Array) -> Array:
   return jax.lax.dynamic_update_slice_in_dim(dst, src, start, axis=0)
 
 
-def _device_rows(read: Reader, tail: tuple[int, ...], dtype: Any, *,
-                 rows: int, sharding: NamedSharding) -> Array:
-  """The [rows, *tail] array sharded by rows, filled device by device in row
-  chunks written in place: host memory holds one chunk, device memory one
-  copy (a 1M x 2048 float32 index is 8 GB)."""
-  shape = (rows,) + tail
-  shards = []
+def _device_rows(read: Reader, layouts: Layouts, *, rows: int,
+                 sharding: NamedSharding) -> list[Array]:
+  """The [rows, *shape] arrays sharded by rows, filled device by device in
+  row chunks written in place: host memory holds one chunk, device memory
+  one copy (a 1M x 2048 float32 index is 8 GB)."""
+  shards = [[] for _ in layouts]
   for device, index in sharding.addressable_devices_indices_map(
-      shape).items():
+      (rows,)).items():
     r0, r1, _ = index[0].indices(rows)
     if r1 - r0 <= _BUILD_ROWS:
-      shards.append(jax.device_put(read(r0, r1), device))
-      continue
-    dst = jnp.zeros((r1 - r0,) + tail, dtype, device=device)
-    for c0 in range(r0, r1, _BUILD_ROWS):
-      src = jax.device_put(read(c0, min(c0 + _BUILD_ROWS, r1)), device)
-      dst = _write_rows(dst, src, c0 - r0)
-    shards.append(dst)
-  return jax.make_array_from_single_device_arrays(shape, sharding, shards)
+      dsts = [jax.device_put(part, device) for part in read(r0, r1)]
+    else:
+      dsts = [jnp.zeros((r1 - r0,) + shape, dtype, device=device)
+              for shape, dtype in layouts]
+      for c0 in range(r0, r1, _BUILD_ROWS):
+        parts = read(c0, min(c0 + _BUILD_ROWS, r1))
+        dsts = [_write_rows(dst, jax.device_put(part, device), c0 - r0)
+                for dst, part in zip(dsts, parts)]
+    for out, dst in zip(shards, dsts):
+      out.append(dst)
+  return [jax.make_array_from_single_device_arrays((rows,) + shape, sharding,
+                                                   out)
+          for (shape, _), out in zip(layouts, shards)]
 
 
 def _check_boundaries(boundaries: Sequence[int] | None, d: int
@@ -206,12 +223,3 @@ def _check_boundaries(boundaries: Sequence[int] | None, d: int
   if not bounds or bounds[-1] != d:
     bounds += (d,)
   return nesting.validate_nesting(bounds, d)
-
-
-
-def _row_sq_norms(read: Reader, n: int) -> np.ndarray:
-  """[n] float32 squared norms of the rows read, in row chunks."""
-  return np.concatenate([
-      np.einsum("nd,nd->n", c, c) for c in
-      (read(r0, min(r0 + _BUILD_ROWS, n)).astype(np.float32)
-       for r0 in range(0, n, _BUILD_ROWS))])
