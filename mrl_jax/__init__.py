@@ -13,7 +13,8 @@ Where things live:
   optim.py            optax optimizer and schedule from config
   train_step.py       pure, jittable train and eval steps
   train.py            train_and_evaluate(config, workdir) and evaluate(...)
-  export.py           embedding export (mode=export) and load_split(...)
+  export.py           embedding export (mode=export)
+  embedding_files.py  export paths, load_split(...) (numpy only: no TF, no Flax)
   encoder.py          encoder bundles (mode=export_encoder), load_encoder(path)
   tools/import_torch.py  official PyTorch checkpoints -> mrl_jax checkpoint
   embedding_eval.py   knn / retrieval / adaptive / probe / baselines modes

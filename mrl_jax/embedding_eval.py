@@ -21,7 +21,7 @@ import ml_collections
 import numpy as np
 
 from mrl_jax import atomic_files
-from mrl_jax import export
+from mrl_jax import embedding_files
 from mrl_jax import search
 from mrl_jax.evaluators import adaptive_classification
 from mrl_jax.evaluators import baselines
@@ -60,7 +60,7 @@ def settings(config: ml_collections.ConfigDict, mode: str) -> dict[str, Any]:
 
 def _exported_dir(config: ml_collections.ConfigDict, workdir: str,
                   split: str) -> str:
-  d = export.split_dir(workdir, config.data.name, split)
+  d = embedding_files.split_dir(workdir, config.data.name, split)
   if not os.path.exists(os.path.join(d, "metadata.json")):
     raise ValueError(f"no exported embeddings in {d}; run --mode=export "
                      "with the same config and workdir first")
@@ -75,7 +75,7 @@ def _exported_dirs(config: ml_collections.ConfigDict,
 
 def _retrieval(train_dir: str, eval_dir: str) -> dict[str, Any]:
   database, db_labels, queries, q_labels, meta = (
-      export.load_database_and_queries(train_dir, eval_dir))
+      embedding_files.load_database_and_queries(train_dir, eval_dir))
   dims = meta["nesting"]
   ks = tuple(k for k in RETRIEVAL_KS if k <= len(database))
   index = search.build_index(database, boundaries=dims, normalize=True)
@@ -93,7 +93,7 @@ def _adaptive(config: ml_collections.ConfigDict,
                      "models have no softmax heads")
   eval_dir = _exported_dir(config, workdir, config.data.eval_split)
   keys = ("logits", "labels") + (("flip_logits",) if opts["tta"] else ())
-  arrays, meta = export.load_arrays(eval_dir, keys)
+  arrays, meta = embedding_files.load_arrays(eval_dir, keys)
   # Exported rows first ([N, G, C]); the cascade wants [G, N, C].
   probs = adaptive_classification.softmax_per_dim(
       arrays["logits"].swapaxes(0, 1),
@@ -113,7 +113,8 @@ def _adaptive(config: ml_collections.ConfigDict,
 def _probe(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   opts = settings(config, "probe")
   database, db_labels, queries, q_labels, meta = (
-      export.load_database_and_queries(*_exported_dirs(config, workdir)))
+      embedding_files.load_database_and_queries(
+          *_exported_dirs(config, workdir)))
   out = linear_probe.evaluate(
       database, db_labels, queries, q_labels, meta["nesting"],
       config.data.num_classes, shots=tuple(opts["shots"]),
@@ -126,7 +127,8 @@ def _baselines(config: ml_collections.ConfigDict,
                workdir: str) -> dict[str, Any]:
   opts = settings(config, "baselines")
   database, db_labels, queries, q_labels, meta = (
-      export.load_database_and_queries(*_exported_dirs(config, workdir)))
+      embedding_files.load_database_and_queries(
+          *_exported_dirs(config, workdir)))
   dims = opts["dims"] or nesting.default_nesting(database.shape[1])
   out = baselines.evaluate(
       database, db_labels, queries, q_labels, dims, config.data.num_classes,

@@ -22,12 +22,10 @@ Embeddings are the raw backbone output z (not normalised; MRL retrieval
 normalises each prefix z[:m] separately). Splits stream through in shards of
 `config.export.examples_per_shard` examples, so a split never has to fit in
 host memory; each shard is written atomically, and a rerun skips the shards
-that already exist (their data is not even decoded again).
+that already exist (their data is not even decoded again). Read an export
+back with `mrl_jax.embedding_files` (numpy only, no trainer or TensorFlow).
 """
-import glob
-import json
 import os
-import re
 from typing import Any
 
 from absl import logging
@@ -37,6 +35,7 @@ import ml_collections
 import numpy as np
 
 from mrl_jax import atomic_files
+from mrl_jax import embedding_files
 from mrl_jax import sharding
 from mrl_jax import train
 from mrl_jax.data import pipeline
@@ -93,12 +92,6 @@ def _views_settings(views: Any) -> dict[str, Any] | None:
 def views_split_name(split: str, count: int) -> str:
   """Name (and directory) of `count` augmented views of `split`."""
   return f"{split}_views{count}"
-
-
-def split_dir(workdir: str, dataset: str, split: str) -> str:
-  """DIR/embeddings/<dataset>/<split>, with split slices made path-safe."""
-  safe = re.sub(r"[^A-Za-z0-9.%-]+", "_", split).strip("_")
-  return os.path.join(workdir, "embeddings", dataset, safe)
 
 
 def _local_rows(x: jax.Array, mesh: jax.sharding.Mesh) -> np.ndarray:
@@ -199,7 +192,7 @@ def export_embeddings(config: ml_collections.ConfigDict,
 
   def export_one(name: str, split: str, keys: tuple[str, ...],
                  views: dict[str, Any] | None = None) -> None:
-    out_dir = split_dir(workdir, config.data.name, name)
+    out_dir = embedding_files.split_dir(workdir, config.data.name, name)
     os.makedirs(out_dir, exist_ok=True)
     embed = _make_embed(s, state_sh, keys)
     for view in ([None] if views is None else
@@ -235,50 +228,3 @@ def export_embeddings(config: ml_collections.ConfigDict,
     export_one(views_split_name(views["split"], views["count"]),
                views["split"], ("embeddings",), views)
   return out
-
-
-def load_arrays(directory: str, keys: tuple[str, ...]
-                ) -> tuple[dict[str, np.ndarray], dict]:
-  """Reads the named arrays of an exported split, all shards concatenated.
-
-  Returns:
-    ({key: array with N rows}, metadata).
-  Raises:
-    ValueError: if the export lacks one of them (with the setting to change).
-  """
-  with open(os.path.join(directory, "metadata.json")) as f:
-    metadata = json.load(f)
-  missing = set(keys) - set(metadata.get("arrays", ["embeddings", "labels"]))
-  if missing:
-    raise ValueError(
-        f"{directory} has no {sorted(missing)}; add its split to "
-        "config.export.logits_splits (flip_logits: config.export.flip_tta="
-        "True) and run --mode=export again")
-  shards = [np.load(path) for path in
-            sorted(glob.glob(os.path.join(directory, "shard-*.npz")))]
-  return {key: np.concatenate([sh[key] for sh in shards])
-          for key in keys}, metadata
-
-
-def load_split(directory: str) -> tuple[np.ndarray, np.ndarray, dict]:
-  """Reads an exported split: (embeddings [N, d], labels, metadata)."""
-  arrays, metadata = load_arrays(directory, ("embeddings", "labels"))
-  return arrays["embeddings"], arrays["labels"], metadata
-
-
-def load_database_and_queries(train_dir: str, eval_dir: str
-                              ) -> tuple[np.ndarray, np.ndarray, np.ndarray,
-                                         np.ndarray, dict]:
-  """Two exported splits of one checkpoint, as (database, its labels,
-  queries, their labels, the queries' metadata).
-
-  Raises:
-    ValueError: if they come from different checkpoints or nesting lists.
-  """
-  database, db_labels, db_meta = load_split(train_dir)
-  queries, q_labels, q_meta = load_split(eval_dir)
-  if (db_meta.get("step"), db_meta.get("nesting")) != (q_meta.get("step"),
-                                                         q_meta.get("nesting")):
-    raise ValueError(f"{train_dir} and {eval_dir} come from different "
-                     "checkpoints or nesting lists; export both again")
-  return database, db_labels, queries, q_labels, q_meta

@@ -1,9 +1,12 @@
 """Export settings are validated before any work (the end-to-end export runs
 in train_test.py, through the launcher)."""
 import os
+import subprocess
+import sys
 
 import pytest
 
+from mrl_jax import embedding_files
 from mrl_jax import export
 
 
@@ -14,7 +17,7 @@ def test_defaults_and_path_safe_split_names(config_module):
                       "examples_per_shard": 20_000,
                       "logits_splits": ("test",), "flip_tta": True,
                       "views": None}
-  assert export.split_dir("W", "ds", "train[:10%]").endswith(
+  assert embedding_files.split_dir("W", "ds", "train[:10%]").endswith(
       os.path.join("embeddings", "ds", "train_10%"))
 
 
@@ -34,3 +37,14 @@ def test_bad_export_settings(field, value, match, config_module):
   section[name] = value
   with pytest.raises(ValueError, match=match):
     export._export_settings(config)  # pylint: disable=protected-access
+
+
+def test_reading_and_evaluating_an_export_imports_neither_tf_nor_flax():
+  # Downstream evaluation (and the search benchmark on a bare GPU image) reads
+  # exports with numpy and jax alone; a fresh interpreter shows what loads.
+  code = ("import sys, mrl_jax.embedding_eval, mrl_jax.embedding_files; "
+          "print(sorted(m for m in ('tensorflow', 'flax', 'orbax.checkpoint')"
+          " if m in sys.modules))")
+  out = subprocess.run([sys.executable, "-c", code], check=True,
+                       capture_output=True, text=True).stdout
+  assert out.strip() == "[]"

@@ -15,7 +15,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from mrl_jax import export
+from mrl_jax import embedding_files
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG = os.path.join(REPO, "configs", "default.py")
@@ -180,11 +180,11 @@ def test_export_writes_resumable_embedding_shards(reference, copy_of):
                            "train_1024")
   shards = sorted(f for f in os.listdir(train_dir) if f.startswith("shard"))
   assert shards == [f"shard-p000-{i:05d}.npz" for i in range(4)]
-  emb, labels, meta = export.load_split(train_dir)
+  emb, labels, meta = embedding_files.load_split(train_dir)
   assert emb.shape == (1024, 32) and emb.dtype == np.float16
   assert labels.shape == (1024,) and set(labels) <= set(range(10))
   assert meta["step"] == 12 and meta["nesting"] == [8, 16, 32]
-  test_emb, _, _ = export.load_split(os.path.join(
+  test_emb, _, _ = embedding_files.load_split(os.path.join(
       workdir, "embeddings", "fashion_mnist", "test_256"))
   assert test_emb.shape == (256, 32)
   # A rerun skips finished shards and rewrites only a missing one, equal.
@@ -194,7 +194,7 @@ def test_export_writes_resumable_embedding_shards(reference, copy_of):
   assert "3 of 4 shards already exported" in proc.stderr
   for s in shards[:3]:
     assert os.path.getmtime(os.path.join(train_dir, s)) == mtimes[s]
-  again, _, _ = export.load_split(train_dir)
+  again, _, _ = embedding_files.load_split(train_dir)
   np.testing.assert_array_equal(again, emb)
 
 
@@ -202,9 +202,10 @@ def test_export_of_augmented_views(reference, copy_of):
   workdir = copy_of(reference[0])
   launch(workdir, "--mode=export", "--config.export.views.count=2")
   root = os.path.join(workdir, "embeddings", "fashion_mnist")
-  plain, labels, _ = export.load_split(os.path.join(root, "train_1024"))
+  plain, labels, _ = embedding_files.load_split(
+      os.path.join(root, "train_1024"))
   views_dir = os.path.join(root, "train_1024_views2")
-  emb, view_labels, meta = export.load_split(views_dir)
+  emb, view_labels, meta = embedding_files.load_split(views_dir)
   assert meta["views"]["count"] == 2 and meta["views"]["of"] == "train[:1024]"
   assert emb.shape == (2048, 32)
   np.testing.assert_array_equal(view_labels, np.tile(labels, 2))
@@ -217,7 +218,7 @@ def test_export_of_augmented_views(reference, copy_of):
   os.remove(os.path.join(views_dir, "shard-p000-v001-00003.npz"))
   proc = launch(workdir, "--mode=export", "--config.export.views.count=2")
   assert "-v001: 3 of 4 shards already exported" in proc.stderr
-  again, _, _ = export.load_split(views_dir)
+  again, _, _ = embedding_files.load_split(views_dir)
   np.testing.assert_array_equal(again, emb)
 
 
@@ -249,15 +250,15 @@ def test_adaptive_probe_and_baselines_modes(reference, copy_of):
   # ... and a rerun of export redoes the shards that lack them.
   launch(workdir, "--mode=export")
   test_dir = os.path.join(workdir, "embeddings", "fashion_mnist", "test_256")
-  arrays, _ = export.load_arrays(test_dir, ("logits", "flip_logits"))
+  arrays, _ = embedding_files.load_arrays(test_dir, ("logits", "flip_logits"))
   assert arrays["logits"].shape == arrays["flip_logits"].shape == (256, 3, 10)
-  assert "logits" not in export.load_arrays(
+  assert "logits" not in embedding_files.load_arrays(
       os.path.join(workdir, "embeddings", "fashion_mnist", "train_1024"),
       ())[1]["arrays"]
   # The exported logits are the heads' logits: their top-1 is eval's.
   with open(os.path.join(workdir, "eval_summary.json")) as f:
     top1 = json.load(f)["top1"]
-  _, labels, _ = export.load_split(test_dir)
+  _, labels, _ = embedding_files.load_split(test_dir)
   for g, d in enumerate((8, 16, 32)):
     acc = np.mean(arrays["logits"][:, g].argmax(-1) == labels)
     assert abs(acc - top1[str(d)]) <= 1 / 256  # float16 ties at most

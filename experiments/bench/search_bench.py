@@ -44,7 +44,7 @@ import jax
 import numpy as np
 
 from mrl_jax import atomic_files
-from mrl_jax import export
+from mrl_jax import embedding_files
 from mrl_jax import search
 from mrl_jax.evaluators import retrieval
 
@@ -112,9 +112,8 @@ def exact_vs_faiss(rows: int, dim: int, num_queries: int, k: int,
          # What both engines are built on: the [Q, N] score matmul alone
          # (numpy's OpenBLAS sgemm, no top-k).
          "sgemm": lambda: queries @ database.T}
-  ids, (_, faiss_ids) = fns["jax"]()[1], fns["faiss"]()  # warm-up
-  fns["sgemm"]()
-  agree = float(np.mean(np.asarray(ids) == faiss_ids))
+  warm = {name: fn() for name, fn in fns.items()}  # compiles JAX's scan
+  agree = float(np.mean(np.asarray(warm["jax"][1]) == warm["faiss"][1]))
   rounds = _interleaved_times(fns, repeats)
   jax_s, faiss_s, sgemm_s = (statistics.median(rounds[n])
                              for n in ("jax", "faiss", "sgemm"))
@@ -146,9 +145,10 @@ def adaptive_vs_exact(embeddings_dir: str, database: str,
                       query_batch_size: int | None = None
                       ) -> dict[str, Any]:
   """(b): adaptive retrieval vs exact full-dim search on exported splits."""
-  db, db_labels, queries, q_labels, meta = export.load_database_and_queries(
-      os.path.join(embeddings_dir, database),
-      os.path.join(embeddings_dir, "test"))
+  db, db_labels, queries, q_labels, meta = (
+      embedding_files.load_database_and_queries(
+          os.path.join(embeddings_dir, database),
+          os.path.join(embeddings_dir, "test")))
   if 0 < num_queries < len(queries):
     pick = np.sort(np.random.default_rng(0).choice(len(queries), num_queries,
                                                    replace=False))

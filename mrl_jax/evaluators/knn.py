@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from mrl_jax import export
+from mrl_jax import embedding_files
 from mrl_jax import search
 from mrl_jax.mrl import metrics
 
@@ -105,7 +105,8 @@ def evaluate_exported(train_dir: str, eval_dir: str,
                       ks: Sequence[int] = (1, 10),
                       nesting_dims: Sequence[int] | None = None,
                       **search_kwargs: int) -> dict[str, Any]:
-  """k-NN accuracy of an embedding export (export.load_split directories).
+  """k-NN accuracy of an embedding export (`embedding_files.load_split`
+  directories).
 
   Args:
     train_dir: exported database split (e.g. train).
@@ -118,7 +119,7 @@ def evaluate_exported(train_dir: str, eval_dir: str,
     `evaluate`'s dict plus "model" and "step" of the export.
   """
   database, db_labels, queries, q_labels, q_meta = (
-      export.load_database_and_queries(train_dir, eval_dir))
+      embedding_files.load_database_and_queries(train_dir, eval_dir))
   dims = q_meta["nesting"] if nesting_dims is None else nesting_dims
   out = evaluate(database, db_labels, queries, q_labels, dims, ks=ks,
                  **search_kwargs)

@@ -169,7 +169,8 @@ def test_malicious_pickle_is_refused(tmp_path):
 def test_cli_writes_a_checkpoint_that_eval_and_export_read(tmp_path,
                                                            config_module):
   import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
-  from mrl_jax import export  # pylint: disable=import-outside-toplevel
+  # pylint: disable-next=import-outside-toplevel
+  from mrl_jax import embedding_files, export
   from mrl_jax import train  # pylint: disable=import-outside-toplevel
   torch_model = torch_resnet.build("resnet_mu", "mrl", NESTING_MU, 1000,
                                    seed=4, blurpool=True)
@@ -194,7 +195,7 @@ def test_cli_writes_a_checkpoint_that_eval_and_export_read(tmp_path,
     out = export.export_embeddings(config, workdir)
     _, state, _ = train.restore_latest(config, workdir)
   assert summary["step"] == 0 and summary["nesting"] == list(NESTING_MU)
-  z, _, meta = export.load_split(out["validation"])
+  z, _, meta = embedding_files.load_split(out["validation"])
   assert z.shape == (32, 64) and meta["step"] == 0
   # The restored state computes the torch model's embeddings.
   model = train.setup(config).model

@@ -1,0 +1,65 @@
+"""Where exported embeddings live and how to read them back (the layout is
+described in export.py, which writes them).
+
+numpy and json only: downstream evaluation, the search benchmark and user
+code read an export without importing the trainer, Flax or TensorFlow.
+"""
+import glob
+import json
+import os
+import re
+
+import numpy as np
+
+
+def split_dir(workdir: str, dataset: str, split: str) -> str:
+  """DIR/embeddings/<dataset>/<split>, with split slices made path-safe."""
+  safe = re.sub(r"[^A-Za-z0-9.%-]+", "_", split).strip("_")
+  return os.path.join(workdir, "embeddings", dataset, safe)
+
+
+def load_arrays(directory: str, keys: tuple[str, ...]
+                ) -> tuple[dict[str, np.ndarray], dict]:
+  """Reads the named arrays of an exported split, all shards concatenated.
+
+  Returns:
+    ({key: array with N rows}, metadata).
+  Raises:
+    ValueError: if the export lacks one of them (with the setting to change).
+  """
+  with open(os.path.join(directory, "metadata.json")) as f:
+    metadata = json.load(f)
+  missing = set(keys) - set(metadata.get("arrays", ["embeddings", "labels"]))
+  if missing:
+    raise ValueError(
+        f"{directory} has no {sorted(missing)}; add its split to "
+        "config.export.logits_splits (flip_logits: config.export.flip_tta="
+        "True) and run --mode=export again")
+  shards = [np.load(path) for path in
+            sorted(glob.glob(os.path.join(directory, "shard-*.npz")))]
+  return {key: np.concatenate([sh[key] for sh in shards])
+          for key in keys}, metadata
+
+
+def load_split(directory: str) -> tuple[np.ndarray, np.ndarray, dict]:
+  """Reads an exported split: (embeddings [N, d], labels, metadata)."""
+  arrays, metadata = load_arrays(directory, ("embeddings", "labels"))
+  return arrays["embeddings"], arrays["labels"], metadata
+
+
+def load_database_and_queries(train_dir: str, eval_dir: str
+                              ) -> tuple[np.ndarray, np.ndarray, np.ndarray,
+                                         np.ndarray, dict]:
+  """Two exported splits of one checkpoint, as (database, its labels,
+  queries, their labels, the queries' metadata).
+
+  Raises:
+    ValueError: if they come from different checkpoints or nesting lists.
+  """
+  database, db_labels, db_meta = load_split(train_dir)
+  queries, q_labels, q_meta = load_split(eval_dir)
+  if (db_meta.get("step"), db_meta.get("nesting")) != (q_meta.get("step"),
+                                                         q_meta.get("nesting")):
+    raise ValueError(f"{train_dir} and {eval_dir} come from different "
+                     "checkpoints or nesting lists; export both again")
+  return database, db_labels, queries, q_labels, q_meta
