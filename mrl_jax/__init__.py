@@ -20,6 +20,8 @@ Where things live:
   embedding_eval.py   knn / retrieval / adaptive / probe / baselines modes
   checkpointing.py    Orbax CheckpointManager wrapper (resume, corruption fallback)
   evaluators/         per-nesting-dim evaluation
+  search/             exact top-k over nested prefixes (adaptive / funnel
+                      retrieval): index, plan, topk kernels, scan placement
   metric_writer.py    metrics.jsonl + TensorBoard
   atomic_files.py     JSON / npz writes that never leave half a file
   config_lib.py       config-file argument parsing, durations

@@ -8,6 +8,7 @@ import pytest
 
 from mrl_jax import search
 from mrl_jax.search import index as index_lib
+from mrl_jax.search import plan as plan_lib
 from mrl_jax.search import scan
 from mrl_jax import sharding
 
@@ -192,7 +193,7 @@ def test_index_layout_and_prefix_norms():
     (32, (0, 1, 2), (8, 8, 16)), (33, (3,), (33,)), (64, (3,), (64,))])
 def test_low_prefixes_read_only_their_column_blocks(dim, block_ids, widths):
   index = search.build_index(INT_DB, mesh=MESH1)
-  plan = scan.make_plan(index, dim, INT_Q)
+  plan = plan_lib.make_plan(index, dim, INT_Q)
   assert (plan.block_ids, plan.widths) == (block_ids, widths)
 
 
@@ -285,7 +286,7 @@ def test_wide_scans_leave_the_group_max_to_xla_on_cpu(dim):
   # 10, 1024-row chunks: the two-pass scan (YNNPACK takes big reductions).
   db = np.tile(INT_DB, (20, 1))
   index = search.build_index(db, mesh=MESH1)
-  plan = scan.make_plan(index, dim, INT_Q)
+  plan = plan_lib.make_plan(index, dim, INT_Q)
   fn = scan._device_search_fn(MESH1, "data", plan, 10, 1024)
   blocks, norm = scan._used(index, plan)
   hlo = fn.lower(INT_Q, blocks, norm, jnp.int32(len(db))).compile().as_text()

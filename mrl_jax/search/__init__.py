@@ -47,9 +47,9 @@ from typing import Any
 import numpy as np
 
 from mrl_jax.search.index import Array, PrefixIndex, build_index
-from mrl_jax.search.scan import (check_k, device_rerank, device_search,
-                                 host_rerank, host_search, in_query_batches,
-                                 make_plan)
+from mrl_jax.search.plan import check_k, make_plan
+from mrl_jax.search.scan import (device_rerank, device_search, host_rerank,
+                                 host_search, in_query_batches)
 
 __all__ = ["PrefixIndex", "build_index", "search", "rerank",
            "adaptive_search", "funnel_search"]
