@@ -25,9 +25,15 @@ def load_arrays(directory: str, keys: tuple[str, ...]
   Returns:
     ({key: array with N rows}, metadata).
   Raises:
-    ValueError: if the export lacks one of them (with the setting to change).
+    ValueError: if `directory` holds no finished export, or the export lacks
+      one of the arrays (each with the fix).
   """
-  with open(os.path.join(directory, "metadata.json")) as f:
+  meta_path = os.path.join(directory, "metadata.json")
+  if not os.path.isfile(meta_path):  # written last, once the shards are in
+    raise ValueError(f"{directory} holds no finished export (no "
+                     "metadata.json); run --mode=export with the same config "
+                     "and workdir")
+  with open(meta_path) as f:
     metadata = json.load(f)
   missing = set(keys) - set(metadata.get("arrays", ["embeddings", "labels"]))
   if missing:
@@ -35,8 +41,11 @@ def load_arrays(directory: str, keys: tuple[str, ...]
         f"{directory} has no {sorted(missing)}; add its split to "
         "config.export.logits_splits (flip_logits: config.export.flip_tta="
         "True) and run --mode=export again")
-  shards = [np.load(path) for path in
-            sorted(glob.glob(os.path.join(directory, "shard-*.npz")))]
+  paths = sorted(glob.glob(os.path.join(directory, "shard-*.npz")))
+  if not paths:
+    raise ValueError(f"{directory} has metadata.json but no shard-*.npz "
+                     "files; run --mode=export again")
+  shards = [np.load(path) for path in paths]
   return {key: np.concatenate([sh[key] for sh in shards])
           for key in keys}, metadata
 

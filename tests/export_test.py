@@ -48,3 +48,11 @@ def test_reading_and_evaluating_an_export_imports_neither_tf_nor_flax():
   out = subprocess.run([sys.executable, "-c", code], check=True,
                        capture_output=True, text=True).stdout
   assert out.strip() == "[]"
+
+
+def test_reading_a_missing_or_empty_export_says_how_to_fix_it(tmp_path):
+  with pytest.raises(ValueError, match="no finished export.*--mode=export"):
+    embedding_files.load_split(str(tmp_path / "nothing_here"))
+  (tmp_path / "metadata.json").write_text('{"step": 1}')
+  with pytest.raises(ValueError, match="no shard-.*run --mode=export again"):
+    embedding_files.load_split(str(tmp_path))
