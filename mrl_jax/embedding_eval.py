@@ -60,11 +60,8 @@ def settings(config: ml_collections.ConfigDict, mode: str) -> dict[str, Any]:
 
 def _exported_dir(config: ml_collections.ConfigDict, workdir: str,
                   split: str) -> str:
-  d = embedding_files.split_dir(workdir, config.data.name, split)
-  if not os.path.exists(os.path.join(d, "metadata.json")):
-    raise ValueError(f"no exported embeddings in {d}; run --mode=export "
-                     "with the same config and workdir first")
-  return d
+  # The readers check the export is finished (and say how to make it).
+  return embedding_files.split_dir(workdir, config.data.name, split)
 
 
 def _exported_dirs(config: ml_collections.ConfigDict,

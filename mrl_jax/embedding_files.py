@@ -18,12 +18,13 @@ def split_dir(workdir: str, dataset: str, split: str) -> str:
   return os.path.join(workdir, "embeddings", dataset, safe)
 
 
-def load_arrays(directory: str, keys: tuple[str, ...]
-                ) -> tuple[dict[str, np.ndarray], dict]:
-  """Reads the named arrays of an exported split, all shards concatenated.
+_SPLIT = ("embeddings", "labels")
 
-  Returns:
-    ({key: array with N rows}, metadata).
+
+def _read_metadata(directory: str, keys: tuple[str, ...] = ()) -> dict:
+  """An exported split's metadata.json, checked to list `keys` (no array
+  is read).
+
   Raises:
     ValueError: if `directory` holds no finished export, or the export lacks
       one of the arrays (each with the fix).
@@ -35,24 +36,42 @@ def load_arrays(directory: str, keys: tuple[str, ...]
                      "and workdir")
   with open(meta_path) as f:
     metadata = json.load(f)
-  missing = set(keys) - set(metadata.get("arrays", ["embeddings", "labels"]))
+  missing = set(keys) - set(metadata.get("arrays", list(_SPLIT)))
   if missing:
     raise ValueError(
         f"{directory} has no {sorted(missing)}; add its split to "
         "config.export.logits_splits (flip_logits: config.export.flip_tta="
         "True) and run --mode=export again")
+  return metadata
+
+
+def _read_shards(directory: str, keys: tuple[str, ...]
+                 ) -> dict[str, np.ndarray]:
+  """{key: all shards' rows concatenated}."""
   paths = sorted(glob.glob(os.path.join(directory, "shard-*.npz")))
   if not paths:
     raise ValueError(f"{directory} has metadata.json but no shard-*.npz "
                      "files; run --mode=export again")
   shards = [np.load(path) for path in paths]
-  return {key: np.concatenate([sh[key] for sh in shards])
-          for key in keys}, metadata
+  return {key: np.concatenate([sh[key] for sh in shards]) for key in keys}
+
+
+def load_arrays(directory: str, keys: tuple[str, ...]
+                ) -> tuple[dict[str, np.ndarray], dict]:
+  """Reads the named arrays of an exported split, all shards concatenated.
+
+  Returns:
+    ({key: array with N rows}, metadata).
+  Raises:
+    ValueError: as `_read_metadata`, or if the export has no shards.
+  """
+  metadata = _read_metadata(directory, keys)
+  return _read_shards(directory, keys), metadata
 
 
 def load_split(directory: str) -> tuple[np.ndarray, np.ndarray, dict]:
   """Reads an exported split: (embeddings [N, d], labels, metadata)."""
-  arrays, metadata = load_arrays(directory, ("embeddings", "labels"))
+  arrays, metadata = load_arrays(directory, _SPLIT)
   return arrays["embeddings"], arrays["labels"], metadata
 
 
@@ -60,15 +79,18 @@ def load_database_and_queries(train_dir: str, eval_dir: str
                               ) -> tuple[np.ndarray, np.ndarray, np.ndarray,
                                          np.ndarray, dict]:
   """Two exported splits of one checkpoint, as (database, its labels,
-  queries, their labels, the queries' metadata).
+  queries, their labels, the queries' metadata). Both metadata files are
+  checked before any shard is read.
 
   Raises:
-    ValueError: if they come from different checkpoints or nesting lists.
+    ValueError: as `_read_metadata`, or if the splits come from different
+      checkpoints or nesting lists.
   """
-  database, db_labels, db_meta = load_split(train_dir)
-  queries, q_labels, q_meta = load_split(eval_dir)
+  db_meta, q_meta = (_read_metadata(d, _SPLIT) for d in (train_dir, eval_dir))
   if (db_meta.get("step"), db_meta.get("nesting")) != (q_meta.get("step"),
                                                          q_meta.get("nesting")):
     raise ValueError(f"{train_dir} and {eval_dir} come from different "
                      "checkpoints or nesting lists; export both again")
-  return database, db_labels, queries, q_labels, q_meta
+  database, queries = (_read_shards(d, _SPLIT) for d in (train_dir, eval_dir))
+  return (database["embeddings"], database["labels"], queries["embeddings"],
+          queries["labels"], q_meta)

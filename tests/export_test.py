@@ -56,3 +56,18 @@ def test_reading_a_missing_or_empty_export_says_how_to_fix_it(tmp_path):
   (tmp_path / "metadata.json").write_text('{"step": 1}')
   with pytest.raises(ValueError, match="no shard-.*run --mode=export again"):
     embedding_files.load_split(str(tmp_path))
+
+
+def test_database_and_queries_are_checked_before_any_shard_is_read(tmp_path):
+  # Metadata only, no shards: the checkpoint mismatch is found without I/O of
+  # the (possibly huge) database.
+  for name, step in (("train", 1), ("test", 2)):
+    (tmp_path / name).mkdir()
+    (tmp_path / name / "metadata.json").write_text(
+        f'{{"step": {step}, "nesting": [8]}}')
+  with pytest.raises(ValueError, match="different checkpoints"):
+    embedding_files.load_database_and_queries(str(tmp_path / "train"),
+                                              str(tmp_path / "test"))
+  with pytest.raises(ValueError, match="no finished export"):
+    embedding_files.load_database_and_queries(str(tmp_path / "train"),
+                                              str(tmp_path / "missing"))
