@@ -84,12 +84,13 @@ def main(argv: list[str]) -> None:
          "aot": functools.partial(aot.run, topology=FLAGS.topology),
          }[FLAGS.mode]
   from mrl_jax import distributed  # pylint: disable=import-outside-toplevel
+  from mrl_jax import errors  # pylint: disable=import-outside-toplevel
   try:
     if FLAGS.mode != "aot":  # aot compiles for devices it does not run on
       distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes,
                              FLAGS.process_id)
     result = run(FLAGS.config, FLAGS.workdir)
-  except (ValueError, FloatingPointError) as e:
+  except (ValueError, FloatingPointError, errors.RunError) as e:
     logging.info("stopping on error", exc_info=True)
     sys.exit(f"mrl_jax: error: {e}")
   if FLAGS.mode == "export":
