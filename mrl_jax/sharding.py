@@ -121,6 +121,18 @@ def replicated(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, P())
 
 
+def padded_batch_size(global_batch: int, mesh: Mesh) -> int:
+  """`global_batch` rounded up to split evenly over the batch shards and the
+  processes: the rows per eval step, the extra ones padding with mask 0.
+
+  Eval counts only unmasked rows, so its batch size can be anything; padding
+  costs at most one row per batch shard per step.
+  """
+  processes = len({d.process_index for d in mesh.devices.flat})
+  unit = math.lcm(batch_shards(mesh), processes)
+  return -(-global_batch // unit) * unit
+
+
 def check_batch_size(global_batch: int, mesh: Mesh, what: str) -> None:
   """A global batch must split evenly over the batch axes and the hosts."""
   shards = batch_shards(mesh)

@@ -39,6 +39,7 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
+from mrl_jax import sharding as sharding_lib
 from mrl_jax.data import fashion_mnist
 from mrl_jax.data import image_folder
 from mrl_jax.data import mixup as mixup_lib
@@ -409,17 +410,26 @@ def image_shape(cfg: ml_collections.ConfigDict,
   return tuple(_eval_dataset(cfg, source).element_spec["image"].shape)
 
 
+def eval_local_batch_size(global_batch: int, mesh: jax.sharding.Mesh) -> int:
+  """Rows per process of each eval batch: `global_batch` padded to split over
+  the mesh's batch shards and the processes (`padded_batch_size`), / P."""
+  return local_batch_size(sharding_lib.padded_batch_size(global_batch, mesh))
+
+
 def eval_batches(cfg: ml_collections.ConfigDict, source: Source,
-                 global_batch: int, sharding: jax.sharding.Sharding,
+                 global_batch: int, sharding: jax.sharding.NamedSharding,
                  start: int = 0, view: tuple[str, int] | None = None
                  ) -> Iterator[Batch]:
   """One pass over the split from this process's example `start` on.
 
+  global_batch: examples per step, any size > 0; steps read it rounded up to
+    split over the batch shards of `sharding` (a `batch_sharding`) and the
+    processes (`eval_local_batch_size`).
   view: (preprocess spec, v) for augmented view v of the split (example i
     gets the stateless seed (v, i)); default the eval preprocessing.
   The last batch is padded, with "mask" = 0 on the padding rows.
   """
-  local_batch = local_batch_size(global_batch)
+  local_batch = eval_local_batch_size(global_batch, sharding.mesh)
   ds = _eval_dataset(cfg, source, start, view).batch(local_batch)
   ds = ds.prefetch(tf.data.AUTOTUNE)
   # Every process runs the same number of steps (collectives must match).
