@@ -11,9 +11,10 @@ Debian package `dataset-fashion-mnist` (60k train / 10k test).
 Model: a small CNN (`small_cnn`) with a 128-d representation; nesting
 (8, 16, 32, 64, 128); 4 epochs of AdamW, batch 128.
 
-Measured (2-core AMD EPYC VM, idle; BUILD_NOTES.md): 6 min 43 s of training
-(~620 examples/s), 9 min 4 s for `scripts/train_default.sh` on a fresh clone
-including set-up. Test-split top-1 per nesting dim (deterministic):
+On a 2-core CPU (AMD EPYC, Debian): about 7 min of training (~620
+examples/s); timings of the whole command in
+experiments/fashion_mnist/README.md. Test-split top-1 per nesting dim
+(deterministic):
 
     dim      8      16      32      64     128
     top-1  0.9236  0.9249  0.9264  0.9268  0.9297

@@ -15,7 +15,7 @@ checkpoints; False gives plain torchvision ResNet-50).
 
 Hardware: the official run used 8x A100 (yaml: 512/GPU, lr 0.2125) or 2x A100
 (README: global batch 1024, lr 0.425); a TPU v3-8 / v4-8 should also fit
-batch 1024 (128 per core; not tested here). Wall time: not measured yet.
+batch 1024 (128 per core; not tested here). Wall time: not measured.
 
 Data: TFDS `imagenet2012` (train 1,281,167 / validation 50,000). Manual
 download: put ILSVRC2012_img_train.tar and ILSVRC2012_img_val.tar in
@@ -23,7 +23,7 @@ download: put ILSVRC2012_img_train.tar and ILSVRC2012_img_val.tar in
 --data_dir=<data_dir>`. Images are read encoded (`data.skip_decode`) so the
 train op decodes only the random crop window.
 
-Recipe (notes: mrl.md section 3): 40 epochs, global batch 1024, SGD momentum
+Recipe (RAIVNLab/MRL's README and yaml): 40 epochs, global batch 1024, SGD momentum
 0.9 (not Nesterov), peak lr 0.425, linear warm-up over 2 epochs from 1e-4 x
 peak, then linear decay to 0; weight decay 1e-4 on kernels only (no decay on
 BN scales/offsets or biases, see mrl_jax/optim.py: the official code still
@@ -41,8 +41,7 @@ flip TTA at validation. Validation here is
 resize 256 -> centre crop 224, no TTA (the paper's table protocol).
 
 Expected validation top-1 (%), the paper's numbers (Table 1, linear
-classification; mrl.md section 6, cells not marked verified there are
-unverified), not yet reproduced by this code:
+classification), not reproduced by this code (no ImageNet here):
 
     dim    MRL   MRL-E
       8  66.63   56.66

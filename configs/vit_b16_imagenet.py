@@ -14,7 +14,7 @@ compare with. This config is our own baseline, not a reproduction.
 
 Hardware: big_vision's batch 4096 is meant for a TPU pod slice or several
 GPU hosts (not tested here); on fewer accelerators lower --config.batch_size
-and scale the lr linearly. Wall time and accuracy here: not measured yet.
+and scale the lr linearly. Wall time and accuracy here: not measured.
 
 Data: TFDS `imagenet2012` (manual download: ILSVRC2012_img_train.tar and
 ILSVRC2012_img_val.tar in `<data_dir>/downloads/manual/`, then `tfds build

@@ -18,10 +18,10 @@ of class ids in [0, C), e.g. `tfds.features.Sequence(ClassLabel(C))`; the
 labels are already stored multi-hot ([C] of 0/1), drop `|multi_hot(...)` from
 both preprocess strings. Reported top-1/top-5 are prec@1/prec@5 (the top
 class(es) contain a positive), the usual JFT metric; the paper itself
-evaluates JFT models by ImageNet-1K 1-NN (mrl.md section 6), which is not part
+evaluates JFT models by ImageNet-1K 1-NN, which is not part
 of this config.
 
-Recipe (paper App. C; mrl.md section 3): 8x8 TPU pod, batch 128, 300K steps,
+Recipe (paper App. C): 8x8 TPU pod, batch 128, 300K steps,
 Adafactor, linear decay from lr 1e-3; nesting (12, 24, ..., 768); sigmoid
 cross-entropy (summed over classes), no label smoothing. Deviations: optim.py
 has no Adafactor, so Adam (b1 0.9, b2 0.999; big_vision notes its Adafactor

@@ -117,7 +117,7 @@ def robustness_eval_sets(split: str = "test") -> ml_collections.ConfigDict:
 
 # Sections shared by configs/*.py (big_vision's configs/common.py plays this
 # part there). Config files are loaded by path, not as a package, so the
-# helpers live here, where every config can import them.
+# sections live here, where every config can import them.
 
 
 def load_module(path: str) -> types.ModuleType:
