@@ -40,6 +40,7 @@ import ml_collections
 from mrl_jax import config_lib
 
 
+# get_config's arguments and defaults (configs/vit_b16_jft.py adds its own).
 ARGS = dict(smoke=False, head="mrl", ff_dim=0, dtype="float32")
 
 

@@ -10,6 +10,10 @@ placeholder: JFT-300M is private), `num_classes=<C>` (default 18291, JFT-300M),
 `head=mrl|mrl_e|ff`, `ff_dim=<k>` (FF-k with `head=ff`),
 `dtype=float32|bfloat16`.
 
+Built from configs/vit_b16_imagenet.py (model, heads, optimizer, image
+reading and the smoke setting); this file changes the data, the loss, the
+run length and the schedule.
+
 Data: any prepared TFDS dataset with an encoded "image" (JPEG/PNG, read with
 `data.skip_decode`) and a "label" feature that is a variable-length sequence
 of class ids in [0, C), e.g. `tfds.features.Sequence(ClassLabel(C))`; the
