@@ -15,8 +15,8 @@ number of processes ("virtual data shards", as in big_vision / grain):
   [p*B/P, (p+1)*B/P) of one global `jax.Array` sharded over the mesh's batch
   axes (meshes laid over jax.devices() give each process a contiguous block
   of them). So the global batch is the same for every P that divides S (e.g.
-  2 processes x 4 devices and 1 x 8: S = 8 in both). With S = 1 the stream is
-  bitwise the one of the single-stream pipeline that preceded the shards.
+  2 processes x 4 devices and 1 x 8: S = 8 in both). With S = 1 there is one
+  stream over the whole split, shuffled with the plain per-epoch seed.
 * Every epoch has the same steps_per_epoch (the fewest full batches any shard
   holds), and a run restored at step s starts at epoch s // steps_per_epoch,
   each shard skipping the examples already consumed in that epoch *before*
@@ -250,9 +250,8 @@ def describe_process_shards(source: Source | image_folder.FolderSource,
 def _shard_seed(seed: int, epoch: int, shard: int) -> int:
   """Seed of data shard `shard` in `epoch`, from (seed, epoch, shard) only.
 
-  Shard 0's seed is the per-epoch seed of the single-stream pipeline that
-  preceded the shards (SeedSequence([seed, epoch])), so S = 1 keeps its
-  batches bitwise.
+  Shard 0's seed is the plain per-epoch seed SeedSequence([seed, epoch]),
+  so S = 1 is bitwise one unsharded stream.
   """
   words = [seed, epoch] + ([shard] if shard else [])
   return int(np.random.SeedSequence(words).generate_state(1)[0])
