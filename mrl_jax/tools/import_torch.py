@@ -36,6 +36,7 @@ import numpy as np
 
 from mrl_jax import checkpointing
 from mrl_jax import optim
+from mrl_jax import platforms
 from mrl_jax import train
 from mrl_jax import train_step as step_lib
 from mrl_jax.models import classifier
@@ -306,6 +307,7 @@ def main(argv: list[str]) -> None:
   from absl import flags
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  platforms.use_cpu_if_no_accelerator()  # as the launcher: no TPU probe
   flags_ = flags.FLAGS
   try:
     directory = import_checkpoint(flags_.checkpoint, flags_.config,
