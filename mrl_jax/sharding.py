@@ -123,10 +123,11 @@ def replicated(mesh: Mesh) -> NamedSharding:
 
 def padded_batch_size(global_batch: int, mesh: Mesh) -> int:
   """`global_batch` rounded up to split evenly over the batch shards and the
-  processes: the rows per eval step, the extra ones padding with mask 0.
+  processes of `mesh`: the examples each eval step reads.
 
-  Eval counts only unmasked rows, so its batch size can be anything; padding
-  costs at most one row per batch shard per step.
+  Eval counts only rows with mask 1 (the padding of its last batch has 0),
+  so the configured eval batch can be any size; the rounding adds less than
+  one example per batch shard.
   """
   processes = len({d.process_index for d in mesh.devices.flat})
   unit = math.lcm(batch_shards(mesh), processes)
