@@ -56,3 +56,27 @@ def test_load_config_reads_file_and_argument():
   assert config_lib.load_config(path).model.kwargs.blurpool is True
   with pytest.raises(ValueError, match="does not exist"):
     config_lib.load_config("configs/nope.py:smoke")
+
+
+def test_parse_arg_names_a_value_of_the_wrong_type():
+  with pytest.raises(ValueError, match="config argument dim='abc' is not of "
+                     "type int; write e.g. dim=128"):
+    config_lib.parse_arg("dim=abc", dim=128)
+
+
+def test_check_field_accepts_real_fields_and_suggests_close_ones():
+  config = ml_collections.ConfigDict(
+      {"optimizer": {"learning_rate": 0.1, "name": "sgd"}, "batch_size": 8,
+       "mesh": (("data", -1),)})
+  for path in ("optimizer.learning_rate", "batch_size", "mesh[0]"):
+    config_lib.check_field(config, path)
+  with pytest.raises(ValueError, match=r"--config.optimizer.learning_rat "
+                     "names no config field; did you mean "
+                     "--config.optimizer.learning_rate"):
+    config_lib.check_field(config, "optimizer.learning_rat")
+  with pytest.raises(ValueError, match="--config.optimizer.lr names no "
+                     "config field; config.optimizer has learning_rate, name$"):
+    config_lib.check_field(config, "optimizer.lr")
+  with pytest.raises(ValueError, match="did you mean --config.batch_size\\?"):
+    config_lib.check_field(config, "batchsize")
+
