@@ -5,6 +5,7 @@ import pytest
 
 from mrl_jax import config_lib
 from mrl_jax import sharding
+from mrl_jax.mrl import nesting
 
 
 def test_parse_arg_types_and_flags():
@@ -80,3 +81,15 @@ def test_check_field_accepts_real_fields_and_suggests_close_ones():
   with pytest.raises(ValueError, match="did you mean --config.batch_size\\?"):
     config_lib.check_field(config, "batchsize")
 
+
+@pytest.mark.parametrize("weights,match", [
+    ((0, 0, 0), r"is all zero, so the loss is 0 and nothing trains"),
+    ((1, -1, 1), "has negative or non-finite entries"),
+    ((1, float("nan"), 1), "has negative or non-finite entries"),
+    ((1, 1), "has 2 entries for 3 nesting dims"),
+])
+def test_relative_importance_must_train_something(weights, match):
+  with pytest.raises(ValueError, match=f"{match}; set "
+                     r"config.mrl.relative_importance to 3 finite weights"):
+    nesting.validate_relative_importance(weights, 3)
+  assert nesting.validate_relative_importance((0, 0, 2), 3) == (0.0, 0.0, 2.0)

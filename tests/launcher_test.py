@@ -78,6 +78,14 @@ def test_unknown_config_field_names_the_flag_and_close_fields(tmp_path):
   assert "config.optimizer has learning_rate, name," in line
 
 
+def test_all_zero_relative_importance_is_refused_before_training(tmp_path):
+  line = error_line(launch(f"--config={DEFAULT}:smoke",
+                           "--config.mrl.relative_importance=(0,0,0)",
+                           f"--workdir={tmp_path}"))
+  assert "relative importance (0.0, 0.0, 0.0) is all zero" in line
+  assert not os.listdir(tmp_path)
+
+
 def test_failed_write_names_the_path_and_the_errno(tmp_path):
   flags = (f"--config={DEFAULT}:smoke", f"--workdir={tmp_path}")
   line = error_line(launch(*flags,
