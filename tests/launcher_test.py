@@ -135,3 +135,15 @@ def test_import_torch_refuses_an_empty_or_foreign_file(content, match,
   with pytest.raises(ValueError, match=match):
     import_torch.load_state_dict(str(path))
 
+
+def test_without_jax_cluster_detection_runs_are_single_process(monkeypatch):
+  from absl import logging  # pylint: disable=import-outside-toplevel
+  from jax._src import clusters  # pylint: disable=import-outside-toplevel
+  from mrl_jax import distributed  # pylint: disable=import-outside-toplevel
+  # As in a JAX that keeps its detectors elsewhere.
+  monkeypatch.delattr(clusters.ClusterEnv, "_cluster_types")
+  warnings = []
+  monkeypatch.setattr(logging, "warning", lambda msg, *a: warnings.append(
+      msg % a))
+  assert distributed.detected_cluster() is None
+  assert "pass --coordinator_address, --num_processes" in warnings[0]
