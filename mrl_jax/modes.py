@@ -21,7 +21,8 @@ class Mode:
   Attributes:
     runner: "module:function", called as function(config, workdir, **flags)
       -> result; raises ValueError (bad config) or errors.RunError.
-    writes: what the mode writes under the workdir (its summary file).
+    writes: what the mode writes under the workdir (its summary file), ""
+      for nothing.
     printer: "module:function", result -> the text printed on stdout.
     help: what the mode does, for --mode's help.
     flags: launcher flags passed to the runner as keywords of the same name.
@@ -79,8 +80,10 @@ def resolve(name: str) -> Callable[..., Any]:
 
 
 def help_text() -> str:
-  """--mode's help: each mode and what it does."""
-  return "; ".join(f"{name}: {mode.help}" for name, mode in MODES.items())
+  """--mode's help: each mode, what it does and what it writes."""
+  return "; ".join(
+      f"{name}: {mode.help}" + (f" (DIR/{mode.writes})" if mode.writes else "")
+      for name, mode in MODES.items())
 
 
 def format_exported(directories: dict[str, str]) -> str:
