@@ -71,6 +71,15 @@ def test_empty_image_folder(tmp_path):
   assert "has no split folders; lay it out as" in line
 
 
+def test_config_file_that_fails_to_read_a_file(tmp_path):
+  config = tmp_path / "reads.py"
+  config.write_text("def get_config(arg=None):\n"
+                    "  open('/nonexistent/classes.txt')\n")
+  line = error_line(launch(f"--config={config}", f"--workdir={tmp_path}/w"))
+  assert line == ("mrl_jax: error: No such file or directory: "
+                  "/nonexistent/classes.txt; check that path")
+
+
 def test_unknown_config_field_names_the_flag_and_close_fields(tmp_path):
   line = error_line(launch(f"--config={DEFAULT}:smoke",
                            "--config.optimizer.lr=1", f"--workdir={tmp_path}"))
@@ -130,7 +139,8 @@ def test_every_mode_resolves_to_a_runner_and_a_printer():
 def test_import_torch_refuses_an_empty_or_foreign_file(content, match,
                                                        tmp_path):
   pytest.importorskip("torch")
-  from mrl_jax.tools import import_torch  # pylint: disable=import-outside-toplevel
+  # pylint: disable-next=import-outside-toplevel
+  from mrl_jax.tools import import_torch
   path = tmp_path / "model.pt"
   path.write_bytes(content)
   with pytest.raises(ValueError, match=match):
