@@ -23,9 +23,22 @@ import jax
 def detected_cluster() -> str | None:
   """Name of the cluster JAX's auto-detection would use here, or None."""
   # jax.distributed.initialize() runs the same detectors but raises when none
-  # matches; asking them first keeps single-process runs free of that path.
-  from jax._src import clusters  # pylint: disable=import-outside-toplevel
-  for env in clusters.ClusterEnv._cluster_types:  # pylint: disable=protected-access
+  # matches, and JAX has no public API that only asks them (jax 0.10.2), so
+  # this reads the detector list from jax._src. Should a later JAX move it,
+  # runs go on as single processes, and say how to join several.
+  try:
+    # pylint: disable-next=import-outside-toplevel
+    from jax._src import clusters
+    # pylint: disable-next=protected-access
+    cluster_types = clusters.ClusterEnv._cluster_types
+  except (ImportError, AttributeError):
+    logging.warning(
+        "distributed: this JAX (%s) does not expose its cluster detection "
+        "where mrl_jax looks; running as a single process. For several, pass "
+        "--coordinator_address, --num_processes and --process_id",
+        jax.__version__)
+    return None
+  for env in cluster_types:
     if not env.opt_in_only_method and env.is_env_present():
       return env.name or env.__name__
   return None

@@ -1,8 +1,10 @@
 """Evaluators over exported embeddings, for the launcher's modes, every
 nesting dim reported (`--mode=export` writes what they read):
 
-  knn        k-NN accuracy: database = exported train split, queries = eval
-  retrieval  mAP@k / P@k / R@k, same database and queries
+  knn        k-NN accuracy: database = exported train split, queries = eval;
+             settings in config.knn
+  retrieval  mAP@k / P@k / R@k, same database and queries; settings in
+             config.retrieval
   adaptive   the MRL-AC cascade on the eval split's exported per-dim
              (flip-TTA) logits; settings in config.adaptive
   probe      few-shot linear probes on frozen prefixes (fitted on the train
@@ -12,7 +14,9 @@ nesting dim reported (`--mode=export` writes what they read):
 
 Writes DIR/<mode>_summary.json (flat, greppable metric names such as
 `knn/top1/d=8`, `retrieval/mAP@10/d=32`, `adaptive/ac_accuracy/d=64`,
-`probe/top1@5shot/d=8`, `svd/linear_top1/d=8`).
+`probe/top1@5shot/d=8`, `svd/linear_top1/d=8`). Each evaluator declares
+the defaults of its config section (`DEFAULTS` in mrl_jax/evaluators/); a
+config may omit the section or set any of its fields.
 """
 import os
 from typing import Any
@@ -24,38 +28,25 @@ from mrl_jax import atomic_files
 from mrl_jax import embedding_files
 from mrl_jax import search
 from mrl_jax.evaluators import adaptive_classification
-from mrl_jax.evaluators import baselines
-from mrl_jax.evaluators import knn
+from mrl_jax.evaluators import baselines as baselines_lib
+from mrl_jax.evaluators import knn as knn_lib
 from mrl_jax.evaluators import linear_probe
-from mrl_jax.evaluators import retrieval
+from mrl_jax.evaluators import retrieval as retrieval_lib
 from mrl_jax.mrl import nesting
 
-MODES = ("knn", "retrieval", "adaptive", "probe", "baselines")
-RETRIEVAL_KS = (10, 25, 50, 100)
-# Defaults of the optional config sections (a config may omit them).
-DEFAULTS = {
-    # The notebook's protocol: thresholds fitted on a random 20% (10K of
-    # ImageNet's 50K), evaluated on the rest, 30 seeds; flip-TTA logits.
-    "adaptive": {"holdout": 0.2, "seeds": 30, "tta": True,
-                 "tolerance": 0.0},
-    # shots: examples per class; 0 = every train example.
-    "probe": {"shots": (1, 5, 10, 0), "seeds": 3,
-              "l2": linear_probe.DEFAULT_L2, "steps": linear_probe.DEFAULT_STEPS},
-    # dims: feature counts; None = halving from the embedding dim down to 8.
-    "baselines": {"methods": baselines.METHODS, "dims": None, "seeds": 1,
-                  "l2": linear_probe.DEFAULT_L2,
-                  "steps": linear_probe.DEFAULT_STEPS},
-}
 
+def settings(config: ml_collections.ConfigDict, mode: str,
+             defaults: dict[str, Any]) -> dict[str, Any]:
+  """config.<mode> over the evaluator's DEFAULTS; unknown fields are an error.
 
-def settings(config: ml_collections.ConfigDict, mode: str) -> dict[str, Any]:
-  """config.<mode> over DEFAULTS[mode]; unknown fields are an error."""
+  The section is optional: a config without it gets the defaults.
+  """
   section = dict(config.get(mode) or {})
-  unknown = set(section) - set(DEFAULTS[mode])
+  unknown = set(section) - set(defaults)
   if unknown:
     raise ValueError(f"unknown config.{mode} fields {sorted(unknown)}; "
-                     f"known: {sorted(DEFAULTS[mode])}")
-  return {**DEFAULTS[mode], **section}
+                     f"known: {sorted(defaults)}")
+  return {**defaults, **section}
 
 
 def _exported_dir(config: ml_collections.ConfigDict, workdir: str,
@@ -70,20 +61,42 @@ def _exported_dirs(config: ml_collections.ConfigDict,
                for split in (config.data.train_split, config.data.eval_split))
 
 
-def _retrieval(train_dir: str, eval_dir: str) -> dict[str, Any]:
-  database, db_labels, queries, q_labels, meta = (
-      embedding_files.load_database_and_queries(train_dir, eval_dir))
-  dims = meta["nesting"]
-  ks = tuple(k for k in RETRIEVAL_KS if k <= len(database))
-  index = search.build_index(database, boundaries=dims, normalize=True)
-  out = retrieval.evaluate_per_dim(index, queries.astype(np.float32),
-                                   q_labels, db_labels, dims, ks)
-  return {"nesting": dims, "step": meta["step"], **out}
+def _write_summary(workdir: str, mode: str,
+                   result: dict[str, Any]) -> dict[str, Any]:
+  atomic_files.write_json(os.path.join(workdir, f"{mode}_summary.json"),
+                          result)
+  return result
 
 
-def _adaptive(config: ml_collections.ConfigDict,
+def knn(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+  """--mode=knn: k-NN accuracy per dim, settings in config.knn."""
+  opts = settings(config, "knn", knn_lib.DEFAULTS)
+  result = knn_lib.evaluate_exported(*_exported_dirs(config, workdir),
+                                     ks=tuple(opts["ks"]))
+  return _write_summary(workdir, "knn", result)
+
+
+def retrieval(config: ml_collections.ConfigDict,
               workdir: str) -> dict[str, Any]:
-  opts = settings(config, "adaptive")
+  """--mode=retrieval: mAP@k, P@k, R@k per dim, settings in
+  config.retrieval."""
+  opts = settings(config, "retrieval", retrieval_lib.DEFAULTS)
+  database, db_labels, queries, q_labels, meta = (
+      embedding_files.load_database_and_queries(
+          *_exported_dirs(config, workdir)))
+  dims = meta["nesting"]
+  ks = tuple(k for k in opts["ks"] if k <= len(database))
+  index = search.build_index(database, boundaries=dims, normalize=True)
+  out = retrieval_lib.evaluate_per_dim(index, queries.astype(np.float32),
+                                       q_labels, db_labels, dims, ks)
+  return _write_summary(workdir, "retrieval",
+                        {"nesting": dims, "step": meta["step"], **out})
+
+
+def adaptive(config: ml_collections.ConfigDict,
+             workdir: str) -> dict[str, Any]:
+  """--mode=adaptive: the MRL-AC cascade, settings in config.adaptive."""
+  opts = settings(config, "adaptive", adaptive_classification.DEFAULTS)
   if config.loss.name != "softmax":
     raise ValueError("adaptive classification thresholds max-softmax "
                      f"confidences; config.loss.name={config.loss.name!r} "
@@ -104,11 +117,12 @@ def _adaptive(config: ml_collections.ConfigDict,
     out[f"smallest_{cost}_matching_full_dim"] = match
   out.update(adaptive_classification.as_scalars(out, "adaptive"))
   out.update(step=meta["step"], tta=bool(opts["tta"]))
-  return out
+  return _write_summary(workdir, "adaptive", out)
 
 
-def _probe(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
-  opts = settings(config, "probe")
+def probe(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+  """--mode=probe: few-shot linear probes, settings in config.probe."""
+  opts = settings(config, "probe", linear_probe.DEFAULTS)
   database, db_labels, queries, q_labels, meta = (
       embedding_files.load_database_and_queries(
           *_exported_dirs(config, workdir)))
@@ -117,38 +131,25 @@ def _probe(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
       config.data.num_classes, shots=tuple(opts["shots"]),
       seeds=int(opts["seeds"]), l2=float(opts["l2"]),
       steps=int(opts["steps"]))
-  return {**out, "step": meta["step"], "head": meta.get("head")}
+  return _write_summary(workdir, "probe",
+                        {**out, "step": meta["step"], "head": meta.get("head")})
 
 
-def _baselines(config: ml_collections.ConfigDict,
-               workdir: str) -> dict[str, Any]:
-  opts = settings(config, "baselines")
+def baselines(config: ml_collections.ConfigDict,
+              workdir: str) -> dict[str, Any]:
+  """--mode=baselines: SVD and random features, settings in
+  config.baselines."""
+  opts = settings(config, "baselines", baselines_lib.DEFAULTS)
   database, db_labels, queries, q_labels, meta = (
       embedding_files.load_database_and_queries(
           *_exported_dirs(config, workdir)))
   dims = opts["dims"] or nesting.default_nesting(database.shape[1])
-  out = baselines.evaluate(
+  out = baselines_lib.evaluate(
       database, db_labels, queries, q_labels, dims, config.data.num_classes,
       methods=tuple(opts["methods"]), seeds=int(opts["seeds"]),
       l2=float(opts["l2"]), steps=int(opts["steps"]))
-  return {**out, "step": meta["step"], "head": meta.get("head")}
-
-
-def run(mode: str, config: ml_collections.ConfigDict,
-        workdir: str) -> dict[str, Any]:
-  """Runs evaluator `mode` (one of MODES) on workdir's exports."""
-  if mode not in MODES:
-    raise ValueError(f"unknown evaluator {mode!r}; use one of {MODES}")
-  if mode in ("knn", "retrieval"):
-    train_dir, eval_dir = _exported_dirs(config, workdir)
-    result = (knn.evaluate_exported(train_dir, eval_dir) if mode == "knn"
-              else _retrieval(train_dir, eval_dir))
-  else:
-    result = {"adaptive": _adaptive, "probe": _probe,
-              "baselines": _baselines}[mode](config, workdir)
-  atomic_files.write_json(os.path.join(workdir, f"{mode}_summary.json"),
-                          result)
-  return result
+  return _write_summary(workdir, "baselines",
+                        {**out, "step": meta["step"], "head": meta.get("head")})
 
 
 def format_result(result: dict[str, Any]) -> str:

@@ -5,6 +5,7 @@ import pytest
 
 from mrl_jax import config_lib
 from mrl_jax import sharding
+from mrl_jax.mrl import nesting
 
 
 def test_parse_arg_types_and_flags():
@@ -56,3 +57,39 @@ def test_load_config_reads_file_and_argument():
   assert config_lib.load_config(path).model.kwargs.blurpool is True
   with pytest.raises(ValueError, match="does not exist"):
     config_lib.load_config("configs/nope.py:smoke")
+
+
+def test_parse_arg_names_a_value_of_the_wrong_type():
+  with pytest.raises(ValueError, match="config argument dim='abc' is not of "
+                     "type int; write e.g. dim=128"):
+    config_lib.parse_arg("dim=abc", dim=128)
+
+
+def test_check_field_accepts_real_fields_and_suggests_close_ones():
+  config = ml_collections.ConfigDict(
+      {"optimizer": {"learning_rate": 0.1, "name": "sgd"}, "batch_size": 8,
+       "mesh": (("data", -1),)})
+  for path in ("optimizer.learning_rate", "batch_size", "mesh[0]"):
+    config_lib.check_field(config, path)
+  with pytest.raises(ValueError, match=r"--config.optimizer.learning_rat "
+                     "names no config field; did you mean "
+                     "--config.optimizer.learning_rate"):
+    config_lib.check_field(config, "optimizer.learning_rat")
+  with pytest.raises(ValueError, match="--config.optimizer.lr names no "
+                     "config field; config.optimizer has learning_rate, name$"):
+    config_lib.check_field(config, "optimizer.lr")
+  with pytest.raises(ValueError, match="did you mean --config.batch_size\\?"):
+    config_lib.check_field(config, "batchsize")
+
+
+@pytest.mark.parametrize("weights,match", [
+    ((0, 0, 0), r"is all zero, so the loss is 0 and nothing trains"),
+    ((1, -1, 1), "has negative or non-finite entries"),
+    ((1, float("nan"), 1), "has negative or non-finite entries"),
+    ((1, 1), "has 2 entries for 3 nesting dims"),
+])
+def test_relative_importance_must_train_something(weights, match):
+  with pytest.raises(ValueError, match=f"{match}; set "
+                     r"config.mrl.relative_importance to 3 finite weights"):
+    nesting.validate_relative_importance(weights, 3)
+  assert nesting.validate_relative_importance((0, 0, 2), 3) == (0.0, 0.0, 2.0)

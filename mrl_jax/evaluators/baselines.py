@@ -20,6 +20,10 @@ from mrl_jax.evaluators import knn
 from mrl_jax.evaluators import linear_probe
 
 METHODS = ("svd", "random")
+# --mode=baselines' settings (config.baselines overrides them). dims: feature
+# counts, None = halving from the embedding dim down to 8.
+DEFAULTS = {"methods": METHODS, "dims": None, "seeds": 1,
+            "l2": linear_probe.DEFAULT_L2, "steps": linear_probe.DEFAULT_STEPS}
 
 
 def fit_svd(train_embeddings: Any) -> tuple[np.ndarray, np.ndarray]:

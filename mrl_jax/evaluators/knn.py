@@ -20,6 +20,10 @@ from mrl_jax import embedding_files
 from mrl_jax import search
 from mrl_jax.mrl import metrics
 
+# --mode=knn's settings (config.knn overrides them): neighbour counts.
+DEFAULTS = {"ks": (1, 10)}
+
+
 def majority_vote(neighbour_labels: np.ndarray,
                   chunk: int = 4096) -> np.ndarray:
   """Most frequent label per row; ties go to the class seen nearest.

@@ -36,6 +36,10 @@ from mrl_jax.mrl import metrics
 NORM_FLOOR = 1e-12
 DEFAULT_L2 = 1e-4
 DEFAULT_STEPS = 200
+# --mode=probe's settings (config.probe overrides them). shots: examples per
+# class, 0 = every train example.
+DEFAULTS = {"shots": (1, 5, 10, 0), "seeds": 3, "l2": DEFAULT_L2,
+            "steps": DEFAULT_STEPS}
 
 
 def prefix_features(embeddings: Any, dims: Sequence[int]) -> np.ndarray:

@@ -28,6 +28,9 @@ from mrl_jax import search as search_lib
 
 # Approximate images per ImageNet-1K class, hard-coded by the official code.
 PAPER_CLASS_SIZE = 1300
+# --mode=retrieval's settings (config.retrieval overrides them): the k of the
+# @k metrics; those above the database size are dropped.
+DEFAULTS = {"ks": (10, 25, 50, 100)}
 
 
 class Protocol(enum.Enum):

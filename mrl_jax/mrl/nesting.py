@@ -4,6 +4,7 @@ The paper halves from the embedding size d down to a low-information floor
 (8 for ResNet-50: {8, 16, ..., 2048}); ViT-B/16 uses {12, 24, ..., 768}.
 """
 from collections.abc import Sequence
+import math
 
 
 def default_nesting(embedding_dim: int, smallest: int = 8) -> tuple[int, ...]:
@@ -47,12 +48,25 @@ def validate_nesting(dims: Sequence[int], embedding_dim: int) -> tuple[int, ...]
 
 def validate_relative_importance(
     weights: Sequence[float] | None, num_dims: int) -> tuple[float, ...]:
-  """Returns c_m per nesting dim (default all ones, as in the paper)."""
+  """Returns c_m per nesting dim (default all ones, as in the paper).
+
+  Raises:
+    ValueError: not one finite, non-negative weight per dim, or all zero
+      (nothing would be trained).
+  """
   if weights is None:
     return (1.0,) * num_dims
   weights = tuple(float(w) for w in weights)
-  if len(weights) != num_dims or min(weights) < 0:
-    raise ValueError(
-        f"relative importance {weights} must have {num_dims} non-negative "
-        "entries, one per nesting dim; fix config.mrl.relative_importance")
+  fix = (f"set config.mrl.relative_importance to {num_dims} finite weights "
+         f">= 0, at least one positive, e.g. {(1.0,) * num_dims}, or leave it "
+         "None for all ones")
+  if len(weights) != num_dims:
+    raise ValueError(f"relative importance {weights} has {len(weights)} "
+                     f"entries for {num_dims} nesting dims; {fix}")
+  if not all(math.isfinite(w) and w >= 0 for w in weights):
+    raise ValueError(f"relative importance {weights} has negative or "
+                     f"non-finite entries; {fix}")
+  if not any(weights):
+    raise ValueError(f"relative importance {weights} is all zero, so the "
+                     f"loss is 0 and nothing trains; {fix}")
   return weights

@@ -25,7 +25,6 @@ refused. torch is only needed here (`pip install -e '.[torch]'`).
 from collections.abc import Mapping
 import os
 import re
-import sys
 from typing import Any
 
 from absl import logging
@@ -35,6 +34,8 @@ import ml_collections
 import numpy as np
 
 from mrl_jax import checkpointing
+from mrl_jax import config_lib
+from mrl_jax import errors
 from mrl_jax import optim
 from mrl_jax import platforms
 from mrl_jax import train
@@ -66,6 +67,9 @@ def load_state_dict(path: str) -> StateDict:
   import torch  # pylint: disable=import-outside-toplevel
   if not os.path.isfile(path):
     raise ValueError(f"checkpoint {path} does not exist; fix --checkpoint")
+  if not os.path.getsize(path):
+    raise ValueError(f"checkpoint {path} is empty; pass a file written by "
+                     "torch.save(model.state_dict(), path)")
   try:
     obj = torch.load(path, map_location="cpu", weights_only=True)
   except (pickle.UnpicklingError, RuntimeError, AttributeError) as e:
@@ -74,6 +78,13 @@ def load_state_dict(path: str) -> StateDict:
         f"refusing {path}: not a plain tensor state dict (torch.load with "
         f"weights_only=True said: {first}); only load files you trust, and "
         "re-save them as a state_dict") from None
+  except Exception as e:  # pylint: disable=broad-except
+    # Truncated or foreign bytes make torch's unpickler raise whatever they
+    # provoke (EOFError, KeyError, UnicodeDecodeError, ...).
+    raise ValueError(
+        f"checkpoint {path} is not a torch checkpoint (torch.load raised "
+        f"{type(e).__name__}); pass a file written by "
+        "torch.save(model.state_dict(), path)") from None
   if isinstance(obj, Mapping) and isinstance(obj.get("state_dict"), Mapping):
     obj = obj["state_dict"]
   if not isinstance(obj, Mapping):
@@ -312,8 +323,8 @@ def main(argv: list[str]) -> None:
   try:
     directory = import_checkpoint(flags_.checkpoint, flags_.config,
                                   flags_.workdir)
-  except ValueError as e:
-    sys.exit(f"mrl_jax: error: {e}")
+  except (ValueError, OSError) as e:
+    errors.exit_with(e)
   print(f"wrote {directory}; evaluate it with python -m mrl_jax.main "
         f"--mode=eval --workdir={flags_.workdir} and the same --config")
 
@@ -321,10 +332,8 @@ def main(argv: list[str]) -> None:
 def _define_flags() -> None:
   # pylint: disable=import-outside-toplevel
   from absl import flags
-  from ml_collections import config_flags
-  config_flags.DEFINE_config_file(
-      "config", None, "Config of the imported model (the one eval uses).",
-      lock_config=True)
+  config_lib.define_config_flag(
+      "config", "Config of the imported model (the one eval uses).")
   flags.DEFINE_string("checkpoint", None, "Official PyTorch .pt state dict.")
   flags.DEFINE_string("workdir", None, "Where to write the checkpoint.")
   flags.mark_flags_as_required(["config", "checkpoint", "workdir"])
@@ -333,4 +342,4 @@ def _define_flags() -> None:
 if __name__ == "__main__":
   from absl import app as _app  # pylint: disable=g-import-not-at-top
   _define_flags()
-  _app.run(main)
+  _app.run(main, flags_parser=errors.parse_flags)
