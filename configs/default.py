@@ -23,16 +23,14 @@ import ml_collections
 from ml_collections import config_dict
 
 from mrl_jax import config_lib
-from mrl_jax.mrl import nesting
 
 _DIM, _SMOKE_DIM = 128, 32
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+  # dim=0: the default width (_DIM, or _SMOKE_DIM with smoke).
   arg = config_lib.parse_arg(arg, smoke=False, head="mrl", dim=0)
   dim = arg.dim or (_SMOKE_DIM if arg.smoke else _DIM)
-  if arg.head != "ff":
-    _check_default_nesting(dim)
   config = config_lib.base_config(total_epochs=4, batch_size=128,
                                   eval_batch_size=1000)
   config.data = config_lib.data_section(
@@ -52,17 +50,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   if arg.smoke:
     _smoke(config)
   return config
-
-
-def _check_default_nesting(dim: int) -> None:
-  """Refuses a width whose default nesting list has a single entry."""
-  dims = nesting.default_nesting(dim)
-  if len(dims) < 2:
-    raise ValueError(
-        f"dim={dim} gives the one-entry nesting list {dims} (it halves from "
-        "dim down to 8); pick a dim that halves at least once (e.g. 16), or "
-        f"keep dim={dim} and set --config.mrl.nesting_dims (e.g. "
-        f"'(2, 4, {dim})')")
 
 
 def _add_offline_modes(config: ml_collections.ConfigDict) -> None:

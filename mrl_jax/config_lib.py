@@ -144,9 +144,9 @@ def _typed(key: str, value: str, default: Any) -> Any:
   try:
     return type(default)(value)
   except ValueError:
+    kind = type(default).__name__
     raise ValueError(f"config argument {key}={value!r} is not of type "
-                     f"{type(default).__name__}; write e.g. {key}={default}"
-                     ) from None
+                     f"{kind}; write {key}=<{kind}>") from None
 
 
 def steps(prefix: str, config: ml_collections.ConfigDict,

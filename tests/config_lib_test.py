@@ -61,7 +61,7 @@ def test_load_config_reads_file_and_argument():
 
 def test_parse_arg_names_a_value_of_the_wrong_type():
   with pytest.raises(ValueError, match="config argument dim='abc' is not of "
-                     "type int; write e.g. dim=128"):
+                     "type int; write dim=<int>"):
     config_lib.parse_arg("dim=abc", dim=128)
 
 

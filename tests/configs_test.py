@@ -67,9 +67,15 @@ def test_default_smoke_keeps_the_dim_argument(config_module):
 @pytest.mark.parametrize("arg", ["dim=7", "dim=12", "smoke,dim=9"])
 def test_default_refuses_a_dim_with_one_nesting_dim(arg, config_module):
   with pytest.raises(ValueError) as e:
-    config_module("default").get_config(arg)
+    train.setup(config_module("default").get_config(arg))
   assert "\n" not in str(e.value)
   assert "--config.mrl.nesting_dims" in str(e.value)
+
+
+def test_one_nesting_dim_is_fixed_by_the_nesting_list_it_names(config_module):
+  config = config_module("default").get_config("dim=7")
+  config.mrl.nesting_dims = (2, 4, 7)
+  assert train.setup(config).nesting_dims == (2, 4, 7)
 
 
 def test_default_ff_head_takes_any_dim(config_module):

@@ -51,7 +51,7 @@ def error_line(proc) -> str:
 
 @pytest.mark.parametrize("config,match", [
     (f"{DEFAULT}:dim=abc",
-     "config argument dim='abc' is not of type int; write e.g. dim=128"),
+     "config argument dim='abc' is not of type int; write dim=<int>"),
     (f"{DEFAULT}:foo=1", "unknown config argument 'foo'; known: dim, head"),
     (os.path.join(REPO, "configs", "nope.py"),
      "nope.py does not exist; pass --config=path/to/config.py"),

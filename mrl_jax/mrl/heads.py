@@ -170,6 +170,12 @@ def build_head(head_type: str, embedding_dim: int, num_classes: int,
     dims = (k,)
   elif nesting_dims is None:
     dims = nesting_lib.default_nesting(embedding_dim)
+    if len(dims) < 2:  # MRL with one dim is FF-d under another name
+      raise ValueError(
+          f"embedding dim {embedding_dim} gives the one-entry default nesting "
+          f"list {dims} (it halves from d down to 8); set "
+          f"--config.mrl.nesting_dims (e.g. '(2, 4, {embedding_dim})') or use "
+          "a dim that halves at least once (e.g. 16)")
   else:
     dims = nesting_lib.validate_nesting(nesting_dims, embedding_dim)
   return NestedHead(head_type, dims, num_classes, implementation)
