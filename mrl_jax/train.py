@@ -84,8 +84,7 @@ def _fingerprint(config: ml_collections.ConfigDict,
   """
   fingerprint = {"model": config.model.name,
                  "model_kwargs": dict(config.model.get("kwargs", {})),
-                 "head": config.mrl.head,
-                 "nesting_dims": list(dims),
+                 "head": config.mrl.head, "nesting_dims": list(dims),
                  "num_classes": config.data.num_classes,
                  "dataset": config.data.name,
                  "optimizer": {"name": config.optimizer.name,
@@ -242,14 +241,14 @@ def _finish(config, s: Setup, eval_step, state, workdir: str,
   `writer` None (--mode=eval): nothing is added to metrics.jsonl.
   """
   summary = _run_eval(config, s, eval_step, state)
-  if writer:
+  if writer is not None:
     writer.write(summary["step"], classification.as_scalars(summary, "val"))
   # Eval-only sets (ImageNet-V2/R/A/Sketch), R and A scored on their classes.
   for label, data_cfg in pipeline.extra_eval_sets(config.data).items():
     subset = class_subsets.get(data_cfg.class_subset)
     extra = _run_eval(config, s, _jit_eval_step(s, state_sh, subset), state,
                       data_cfg)
-    if writer:
+    if writer is not None:
       writer.write(extra["step"], classification.as_scalars(extra, label))
     summary.setdefault("extra_eval", {})[label] = extra
   if jax.process_index() == 0:
