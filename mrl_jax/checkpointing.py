@@ -168,8 +168,7 @@ class Checkpointer:
 
   def _skip(self, step: int, error: Exception) -> None:
     """Sets an unreadable checkpoint aside (trainer) or passes it (reader)."""
-    reason = f"{type(error).__name__}: {str(error).splitlines()[0][:200]}" if (
-        str(error)) else type(error).__name__
+    reason = _one_line(error)
     if not os.path.isdir(self._step_dir(step)):
       logging.warning("checkpoint at step %d vanished while it was read "
                       "(another run removed it); trying the previous one", step)
@@ -218,8 +217,7 @@ class Checkpointer:
   def _fail(self, what: str, error: Exception) -> None:
     self.abandon()
     raise errors.RunError(
-        f"{what} in {self.directory} failed ({type(error).__name__}: "
-        f"{str(error).splitlines()[0][:200] if str(error) else ''}); the run "
+        f"{what} in {self.directory} failed ({_one_line(error)}); the run "
         "stopped: make the directory writable (or free space) and rerun to "
         "resume from the last checkpoint") from error
 
@@ -233,8 +231,9 @@ class Checkpointer:
     can exit), logging rather than raising a save error of their own."""
     try:
       self._manager.close()
-    except Exception:  # pylint: disable=broad-except
-      logging.exception("closing the checkpoints in %s", self.directory)
+    except Exception as e:  # pylint: disable=broad-except
+      logging.warning("closing the checkpoints in %s: %s", self.directory,
+                      _one_line(e))
 
   def _write_checksums(self) -> None:
     """Orbax's post-finalization hook: hashes the finished temporary folder.
@@ -267,6 +266,13 @@ class Checkpointer:
     for name, digest in sums.items():
       if _sha256(os.path.join(self._step_dir(step), name)) != digest:
         raise UnreadableCheckpointError(f"{name} does not match its sha256")
+
+
+def _one_line(error: Exception) -> str:
+  """'OSError: [Errno 30] ...': the type and the first line of the message."""
+  lines = str(error).strip().splitlines()
+  return f"{type(error).__name__}: {lines[0][:200]}" if lines else (
+      type(error).__name__)
 
 
 def _files(root: str) -> list[str]:

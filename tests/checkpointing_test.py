@@ -6,6 +6,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 
 import jax.numpy as jnp
 import numpy as np
@@ -157,6 +158,25 @@ def test_failed_save_is_a_run_error(tmp_path):
   with pytest.raises(errors.RunError, match=r"checkpoint at step 2 .* failed"):
     ckpt.save(2, state(), "{}")
     ckpt.wait()
+
+
+def test_failed_asynchronous_save_surfaces_at_wait_and_joins_threads(
+    tmp_path, monkeypatch):
+  def disk_error(path):
+    raise OSError(5, "Input/output error", path)
+
+  monkeypatch.setattr(checkpointing, "_sha256", disk_error)  # Orbax's thread
+  ckpt = checkpointing.Checkpointer(str(tmp_path / "c"), ADAMW)
+  ckpt.save(1, state(), "{}")
+  with pytest.raises(errors.RunError,
+                     match=r"finishing the checkpoint at step 1 .* failed "
+                     r"\(OSError: \[Errno 5\] Input/output error"):
+    ckpt.wait()
+  # Nothing left for the interpreter to wait for at exit.
+  assert [t.name for t in threading.enumerate()
+          if t.is_alive() and not t.daemon
+          and t is not threading.main_thread()] == []
+  assert not os.path.exists(tmp_path / "c" / "1")
 
 
 def image_folder_config(config_module, root):

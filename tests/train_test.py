@@ -25,11 +25,13 @@ LAUNCH = [sys.executable, "-m", "mrl_jax.main"]
 
 pytestmark = pytest.mark.slow
 
-# Runs the real launcher, but SIGKILLs the process when it is about to write
-# its second checkpoint (after the first one is safely on disk): the work of
-# steps 5..8 is lost, as in a pre-empted job.
-KILL_AT_SECOND_SAVE = """
-import os, signal, sys
+
+def at_second_save(action):
+  """The real launcher, running `action` (code using `self`, the
+  Checkpointer) when it is about to write its second checkpoint, after the
+  first one is safely on disk."""
+  return f"""
+import os, shutil, signal, sys
 from absl import app
 from mrl_jax import checkpointing, main
 original_save = checkpointing.Checkpointer.save
@@ -38,7 +40,7 @@ def save(self, step, state, config_json):
   calls.append(step)
   if len(calls) == 2:
     self.wait()
-    os.kill(os.getpid(), signal.SIGKILL)
+    {action}
   original_save(self, step, state, config_json)
 checkpointing.Checkpointer.save = save
 sys.argv = ["mrl_jax.main"] + sys.argv[1:]
@@ -46,26 +48,12 @@ app.run(main.main)
 """
 
 
-# The launcher, with the checkpoint directory replaced by a file once the
-# first checkpoint is on disk: the second save fails, as on a vanished or
-# read-only disk (chmod does not stop root, who runs the tests).
-BREAK_DIR_AT_SECOND_SAVE = """
-import os, shutil, sys
-from absl import app
-from mrl_jax import checkpointing, main
-original_save = checkpointing.Checkpointer.save
-calls = []
-def save(self, step, state, config_json):
-  calls.append(step)
-  if len(calls) == 2:
-    self.wait()
-    shutil.rmtree(self.directory)
-    open(self.directory, "w").close()
-  original_save(self, step, state, config_json)
-checkpointing.Checkpointer.save = save
-sys.argv = ["mrl_jax.main"] + sys.argv[1:]
-app.run(main.main)
-"""
+# SIGKILLed: the work of steps 5..8 is lost, as in a pre-empted job.
+KILL_AT_SECOND_SAVE = at_second_save("os.kill(os.getpid(), signal.SIGKILL)")
+# The checkpoint directory becomes a file: the second save fails, as on a
+# vanished or read-only disk (chmod does not stop root, who runs the tests).
+BREAK_DIR_AT_SECOND_SAVE = at_second_save(
+    "shutil.rmtree(self.directory); open(self.directory, 'w').close()")
 
 # The launcher on a workdir where nothing can be written.
 READ_ONLY_WORKDIR = """
