@@ -145,8 +145,8 @@ class Checkpointer:
     for step in sorted(self._manager.all_steps(), reverse=True):
       try:
         self._check_fingerprint(self._read_meta(step))
+        self._check_layout(step, abstract)  # a mismatch before any damage
         self._verify_checksums(step)
-        self._check_layout(step, abstract)
         restored = self._manager.restore(step, args=ocp.args.Composite(
             state=ocp.args.StandardRestore(abstract)))
         return restored["state"], step

@@ -32,14 +32,19 @@ def exclusive(workdir: str, mode: str, primary: bool = True) -> Iterator[None]:
     primary: False on processes other than 0 of a multi-process run: they
       share process 0's workdir and lock nothing.
   Raises:
-    errors.RunError: another live process holds the lock.
+    errors.RunError: another live process holds the lock, or workdir is not
+      writable.
   """
   if not primary:
     yield
     return
-  os.makedirs(workdir, exist_ok=True)
   path = os.path.join(workdir, LOCK_NAME)
-  fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+  try:
+    os.makedirs(workdir, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+  except OSError as e:
+    raise errors.RunError(f"cannot create {path} ({e.strerror or e}); a run "
+                          "needs a writable --workdir") from e
   try:
     try:
       fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

@@ -210,6 +210,13 @@ def test_second_holder_of_the_lock_is_refused_naming_the_first(tmp_path):
     pass  # released
 
 
+def test_unwritable_workdir_is_a_run_error(tmp_path):
+  (tmp_path / "file").write_text("")
+  with pytest.raises(errors.RunError, match="cannot create .*file/lock"):
+    with workdir_lock.exclusive(str(tmp_path / "file"), "train"):
+      pass
+
+
 def test_lock_of_a_killed_run_is_free(tmp_path):
   holder = subprocess.Popen(
       [sys.executable, "-c",
