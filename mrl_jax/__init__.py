@@ -18,7 +18,9 @@ Where things live:
   encoder.py          encoder bundles (mode=export_encoder), load_encoder(path)
   tools/import_torch.py  official PyTorch checkpoints -> mrl_jax checkpoint
   embedding_eval.py   knn / retrieval / adaptive / probe / baselines modes
-  checkpointing.py    Orbax CheckpointManager wrapper (resume, corruption fallback)
+  checkpointing.py    Orbax CheckpointManager wrapper (resume, mismatch vs
+                      damage, checksums, failed saves)
+  workdir_lock.py     one trainer per workdir (flock on DIR/lock)
   evaluators/         per-nesting-dim evaluation
   search/             exact top-k over nested prefixes (adaptive / funnel
                       retrieval): index, plan, topk kernels, scan placement

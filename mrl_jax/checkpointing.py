@@ -3,8 +3,8 @@
 Each checkpoint holds two items: `state` (the TrainState, restored onto the
 current mesh from an abstract target that carries shardings) and `meta`
 (JSON: the run's fingerprint, nesting list and config), plus
-`checksums.json` (the sha256 of every file, written before Orbax renames the
-finished checkpoint into place). Restoring tells two failures apart:
+`checksums.json` (the sha256 of every file of the two items, written before
+Orbax renames the finished checkpoint into place). Restoring tells two failures apart:
   * a checkpoint that does not match the config (fingerprint, or the train
     state's tree, shapes and dtypes from Orbax's metadata) stops the run with
     one line naming what differs; nothing is moved;
@@ -118,7 +118,7 @@ class Checkpointer:
 
   def _check_fingerprint(self, meta: dict[str, Any]) -> None:
     # Facts a checkpoint lacks were not recorded by the version that wrote
-    # it; the state's tree check below still covers what they change.
+    # it; restore_latest's check of the state's tree covers what they change.
     theirs = meta.get("fingerprint", {})
     diffs = [f"{k}: checkpoint {theirs[k]!r} vs config {v!r}"
              for k, v in _jsonable(self.fingerprint).items()
