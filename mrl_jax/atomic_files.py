@@ -18,3 +18,10 @@ def write_npz(path: str, **arrays: np.ndarray) -> None:
   tmp = f"{path}.tmp.npz"  # np.savez appends .npz to names without it
   np.savez(tmp, **arrays)
   os.replace(tmp, path)
+
+
+def write_text(path: str, text: str) -> None:
+  tmp = f"{path}.tmp"
+  with open(tmp, "w") as f:
+    f.write(text)
+  os.replace(tmp, path)

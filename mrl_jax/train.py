@@ -5,6 +5,7 @@ wrong is checked in `setup` before any dataset is opened or anything compiled.
 """
 import dataclasses
 import functools
+import json
 import os
 import time
 from typing import Any
@@ -17,11 +18,13 @@ import optax
 from mrl_jax import atomic_files
 from mrl_jax import checkpointing
 from mrl_jax import config_lib
+from mrl_jax import errors
 from mrl_jax import metric_writer
 from mrl_jax import optim
 from mrl_jax import sharding
 from mrl_jax import sharding_rules
 from mrl_jax import train_step as step_lib
+from mrl_jax import workdir_lock
 from mrl_jax.data import pipeline
 from mrl_jax.evaluators import class_subsets
 from mrl_jax.evaluators import classification
@@ -67,13 +70,29 @@ def setup(config: ml_collections.ConfigDict,
   rules = sharding_rules.from_config(config.get("sharding"))
   _check_grad_accum(config, mesh)
   optim.build_optimizer(config.optimizer, 1, 1)  # validates optimizer fields
+  return Setup(model, dims, weights, loss_fn, mesh, _fingerprint(config, dims),
+               rules, config.get("grad_accum_steps", 1))
+
+
+def _fingerprint(config: ml_collections.ConfigDict,
+                 dims: tuple[int, ...]) -> dict[str, Any]:
+  """What a checkpoint must share with the config to be resumed or read.
+
+  The optimizer's name and state dtype decide what its state holds (the
+  restore also compares the whole state tree); class names decide which
+  label each logit means (an image folder's classes, sorted).
+  """
   fingerprint = {"model": config.model.name,
                  "model_kwargs": dict(config.model.get("kwargs", {})),
                  "head": config.mrl.head, "nesting_dims": list(dims),
                  "num_classes": config.data.num_classes,
-                 "dataset": config.data.name}
-  return Setup(model, dims, weights, loss_fn, mesh, fingerprint, rules,
-               config.get("grad_accum_steps", 1))
+                 "dataset": config.data.name,
+                 "optimizer": {"name": config.optimizer.name,
+                               "state_dtype": config.optimizer.get(
+                                   "state_dtype", "float32")}}
+  if config.data.get("class_names"):
+    fingerprint["class_names"] = list(config.data.class_names)
+  return fingerprint
 
 
 def _check_eval_batch_size(eval_batch: Any, mesh: jax.sharding.Mesh) -> None:
@@ -147,7 +166,7 @@ def abstract_train_state(s: Setup, config: ml_collections.ConfigDict,
 def _init_or_restore(s: Setup, config: ml_collections.ConfigDict,
                      tx: optax.GradientTransformation,
                      ckpt: checkpointing.Checkpointer, image_shape):
-  """Resumes from the newest readable checkpoint, else initialises."""
+  """Resumes from the newest readable checkpoint, else initialises (train)."""
   init, rng, target = abstract_train_state(s, config, tx, image_shape)
   shardings = jax.tree.map(lambda t: t.sharding, target)
   restored = ckpt.restore_latest(target)
@@ -164,10 +183,13 @@ def _raise_if_nonfinite(state: step_lib.TrainState,
   bad = int(state.nonfinite_step)
   if bad >= 0:
     ckpt.wait()
+    last = ckpt.latest_step()
+    kept = ("no checkpoint was saved" if last is None else
+            f"last good checkpoint: step {last}")
     raise FloatingPointError(
         f"non-finite loss or gradient at step {bad + 1}; stopped without "
-        f"saving it (last good checkpoint: step {ckpt.latest_step()}); lower "
-        "config.optimizer.learning_rate or check the input data")
+        f"saving it ({kept}); lower config.optimizer.learning_rate or check "
+        "the input data")
 
 
 def jit_train_step(s: Setup, tx, state_shardings, seed: int):
@@ -224,33 +246,83 @@ def _run_eval(config, s: Setup, eval_step, state,
 
 
 def _finish(config, s: Setup, eval_step, state, workdir: str,
-            writer: metric_writer.MetricWriter,
+            writer: metric_writer.MetricWriter | None,
             state_sh: Any) -> dict[str, Any]:
+  """The final evaluation, on every eval set; writes the summary.
+
+  `writer` None (--mode=eval): nothing is added to metrics.jsonl.
+  """
   summary = _run_eval(config, s, eval_step, state)
-  writer.write(summary["step"], classification.as_scalars(summary, "val"))
+  if writer is not None:
+    writer.write(summary["step"], classification.as_scalars(summary, "val"))
   # Eval-only sets (ImageNet-V2/R/A/Sketch), R and A scored on their classes.
   for label, data_cfg in pipeline.extra_eval_sets(config.data).items():
     subset = class_subsets.get(data_cfg.class_subset)
     extra = _run_eval(config, s, _jit_eval_step(s, state_sh, subset), state,
                       data_cfg)
-    writer.write(extra["step"], classification.as_scalars(extra, label))
+    if writer is not None:
+      writer.write(extra["step"], classification.as_scalars(extra, label))
     summary.setdefault("extra_eval", {})[label] = extra
   if jax.process_index() == 0:
-    atomic_files.write_json(os.path.join(workdir, "eval_summary.json"),
-                            summary)
+    _write_summary(workdir, summary, must=writer is not None)
   return summary
+
+
+def _write_summary(workdir: str, summary: dict[str, Any], must: bool) -> None:
+  """Writes DIR/eval_summary.json unless it holds a newer step.
+
+  Args:
+    must: a trainer's summary: failing to write it is a RunError. Otherwise
+      (--mode=eval) a failure is a warning: the table is still printed.
+  """
+  path = os.path.join(workdir, "eval_summary.json")
+  try:
+    with open(path) as f:
+      newer = json.load(f).get("step", -1)
+  except (OSError, ValueError):
+    newer = -1
+  if newer > summary["step"]:
+    logging.warning("%s is of step %d, newer than this evaluation's step %d: "
+                    "kept it (this evaluation is only printed)", path, newer,
+                    summary["step"])
+    return
+  try:
+    atomic_files.write_json(path, summary)
+  except OSError as e:
+    if must:
+      raise errors.RunError(f"cannot write {path} ({e.strerror or e}); make "
+                            "the workdir writable and rerun") from e
+    logging.warning("cannot write %s (%s); the evaluation is only printed",
+                    path, e.strerror or e)
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict,
                        workdir: str) -> dict[str, Any]:
   """Trains (resuming from workdir if it has checkpoints), then evaluates.
 
+  Holds workdir's lock (one writer per workdir) while it runs.
+
   Returns:
     the final eval summary (also written to workdir/eval_summary.json).
+  Raises:
+    errors.RunError: another run holds workdir, or a save failed.
   """
   s = setup(config)
-  ckpt = checkpointing.Checkpointer(os.path.join(workdir, "checkpoints"),
-                                    s.fingerprint, config.keep_checkpoints)
+  with workdir_lock.exclusive(workdir, "train", jax.process_index() == 0):
+    ckpt = checkpointing.Checkpointer(
+        os.path.join(workdir, "checkpoints"), s.fingerprint,
+        config.keep_checkpoints)
+    try:
+      summary = _train(config, s, ckpt, workdir)
+    except BaseException:
+      ckpt.abandon()
+      raise
+    ckpt.close()
+  return summary
+
+
+def _train(config: ml_collections.ConfigDict, s: Setup,
+           ckpt: checkpointing.Checkpointer, workdir: str) -> dict[str, Any]:
   ckpt.check_compatible()
   source = pipeline.open_source(config.data, config.data.train_split)
   for data_cfg in pipeline.extra_eval_sets(config.data).values():
@@ -266,8 +338,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
                                      pipeline.image_shape(config.data, source))
   train_step = jit_train_step(s, tx, state_sh, config.seed)
   eval_step = _jit_eval_step(s, state_sh)
-  writer = metric_writer.MetricWriter(workdir)
   start = int(state.step)
+  writer = metric_writer.MetricWriter(workdir, resume_step=start)
   batches = pipeline.train_batches(config.data, source, config.batch_size,
                                    config.seed, start,
                                    sharding.batch_sharding(s.mesh))
@@ -301,7 +373,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   ckpt.wait()
   summary = _finish(config, s, eval_step, state, workdir, writer, state_sh)
   writer.close()
-  ckpt.close()
   return summary
 
 
@@ -309,34 +380,47 @@ def restore_latest(config: ml_collections.ConfigDict, workdir: str
                    ) -> tuple[Setup, step_lib.TrainState, Any]:
   """Validated setup and the latest checkpoint's state, for inference modes.
 
+  Reads only: takes no lock, moves nothing; an unreadable checkpoint, or one
+  a trainer removes meanwhile, is skipped for the previous one.
+
   Returns:
     (setup, state, state shardings).
   Raises:
-    ValueError: if workdir has no checkpoint or holds an incompatible one.
+    errors.RunError: workdir has no readable checkpoint (never a fresh,
+      random model).
+    ValueError: its checkpoints do not match the config.
   """
   s = setup(config)
-  ckpt = checkpointing.Checkpointer(os.path.join(workdir, "checkpoints"),
-                                    s.fingerprint, config.keep_checkpoints)
+  directory = os.path.join(workdir, "checkpoints")
+  ckpt = checkpointing.Checkpointer(directory, s.fingerprint, read_only=True)
   if ckpt.latest_step() is None:
-    raise ValueError(f"no checkpoint in {workdir}/checkpoints; train first "
-                     "(--mode=train) or fix --workdir")
+    raise errors.RunError(f"no checkpoint in {directory}; train first "
+                          "(--mode=train) or fix --workdir")
   ckpt.check_compatible()
   source = pipeline.open_source(config.data, config.data.eval_split)
   # The optimizer state is restored too (one checkpoint format); its schedule
   # does not matter here.
   tx = optim.build_optimizer(config.optimizer, 1, 1)
-  state, state_sh = _init_or_restore(s, config, tx, ckpt,
-                                     pipeline.image_shape(config.data, source))
+  _, _, target = abstract_train_state(s, config, tx, pipeline.image_shape(
+      config.data, source))
+  restored = ckpt.restore_latest(target)
   ckpt.close()
-  return s, state, state_sh
+  if restored is None:
+    raise errors.RunError(
+        f"no readable checkpoint in {directory} (see the warnings above); "
+        "restore the files, or rerun --mode=train, which sets unreadable "
+        "checkpoints aside and trains on")
+  logging.info("restored the checkpoint at step %d", restored[1])
+  return s, restored[0], jax.tree.map(lambda t: t.sharding, target)
 
 
 def evaluate(config: ml_collections.ConfigDict,
              workdir: str) -> dict[str, Any]:
-  """Evaluates the latest checkpoint in workdir (mode=eval)."""
+  """Evaluates the latest checkpoint in workdir (mode=eval).
+
+  Read-only apart from DIR/eval_summary.json, which it writes unless that
+  holds a newer step or cannot be written (a warning either way).
+  """
   s, state, state_sh = restore_latest(config, workdir)
   eval_step = _jit_eval_step(s, state_sh)
-  writer = metric_writer.MetricWriter(workdir)
-  summary = _finish(config, s, eval_step, state, workdir, writer, state_sh)
-  writer.close()
-  return summary
+  return _finish(config, s, eval_step, state, workdir, None, state_sh)

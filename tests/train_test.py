@@ -6,6 +6,7 @@ it.
 """
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -16,6 +17,7 @@ import orbax.checkpoint as ocp
 import pytest
 
 from mrl_jax import embedding_files
+from mrl_jax import workdir_lock
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG = os.path.join(REPO, "configs", "default.py")
@@ -23,11 +25,13 @@ LAUNCH = [sys.executable, "-m", "mrl_jax.main"]
 
 pytestmark = pytest.mark.slow
 
-# Runs the real launcher, but SIGKILLs the process when it is about to write
-# its second checkpoint (after the first one is safely on disk): the work of
-# steps 5..8 is lost, as in a pre-empted job.
-KILL_AT_SECOND_SAVE = """
-import os, signal, sys
+
+def at_second_save(action):
+  """The real launcher, running `action` (code using `self`, the
+  Checkpointer) when it is about to write its second checkpoint, after the
+  first one is safely on disk."""
+  return f"""
+import os, shutil, signal, sys
 from absl import app
 from mrl_jax import checkpointing, main
 original_save = checkpointing.Checkpointer.save
@@ -36,7 +40,7 @@ def save(self, step, state, config_json):
   calls.append(step)
   if len(calls) == 2:
     self.wait()
-    os.kill(os.getpid(), signal.SIGKILL)
+    {action}
   original_save(self, step, state, config_json)
 checkpointing.Checkpointer.save = save
 sys.argv = ["mrl_jax.main"] + sys.argv[1:]
@@ -44,11 +48,32 @@ app.run(main.main)
 """
 
 
-def launch(workdir, *flags, arg="smoke", script=None, check=True):
+# SIGKILLed: the work of steps 5..8 is lost, as in a pre-empted job.
+KILL_AT_SECOND_SAVE = at_second_save("os.kill(os.getpid(), signal.SIGKILL)")
+# The checkpoint directory becomes a file: the second save fails, as on a
+# vanished or read-only disk (chmod does not stop root, who runs the tests).
+BREAK_DIR_AT_SECOND_SAVE = at_second_save(
+    "shutil.rmtree(self.directory); open(self.directory, 'w').close()")
+
+# The launcher on a workdir where nothing can be written.
+READ_ONLY_WORKDIR = """
+import sys
+from absl import app
+from mrl_jax import atomic_files, main
+def read_only(*_):
+  raise OSError(30, "Read-only file system")
+atomic_files.write_json = read_only
+sys.argv = ["mrl_jax.main"] + sys.argv[1:]
+app.run(main.main)
+"""
+
+
+def launch(workdir, *flags, arg="smoke", script=None, check=True,
+           timeout=300):
   cmd = ([sys.executable, "-c", script] if script else LAUNCH) + [
       f"--config={CONFIG}:{arg}", f"--workdir={workdir}", *flags]
   proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True,
-                        timeout=300)
+                        timeout=timeout)
   if check and proc.returncode != 0:
     raise AssertionError(f"launcher failed ({proc.returncode}):\n"
                          f"{proc.stderr[-3000:]}")
@@ -118,6 +143,11 @@ def test_resume_after_sigkill_is_bitwise_identical(reference, tmp_path):
   assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["4"]
   proc = launch(workdir)
   assert "resumed from checkpoint at step 4" in proc.stderr
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    rows = [json.loads(line) for line in f]
+  # The step-8 row the killed run logged was logged again, not twice.
+  assert [r["step"] for r in rows if "train/loss" in r] == [4, 8, 12]
+  assert [r["step"] for r in rows if "val/top1/d=8" in r] == [12]
   resumed, uninterrupted = params_at(workdir, 12), params_at(reference[0], 12)
   flat_a, flat_b = (sorted(ocp.tree.to_flat_dict(t).items())
                     for t in (resumed, uninterrupted))
@@ -153,14 +183,21 @@ def test_unreadable_latest_checkpoint_falls_back(reference, copy_of):
     for name in files:
       with open(os.path.join(root, name), "r+b") as f:
         f.truncate(max(os.path.getsize(f.name) // 3, 1))
+  before = listing(workdir)
   proc = launch(workdir, "--mode=eval")
+  # A reader skips it and moves nothing; the summary of step 12 is kept.
   assert "checkpoint at step 12 is unreadable" in proc.stderr
+  assert "eval at step 8" in proc.stdout
+  assert "newer than this evaluation's step 8" in proc.stderr
   with open(os.path.join(workdir, "eval_summary.json")) as f:
-    assert json.load(f)["step"] == 8
-  # Set aside, not deleted.
+    assert json.load(f)["step"] == 12
+  assert listing(workdir) == before
+  # A trainer sets it aside, not deleted, and trains on from step 8.
+  proc = launch(workdir)
+  assert "resumed from checkpoint at step 8" in proc.stderr
   assert os.listdir(os.path.join(workdir, "checkpoints", "unreadable"))
   assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == [
-      "8", "unreadable"]
+      "12", "8", "unreadable"]
 
 
 def test_bad_nesting_list_is_one_line_error_before_any_work(tmp_path):
@@ -278,3 +315,73 @@ def test_adaptive_probe_and_baselines_modes(reference, copy_of):
     adaptive = json.load(f)
   assert adaptive["num_eval"] == 256 - 51 and len(adaptive["seeds"]) == 3
   assert 8.0 <= adaptive["expected_dim"]["32"] <= 32.0
+
+
+def last_line(proc):
+  return proc.stderr.strip().splitlines()[-1]
+
+
+def test_other_optimizer_is_refused_and_nothing_changes(reference, copy_of):
+  workdir = copy_of(reference[0])
+  before = listing(workdir)
+  with open(os.path.join(workdir, "eval_summary.json")) as f:
+    summary = f.read()
+  for mode in ("eval", "train"):
+    proc = launch(workdir, f"--mode={mode}", "--config.optimizer.name=sgd",
+                  check=False)
+    assert proc.returncode != 0
+    assert last_line(proc).startswith("mrl_jax: error:")
+    assert "optimizer: checkpoint" in last_line(proc)
+    assert "'sgd'" in last_line(proc)
+    assert listing(workdir) == before
+    with open(os.path.join(workdir, "eval_summary.json")) as f:
+      assert f.read() == summary
+
+
+def test_inference_modes_refuse_without_a_readable_checkpoint(
+    reference, copy_of):
+  workdir = copy_of(reference[0])
+  for step in ("8", "12"):
+    path = os.path.join(workdir, "checkpoints", step, "state", "_METADATA")
+    with open(path, "r+b") as f:
+      f.truncate(os.path.getsize(path) // 3)
+  before = listing(workdir)
+  for mode in ("eval", "export", "export_encoder"):
+    proc = launch(workdir, f"--mode={mode}", check=False)
+    assert proc.returncode != 0
+    assert last_line(proc).startswith("mrl_jax: error: no readable "
+                                      "checkpoint in")
+    assert listing(workdir) == before
+  assert not {"embeddings", "encoder"} & set(os.listdir(workdir))
+  with open(os.path.join(workdir, "eval_summary.json")) as f:
+    assert json.load(f)["step"] == 12
+
+
+def test_failed_save_stops_the_run_with_one_line(tmp_path):
+  workdir = str(tmp_path / "run")
+  proc = launch(workdir, script=BREAK_DIR_AT_SECOND_SAVE, check=False,
+                timeout=240)  # a hang fails here
+  assert proc.returncode == 1
+  assert re.match(r"mrl_jax: error: saving the checkpoint at step 8 in "
+                  r".*/checkpoints failed \(\w+Error", last_line(proc))
+  assert "step 12" not in proc.stderr  # training did not carry on
+  assert not os.path.exists(os.path.join(workdir, "eval_summary.json"))
+
+
+def test_second_trainer_is_refused_while_readers_go_on(reference, copy_of):
+  workdir = copy_of(reference[0])
+  with workdir_lock.exclusive(workdir, "train"):
+    proc = launch(workdir, check=False)
+    assert proc.returncode != 0
+    assert re.match(rf"mrl_jax: error: {workdir} is in use by another run "
+                    rf"\(pid {os.getpid()}, host \S+, mode train",
+                    last_line(proc))
+    proc = launch(workdir, "--mode=eval")
+    assert "eval at step 12" in proc.stdout
+
+
+def test_eval_prints_its_table_on_a_read_only_workdir(reference, copy_of):
+  workdir = copy_of(reference[0])
+  proc = launch(workdir, "--mode=eval", script=READ_ONLY_WORKDIR)
+  assert "eval at step 12" in proc.stdout and "top-1" in proc.stdout
+  assert "cannot write" in proc.stderr
