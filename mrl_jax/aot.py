@@ -154,29 +154,29 @@ def compile_train_step(config: ml_collections.ConfigDict,
     (compiled, facts): the compiled step and what the report needs about the
     run (mesh, batch, forward MACs per example, parameter count).
   """
-  s = train.setup(config, devices)
+  run_setup = train.setup(config, devices)
   # The schedule's constants do not change the program; durations in epochs
   # would need the dataset size, so count one step per epoch.
   total = config_lib.steps("total", config, 1)
   tx = optim.build_optimizer(config.optimizer, total, 1)
   spec = example_spec(config)
-  _, _, target = train.abstract_train_state(s, config, tx,
+  _, _, target = train.abstract_train_state(run_setup, config, tx,
                                             spec["image"].shape)
   shardings = jax.tree.map(lambda t: t.sharding, target)
-  step = train.jit_train_step(s, tx, shardings, config.seed)
-  batch = _batch(spec, config.batch_size, s.mesh)
+  step = train.jit_train_step(run_setup, tx, shardings, config.seed)
+  batch = _batch(spec, config.batch_size, run_setup.mesh)
   logging.info("lowering the train step for %d devices, mesh %s",
-               len(devices), dict(s.mesh.shape))
+               len(devices), dict(run_setup.mesh.shape))
   lowered = step.lower(target, batch)
   logging.info("compiling (XLA TPU)")
   compiled = lowered.compile()
   variables = {"params": target.params, "batch_stats": target.batch_stats}
   facts = {
-      "mesh": dict(s.mesh.shape),
+      "mesh": dict(run_setup.mesh.shape),
       "global_batch": config.batch_size,
       "image_shape": list(spec["image"].shape),
       "forward_macs_per_example": model_flops.model_macs(
-          s.model, variables, spec["image"].shape),
+          run_setup.model, variables, spec["image"].shape),
       "params": sum(int(np.prod(x.shape))
                     for x in jax.tree.leaves(target.params)),
   }

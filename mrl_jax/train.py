@@ -122,25 +122,27 @@ def _check_grad_accum(config: ml_collections.ConfigDict,
 
 
 def train_state_shardings(abstract_state: step_lib.TrainState,
-                          s: Setup) -> step_lib.TrainState:
+                          run_setup: Setup) -> step_lib.TrainState:
   """NamedShardings for every leaf of the train state, from config.sharding.
 
   Parameters follow the rules, optimizer state follows the parameters,
   BatchNorm statistics and counters are replicated (they are small).
   """
-  specs, notes = sharding_rules.param_specs(abstract_state.params,
-                                            s.sharding_rules, s.mesh)
+  specs, notes = sharding_rules.param_specs(
+      abstract_state.params, run_setup.sharding_rules, run_setup.mesh)
   for note in notes:
     logging.info("sharding: %s", note)
-  replicated = jax.tree.map(lambda _: sharding.replicated(s.mesh),
+  replicated = jax.tree.map(lambda _: sharding.replicated(run_setup.mesh),
                             abstract_state)
   return replicated.replace(
-      params=sharding_rules.named(specs, s.mesh),
-      opt_state=sharding_rules.named(sharding_rules.opt_state_specs(
-          abstract_state.opt_state, abstract_state.params, specs), s.mesh))
+      params=sharding_rules.named(specs, run_setup.mesh),
+      opt_state=sharding_rules.named(
+          sharding_rules.opt_state_specs(abstract_state.opt_state,
+                                         abstract_state.params, specs),
+          run_setup.mesh))
 
 
-def abstract_train_state(s: Setup, config: ml_collections.ConfigDict,
+def abstract_train_state(run_setup: Setup, config: ml_collections.ConfigDict,
                          tx: optax.GradientTransformation,
                          image_shape: tuple[int, ...]):
   """The train state as shapes, dtypes and shardings, without any arrays.
@@ -150,24 +152,24 @@ def abstract_train_state(s: Setup, config: ml_collections.ConfigDict,
     TrainState of `jax.ShapeDtypeStruct`s carrying the state's shardings
     (the restore target, and what `--mode=aot` compiles against).
   """
-  init = functools.partial(step_lib.create_train_state, s.model, tx,
+  init = functools.partial(step_lib.create_train_state, run_setup.model, tx,
                            image_shape=image_shape)
   # threefry init compiles slowly on CPU (seconds per kernel shape); rbg is
   # as good for initialisation and compiles in a fraction of the time.
   rng = jax.random.key(config.seed, impl="rbg")
   abstract = jax.eval_shape(init, rng)
-  shardings = train_state_shardings(abstract, s)
+  shardings = train_state_shardings(abstract, run_setup)
   target = jax.tree.map(
       lambda a, sh: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sh),
       abstract, shardings)
   return init, rng, target
 
 
-def _init_or_restore(s: Setup, config: ml_collections.ConfigDict,
+def _init_or_restore(run_setup: Setup, config: ml_collections.ConfigDict,
                      tx: optax.GradientTransformation,
                      ckpt: checkpointing.Checkpointer, image_shape):
   """Resumes from the newest readable checkpoint, else initialises (train)."""
-  init, rng, target = abstract_train_state(s, config, tx, image_shape)
+  init, rng, target = abstract_train_state(run_setup, config, tx, image_shape)
   shardings = jax.tree.map(lambda t: t.sharding, target)
   restored = ckpt.restore_latest(target)
   if restored is not None:
@@ -192,24 +194,25 @@ def _raise_if_nonfinite(state: step_lib.TrainState,
         "the input data")
 
 
-def jit_train_step(s: Setup, tx, state_shardings, seed: int):
+def jit_train_step(run_setup: Setup, tx, state_shardings, seed: int):
   """The sharded, jitted train step (also what `--mode=aot` compiles)."""
-  step = step_lib.make_train_step(s.model, tx, s.loss_fn,
-                                  s.relative_importance, seed,
-                                  s.grad_accum_steps)
+  step = step_lib.make_train_step(run_setup.model, tx, run_setup.loss_fn,
+                                  run_setup.relative_importance, seed,
+                                  run_setup.grad_accum_steps)
   return jax.jit(
-      sharding.traced_under_mesh(step, s.mesh),
-      in_shardings=(state_shardings, sharding.batch_sharding(s.mesh)),
-      out_shardings=(state_shardings, sharding.replicated(s.mesh)),
+      sharding.traced_under_mesh(step, run_setup.mesh),
+      in_shardings=(state_shardings, sharding.batch_sharding(run_setup.mesh)),
+      out_shardings=(state_shardings, sharding.replicated(run_setup.mesh)),
       donate_argnums=0)
 
 
-def _jit_eval_step(s: Setup, state_shardings, class_subset=None):
-  step = step_lib.make_eval_step(s.model, s.loss_fn, class_subset)
-  return jax.jit(sharding.traced_under_mesh(step, s.mesh),
+def _jit_eval_step(run_setup: Setup, state_shardings, class_subset=None):
+  step = step_lib.make_eval_step(run_setup.model, run_setup.loss_fn,
+                                 class_subset)
+  return jax.jit(sharding.traced_under_mesh(step, run_setup.mesh),
                  in_shardings=(state_shardings,
-                               sharding.batch_sharding(s.mesh)),
-                 out_shardings=sharding.replicated(s.mesh))
+                               sharding.batch_sharding(run_setup.mesh)),
+                 out_shardings=sharding.replicated(run_setup.mesh))
 
 
 def _train_scalars(sums: dict[str, Any], count: int,
@@ -236,29 +239,31 @@ class _Progress:
             "eta_minutes": (self.total - step) / max(rate, 1e-9) / 60}
 
 
-def _run_eval(config, s: Setup, eval_step, state,
+def _run_eval(config, run_setup: Setup, eval_step, state,
               data_cfg=None) -> dict[str, Any]:
   data_cfg = data_cfg or config.data
   source = pipeline.open_source(data_cfg, data_cfg.eval_split)
   batches = pipeline.eval_batches(data_cfg, source, config.eval_batch_size,
-                                  sharding.batch_sharding(s.mesh))
-  return classification.evaluate(eval_step, state, batches, s.nesting_dims)
+                                  sharding.batch_sharding(run_setup.mesh))
+  return classification.evaluate(eval_step, state, batches,
+                                 run_setup.nesting_dims)
 
 
-def _finish(config, s: Setup, eval_step, state, workdir: str,
+def _finish(config, run_setup: Setup, eval_step, state, workdir: str,
             writer: metric_writer.MetricWriter | None,
             state_sh: Any) -> dict[str, Any]:
   """The final evaluation, on every eval set; writes the summary.
 
   `writer` None (--mode=eval): nothing is added to metrics.jsonl.
   """
-  summary = _run_eval(config, s, eval_step, state)
+  summary = _run_eval(config, run_setup, eval_step, state)
   if writer is not None:
     writer.write(summary["step"], classification.as_scalars(summary, "val"))
   # Eval-only sets (ImageNet-V2/R/A/Sketch), R and A scored on their classes.
   for label, data_cfg in pipeline.extra_eval_sets(config.data).items():
     subset = class_subsets.get(data_cfg.class_subset)
-    extra = _run_eval(config, s, _jit_eval_step(s, state_sh, subset), state,
+    extra = _run_eval(config, run_setup,
+                      _jit_eval_step(run_setup, state_sh, subset), state,
                       data_cfg)
     if writer is not None:
       writer.write(extra["step"], classification.as_scalars(extra, label))
@@ -307,13 +312,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   Raises:
     errors.RunError: another run holds workdir, or a save failed.
   """
-  s = setup(config)
+  run_setup = setup(config)
   with workdir_lock.exclusive(workdir, "train", jax.process_index() == 0):
     ckpt = checkpointing.Checkpointer(
-        os.path.join(workdir, "checkpoints"), s.fingerprint,
+        os.path.join(workdir, "checkpoints"), run_setup.fingerprint,
         config.keep_checkpoints)
     try:
-      summary = _train(config, s, ckpt, workdir)
+      summary = _train(config, run_setup, ckpt, workdir)
     except BaseException:
       ckpt.abandon()
       raise
@@ -321,7 +326,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   return summary
 
 
-def _train(config: ml_collections.ConfigDict, s: Setup,
+def _train(config: ml_collections.ConfigDict, run_setup: Setup,
            ckpt: checkpointing.Checkpointer, workdir: str) -> dict[str, Any]:
   ckpt.check_compatible()
   source = pipeline.open_source(config.data, config.data.train_split)
@@ -334,17 +339,17 @@ def _train(config: ml_collections.ConfigDict, s: Setup,
   per_epoch = pipeline.steps_per_epoch(source, config.batch_size, shards)
   total = config_lib.steps("total", config, per_epoch)
   tx = optim.build_optimizer(config.optimizer, total, per_epoch)
-  state, state_sh = _init_or_restore(s, config, tx, ckpt,
+  state, state_sh = _init_or_restore(run_setup, config, tx, ckpt,
                                      pipeline.image_shape(config.data, source))
-  train_step = jit_train_step(s, tx, state_sh, config.seed)
-  eval_step = _jit_eval_step(s, state_sh)
+  train_step = jit_train_step(run_setup, tx, state_sh, config.seed)
+  eval_step = _jit_eval_step(run_setup, state_sh)
   start = int(state.step)
   writer = metric_writer.MetricWriter(workdir, resume_step=start)
   batches = pipeline.train_batches(config.data, source, config.batch_size,
                                    config.seed, start,
-                                   sharding.batch_sharding(s.mesh))
+                                   sharding.batch_sharding(run_setup.mesh))
   logging.info("training steps %d..%d (%d per epoch), nesting %s", start,
-               total, per_epoch, s.nesting_dims)
+               total, per_epoch, run_setup.nesting_dims)
   progress, sums, count = _Progress(start, total, config.batch_size), None, 0
   for step in range(start + 1, total + 1):
     batch = next(batches)
@@ -354,7 +359,7 @@ def _train(config: ml_collections.ConfigDict, s: Setup,
     count += 1
     if step % config.log_every_steps == 0 or step == total:
       _raise_if_nonfinite(state, ckpt)
-      scalars = {**_train_scalars(sums, count, s.nesting_dims),
+      scalars = {**_train_scalars(sums, count, run_setup.nesting_dims),
                  **progress.update(step),
                  # The size the step saw (config.data.resolution schedule).
                  "train/image_size": batch["image"].shape[1]}
@@ -368,10 +373,11 @@ def _train(config: ml_collections.ConfigDict, s: Setup,
       ckpt.save(step, state, config.to_json())
     if config.eval_every_steps and step % config.eval_every_steps == 0 \
         and step != total:
-      summary = _run_eval(config, s, eval_step, state)
+      summary = _run_eval(config, run_setup, eval_step, state)
       writer.write(step, classification.as_scalars(summary, "val"))
   ckpt.wait()
-  summary = _finish(config, s, eval_step, state, workdir, writer, state_sh)
+  summary = _finish(config, run_setup, eval_step, state, workdir, writer,
+                    state_sh)
   writer.close()
   return summary
 
@@ -390,9 +396,10 @@ def restore_latest(config: ml_collections.ConfigDict, workdir: str
       random model).
     ValueError: its checkpoints do not match the config.
   """
-  s = setup(config)
+  run_setup = setup(config)
   directory = os.path.join(workdir, "checkpoints")
-  ckpt = checkpointing.Checkpointer(directory, s.fingerprint, read_only=True)
+  ckpt = checkpointing.Checkpointer(directory, run_setup.fingerprint,
+                                    read_only=True)
   if ckpt.latest_step() is None:
     raise errors.RunError(f"no checkpoint in {directory}; train first "
                           "(--mode=train) or fix --workdir")
@@ -401,8 +408,8 @@ def restore_latest(config: ml_collections.ConfigDict, workdir: str
   # The optimizer state is restored too (one checkpoint format); its schedule
   # does not matter here.
   tx = optim.build_optimizer(config.optimizer, 1, 1)
-  _, _, target = abstract_train_state(s, config, tx, pipeline.image_shape(
-      config.data, source))
+  _, _, target = abstract_train_state(
+      run_setup, config, tx, pipeline.image_shape(config.data, source))
   restored = ckpt.restore_latest(target)
   ckpt.close()
   if restored is None:
@@ -411,7 +418,7 @@ def restore_latest(config: ml_collections.ConfigDict, workdir: str
         "restore the files, or rerun --mode=train, which sets unreadable "
         "checkpoints aside and trains on")
   logging.info("restored the checkpoint at step %d", restored[1])
-  return s, restored[0], jax.tree.map(lambda t: t.sharding, target)
+  return run_setup, restored[0], jax.tree.map(lambda t: t.sharding, target)
 
 
 def evaluate(config: ml_collections.ConfigDict,
@@ -421,6 +428,6 @@ def evaluate(config: ml_collections.ConfigDict,
   Read-only apart from DIR/eval_summary.json, which it writes unless that
   holds a newer step or cannot be written (a warning either way).
   """
-  s, state, state_sh = restore_latest(config, workdir)
-  eval_step = _jit_eval_step(s, state_sh)
-  return _finish(config, s, eval_step, state, workdir, None, state_sh)
+  run_setup, state, state_sh = restore_latest(config, workdir)
+  eval_step = _jit_eval_step(run_setup, state_sh)
+  return _finish(config, run_setup, eval_step, state, workdir, None, state_sh)

@@ -39,6 +39,7 @@ from mrl_jax import errors
 from mrl_jax import optim
 from mrl_jax import platforms
 from mrl_jax import train
+from mrl_jax import workdir_lock
 from mrl_jax import train_step as step_lib
 from mrl_jax.models import classifier
 from mrl_jax.models import resnet
@@ -276,23 +277,24 @@ def write_checkpoint(config: ml_collections.ConfigDict,
   Raises:
     ValueError: if workdir already holds checkpoints.
   """
-  s = train.setup(config)
+  setup = train.setup(config)
   directory = os.path.join(workdir, "checkpoints")
-  ckpt = checkpointing.Checkpointer(directory, s.fingerprint,
-                                    config.keep_checkpoints)
-  if ckpt.latest_step() is not None:
+  with workdir_lock.exclusive(workdir, "import_torch"):
+    ckpt = checkpointing.Checkpointer(directory, setup.fingerprint,
+                                      config.keep_checkpoints)
+    if ckpt.latest_step() is not None:
+      ckpt.close()
+      raise ValueError(f"{directory} already holds checkpoints; use a new "
+                       "--workdir")
+    params = jax.tree.map(jnp.asarray, variables["params"])
+    tx = optim.build_optimizer(config.optimizer, 1, 1)
+    state = step_lib.TrainState(
+        step=jnp.zeros((), jnp.int32), params=params,
+        batch_stats=jax.tree.map(jnp.asarray, variables["batch_stats"]),
+        opt_state=tx.init(params), nonfinite_step=jnp.full((), -1, jnp.int32))
+    ckpt.save(0, state, config.to_json())
+    ckpt.wait()
     ckpt.close()
-    raise ValueError(f"{directory} already holds checkpoints; use a new "
-                     "--workdir")
-  params = jax.tree.map(jnp.asarray, variables["params"])
-  tx = optim.build_optimizer(config.optimizer, 1, 1)
-  state = step_lib.TrainState(
-      step=jnp.zeros((), jnp.int32), params=params,
-      batch_stats=jax.tree.map(jnp.asarray, variables["batch_stats"]),
-      opt_state=tx.init(params), nonfinite_step=jnp.full((), -1, jnp.int32))
-  ckpt.save(0, state, config.to_json())
-  ckpt.wait()
-  ckpt.close()
   return directory
 
 
