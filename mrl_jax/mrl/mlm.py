@@ -16,10 +16,11 @@ applied to each prefix with the prefix's own mean and variance, using the
 first m entries of the one shared scale and offset. The full dim is then
 exactly BERT's head, and no parameter is added.
 
-Memory: G dims x N tokens x V classes of logits are never alive at once.
-Each dim's loss is a `jax.checkpoint`ed function, so the forward pass keeps
-only its [N] losses and the backward pass recomputes one dim's [N, V] logits
-at a time.
+Memory: G dims x N tokens x V classes of logits are never alive at once. The
+forward pass keeps only each dim's [N] losses; the backward pass (a custom
+VJP) recomputes one dim's [N, V] logits at a time, and optimization barriers
+make dim g wait for dim g-1 in both passes, because XLA's scheduler would
+otherwise run the dims side by side (G x the memory).
 """
 import functools
 from collections.abc import Sequence
@@ -148,11 +149,10 @@ def check_head(head_type: str, nesting_dims: Sequence[int],
   return dims
 
 
-@functools.partial(jax.checkpoint, static_argnums=(6,))
 def _one_dim(h: jax.Array, scale: jax.Array | None, offset: jax.Array | None,
              table: jax.Array, bias: jax.Array, targets: jax.Array,
              m: int) -> tuple[jax.Array, jax.Array]:
-  """Losses [N] and hits [N] of the dim-m decoder (logits rematerialised)."""
+  """Losses [N] and hits [N] of the dim-m decoder."""
   x = h[:, :m]
   if scale is not None:
     x = layer_norm(x, scale[:m], offset[:m]).astype(h.dtype)
@@ -161,6 +161,50 @@ def _one_dim(h: jax.Array, scale: jax.Array | None, offset: jax.Array | None,
   loss = optax.softmax_cross_entropy_with_integer_labels(logits, targets)
   hit = (jnp.argmax(logits, axis=-1) == targets).astype(jnp.float32)
   return loss, hit
+
+
+def _after(x: Any, done: Any) -> Any:
+  """x, usable only once `done` is computed (orders the dims' work)."""
+  return jax.lax.optimization_barrier((x, done))[0]
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(6,))
+def _per_token(h, scale, offset, tables, biases, targets, dims):
+  """Losses and hits [G, N]; one dim's [N, V] logits alive at a time."""
+  losses_, hits = [], []
+  for table, bias, m in zip(tables, biases, dims):
+    loss, hit = _one_dim(_after(h, losses_), scale, offset, table, bias,
+                         targets, m)
+    losses_.append(loss)
+    hits.append(hit)
+  return jnp.stack(losses_), jnp.stack(hits)
+
+
+def _per_token_fwd(h, scale, offset, tables, biases, targets, dims):
+  # Residuals are the inputs: the backward pass recomputes each dim's logits.
+  out = _per_token(h, scale, offset, tables, biases, targets, dims)
+  return out, (h, scale, offset, tables, biases, targets)
+
+
+def _per_token_bwd(dims, residuals, cotangents):
+  h, scale, offset, tables, biases, targets = residuals
+  loss_ct = cotangents[0]  # hits are not differentiable
+  done = []
+  for g, m in enumerate(dims):
+    # Dim g starts after dim g-1's gradients exist, so the scheduler cannot
+    # hold several dims' logits and softmax at once.
+    args = _after((h, scale, offset, tables[g], biases[g]), done)
+    _, vjp = jax.vjp(
+        lambda *a, m=m: _one_dim(*a, targets, m)[0], *args)
+    done.append(vjp(loss_ct[g]))
+  def total(i):
+    grads = [d[i] for d in done]
+    return None if grads[0] is None else sum(grads[1:], grads[0])
+  return (total(0), total(1), total(2), tuple(d[3] for d in done),
+          tuple(d[4] for d in done), None)
+
+
+_per_token.defvjp(_per_token_fwd, _per_token_bwd)
 
 
 def nested_mlm_per_token(decoder: MlmDecoder, targets: jax.Array
@@ -173,12 +217,10 @@ def nested_mlm_per_token(decoder: MlmDecoder, targets: jax.Array
   Returns:
     (losses [G, N], hits [G, N] in {0, 1}).
   """
-  targets = targets.reshape(-1).astype(jnp.int32)
-  out = [_one_dim(decoder.h, decoder.norm_scale, decoder.norm_offset, table,
-                  bias, targets, m)
-         for table, bias, m in zip(decoder.tables, decoder.biases,
-                                   decoder.nesting_dims)]
-  return jnp.stack([o[0] for o in out]), jnp.stack([o[1] for o in out])
+  return _per_token(decoder.h, decoder.norm_scale, decoder.norm_offset,
+                    tuple(decoder.tables), tuple(decoder.biases),
+                    targets.reshape(-1).astype(jnp.int32),
+                    tuple(decoder.nesting_dims))
 
 
 def nested_mlm_loss(decoder: MlmDecoder, masked_ids: jax.Array,
