@@ -1,4 +1,4 @@
-"""Finds backbones by name across the modules of `mrl_jax.models`."""
+"""Finds backbones and text encoders by name across `mrl_jax.models`."""
 import functools
 import importlib
 import pkgutil
@@ -35,14 +35,18 @@ def available_models() -> list[str]:
   return sorted(_variants())
 
 
-def build_backbone(name: str, **overrides: Any) -> nn.Module:
-  """Returns the backbone registered as `name`, with keyword overrides."""
-  variants = _variants()
+def _build(variants: dict[str, Callable[..., nn.Module]], what: str,
+           name: str, overrides: dict[str, Any]) -> nn.Module:
   if name not in variants:
     raise ValueError(
-        f"unknown model {name!r}; set config.model.name to one of: "
+        f"unknown {what} {name!r}; set config.model.name to one of: "
         f"{', '.join(sorted(variants))}")
   return variants[name](**overrides)
+
+
+def build_backbone(name: str, **overrides: Any) -> nn.Module:
+  """Returns the backbone registered as `name`, with keyword overrides."""
+  return _build(_variants(), "model", name, overrides)
 
 
 def _text_variants() -> dict[str, Callable[..., nn.Module]]:
@@ -61,9 +65,4 @@ def build_text_encoder(name: str, **overrides: Any) -> nn.Module:
   Text encoders map token ids [B, L] to sequence and sentence embeddings
   (see `mrl_jax.models.bert.Bert`); they are not image backbones.
   """
-  variants = _text_variants()
-  if name not in variants:
-    raise ValueError(
-        f"unknown text model {name!r}; set config.model.name to one of: "
-        f"{', '.join(sorted(variants))}")
-  return variants[name](**overrides)
+  return _build(_text_variants(), "text model", name, overrides)
