@@ -163,9 +163,10 @@ class MrlTextCorpus(tfds.core.GeneratorBasedBuilder):
           doc)
     empty = [name for name, docs in splits.items() if not docs]
     if empty:
+      total = sum(map(len, splits.values()))
       raise ValueError(
-          f"no document fell into the {empty[0]} split ({sum(map(len, splits.values()))} "
-          "documents in all); add documents or change validation_fraction")
+          f"no document fell into the {empty[0]} split ({total} documents in "
+          "all); add documents or change validation_fraction")
     if self._tokenizer_path:
       tokenizer = tok.load(self._tokenizer_path)
     else:

@@ -61,6 +61,10 @@ class Tokenizer:
   def vocab_size(self) -> int:
     return self._sp.GetPieceSize()
 
+  def piece(self, token_id: int) -> str:
+    """The subword string of one id (e.g. "[MASK]", "▁the")."""
+    return self._sp.IdToPiece(int(token_id))
+
   def encode(self, text: str) -> list[int]:
     """Token ids of `text`, without [CLS] / [SEP]."""
     return self._sp.EncodeAsIds(text)

@@ -128,7 +128,8 @@ def test_non_utf8_byte_is_named_with_file_and_offset(tmp_path):
     list(text_sources.folder_documents(tmp_path))
   message = str(e.value)
   assert "\n" not in message
-  assert f"{tmp_path / 'bad.txt'}: byte offset 11 (0xef) is not UTF-8" in message
+  bad = tmp_path / "bad.txt"
+  assert f"{bad}: byte offset 11 (0xef) is not UTF-8" in message
 
 
 @pytest.mark.parametrize("setup,match", [

@@ -22,7 +22,7 @@ def tokenizer():
 
 
 def test_special_ids_are_fixed(tokenizer):
-  pieces = [tokenizer._sp.IdToPiece(i) for i in tok.SPECIAL_IDS]  # pylint: disable=protected-access
+  pieces = [tokenizer.piece(i) for i in tok.SPECIAL_IDS]
   assert pieces == ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
   assert (tok.PAD_ID, tok.CLS_ID, tok.SEP_ID, tok.MASK_ID) == (0, 2, 3, 4)
   assert tokenizer.vocab_size <= 90
@@ -45,7 +45,8 @@ def test_round_trip(tokenizer):
 def test_encode_padded_adds_cls_sep_and_truncates(tokenizer):
   ids, mask = tokenizer.encode_padded(["the sea", _TEXT[1]], 8)
   sea = tokenizer.encode("the sea")
-  assert ids[0].tolist() == [tok.CLS_ID, *sea, tok.SEP_ID] + [0] * (6 - len(sea))
+  padding = [tok.PAD_ID] * (6 - len(sea))
+  assert ids[0].tolist() == [tok.CLS_ID, *sea, tok.SEP_ID, *padding]
   assert ids[1, 0] == tok.CLS_ID and ids[1, -1] == tok.SEP_ID
   assert ids[1, 1:-1].tolist() == tokenizer.encode(_TEXT[1])[:6]
   np.testing.assert_array_equal(mask, ids != 0)
