@@ -237,7 +237,8 @@ def nested_mlm_loss(decoder: MlmDecoder, masked_ids: jax.Array,
   Returns:
     (total, metrics): total = sum_m c_m * mean masked loss of dim m;
     metrics["loss"] [G] per-dim losses and metrics["accuracy"] [G] per-dim
-    MLM accuracy, both over the real predictions.
+    MLM accuracy, both over the real predictions, and metrics["weight"] (a
+    scalar) the number of real predictions, to average over batches.
   """
   weights = nesting_lib.validate_relative_importance(
       relative_importance, len(decoder.nesting_dims))
@@ -245,7 +246,7 @@ def nested_mlm_loss(decoder: MlmDecoder, masked_ids: jax.Array,
   mask = masked_weights.reshape(-1).astype(jnp.float32)
   total, per_dim = losses.weighted_nested_loss(per_token, weights, mask)
   accuracy = (hits * mask).sum(-1) / jnp.maximum(mask.sum(), 1.0)
-  return total, {"loss": per_dim, "accuracy": accuracy}
+  return total, {"loss": per_dim, "accuracy": accuracy, "weight": mask.sum()}
 
 
 class NestedMlmModel(nn.Module):

@@ -133,6 +133,7 @@ def test_accuracy_per_dim_counts_only_real_predictions():
                                    jnp.array([[1, 1, 1, 0]]))
   # Dim 1 cannot tell class 2 (feature 1) apart; dim 2 can. Slot 4 is padding.
   np.testing.assert_allclose(metrics["accuracy"], [2 / 3, 1.0])
+  assert metrics["weight"] == 3
 
 
 def _model(head_type="mrl_e", dims=(8, 16, 32), prefix_norm=False):
