@@ -16,11 +16,15 @@ applied to each prefix with the prefix's own mean and variance, using the
 first m entries of the one shared scale and offset. The full dim is then
 exactly BERT's head, and no parameter is added.
 
-Memory: G dims x N tokens x V classes of logits are never alive at once. The
-forward pass keeps only each dim's [N] losses; the backward pass (a custom
-VJP) recomputes one dim's [N, V] logits at a time, and optimization barriers
-make dim g wait for dim g-1 in both passes, because XLA's scheduler would
-otherwise run the dims side by side (G x the memory).
+Memory: G dims x N tokens x V classes of logits are never alive at once.
+The per-dim losses are a custom VJP whose residuals are its inputs only: no
+[N, V] array is kept from the forward to the backward pass, and XLA is free
+to compute each dim's forward and backward together (on TPU it shares the
+logits between them, so nothing is recomputed). BERT-Base sizes (N = 20,480
+predictions, V = 30,522, 7 dims), XLA:TPU temporaries of value_and_grad:
+4.8 GiB, about two dims' float32 logits, against 2.3 GiB for plain MLM
+and 35 GiB for logits stacked [G, N, V]. (Per-dim `jax.checkpoint` is
+worse there, 16.5 GiB: its barriers make all forward passes run first.)
 """
 import functools
 from collections.abc import Sequence
@@ -163,18 +167,12 @@ def _one_dim(h: jax.Array, scale: jax.Array | None, offset: jax.Array | None,
   return loss, hit
 
 
-def _after(x: Any, done: Any) -> Any:
-  """x, usable only once `done` is computed (orders the dims' work)."""
-  return jax.lax.optimization_barrier((x, done))[0]
-
-
 @functools.partial(jax.custom_vjp, nondiff_argnums=(6,))
 def _per_token(h, scale, offset, tables, biases, targets, dims):
   """Losses and hits [G, N]; one dim's [N, V] logits alive at a time."""
   losses_, hits = [], []
   for table, bias, m in zip(tables, biases, dims):
-    loss, hit = _one_dim(_after(h, losses_), scale, offset, table, bias,
-                         targets, m)
+    loss, hit = _one_dim(h, scale, offset, table, bias, targets, m)
     losses_.append(loss)
     hits.append(hit)
   return jnp.stack(losses_), jnp.stack(hits)
@@ -191,12 +189,10 @@ def _per_token_bwd(dims, residuals, cotangents):
   loss_ct = cotangents[0]  # hits are not differentiable
   done = []
   for g, m in enumerate(dims):
-    # Dim g starts after dim g-1's gradients exist, so the scheduler cannot
-    # hold several dims' logits and softmax at once.
-    args = _after((h, scale, offset, tables[g], biases[g]), done)
-    _, vjp = jax.vjp(
-        lambda *a, m=m: _one_dim(*a, targets, m)[0], *args)
+    _, vjp = jax.vjp(lambda *a, m=m: _one_dim(*a, targets, m)[0],
+                     h, scale, offset, tables[g], biases[g])
     done.append(vjp(loss_ct[g]))
+
   def total(i):
     grads = [d[i] for d in done]
     return None if grads[0] is None else sum(grads[1:], grads[0])
