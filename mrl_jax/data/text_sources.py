@@ -108,7 +108,9 @@ def wordnet_documents(wordnet_dir: str | pathlib.Path = WORDNET_DIR
 
 
 _PRONUNCIATION = re.compile(r"\\[^\\\n]*\\")
-_SOURCE_TAG = re.compile(r"^\s*\[[^\]\n]*\]\s*$", re.MULTILINE)
+# Where a sense comes from: [1913 Webster], [WordNet 1.5 +PJC], [PJC], ...
+_SOURCE_TAG = re.compile(
+    r"\[(?:1913 Webster|Webster 1913|WordNet 1\.5|PJC)[^\]\n]*\]|\+PJC\b")
 _BASE64 = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
 
 

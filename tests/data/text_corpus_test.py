@@ -5,6 +5,7 @@ formats (WordNet data.* lines, a dictd .dict.dz + .index), so the tests need
 neither package installed.
 """
 import gzip
+import itertools
 import json
 import pathlib
 
@@ -245,3 +246,18 @@ def test_lexname_builder_splits_like_the_corpus(corpus, tmp_path):
       got[ex["id"].decode()] = (split, ex["text"].decode(), int(ex["label"]))
   assert got == {sid: (text_sources.split_of(sid, 0.2), gloss, num)
                  for sid, _, gloss, num in synsets}
+
+
+@pytest.mark.skipif(not (text_sources.WORDNET_DIR / "data.noun").exists() or
+                    not text_sources.GCIDE_DICT.exists(),
+                    reason="needs wordnet-base and dict-gcide (scripts/setup.sh)")
+def test_the_installed_debian_corpus():
+  glosses = list(text_sources.wordnet_glosses())
+  assert len(glosses) == 117_659  # WordNet 3.0 synsets
+  assert {g.label for g in glosses} == set(range(45))
+  assert all(g.gloss and g.lemmas for g in glosses)
+  docs = list(itertools.islice(text_sources.gcide_documents(), 2000))
+  assert all(d.text for d in docs)
+  assert not any("Webster]" in d.text or "PJC" in d.text for d in docs)
+  # Pronunciations are gone (a few entries have unpaired marks).
+  assert sum("\\" in d.text for d in docs) < 20
