@@ -53,11 +53,13 @@ class BertOutput(NamedTuple):
 def mean_pool(sequence: jax.Array, input_mask: jax.Array) -> jax.Array:
   """Mean over non-padding tokens: [B, L, D], [B, L] -> [B, D].
 
-  A row without any real token gives zeros rather than NaN.
+  A row without any real token gives zeros rather than NaN. The sum is
+  taken in float32 (bfloat16 would round long sums).
   """
-  mask = input_mask.astype(sequence.dtype)[..., None]
-  total = jnp.sum(sequence * mask, axis=1)
-  return total / jnp.maximum(jnp.sum(mask, axis=1), 1).astype(sequence.dtype)
+  mask = input_mask.astype(jnp.float32)[..., None]
+  total = jnp.sum(sequence.astype(jnp.float32) * mask, axis=1)
+  mean = total / jnp.maximum(jnp.sum(mask, axis=1), 1.0)
+  return mean.astype(sequence.dtype)
 
 
 class Mlp(nn.Module):
