@@ -31,6 +31,9 @@ SPECIAL_IDS = (PAD_ID, UNK_ID, CLS_ID, SEP_ID, MASK_ID)
 # Ids below this are special; every id from it up is an ordinary piece.
 NUM_SPECIAL = 5
 _CONTROL = ("[CLS]", "[SEP]", "[MASK]")
+# The trained model depends on the number of training threads (not on the
+# cores), so it is fixed: the same corpus gives the same tokenizer anywhere.
+_TRAIN_THREADS = 4
 
 
 class Tokenizer:
@@ -133,5 +136,5 @@ def train(texts: Iterable[str], vocab_size: int,
       character_coverage=0.9995, input_sentence_size=2_000_000,
       shuffle_input_sentence=False, max_sentence_length=1 << 16,
       seed_sentencepiece_size=seed_sentencepiece_size,
-      hard_vocab_limit=False, num_threads=1, minloglevel=2)
+      hard_vocab_limit=False, num_threads=_TRAIN_THREADS, minloglevel=2)
   return Tokenizer(model.getvalue(), "<trained>")

@@ -52,6 +52,10 @@ def test_encode_padded_adds_cls_sep_and_truncates(tokenizer):
   np.testing.assert_array_equal(mask, ids != 0)
 
 
+def test_training_is_deterministic(tokenizer):
+  assert tok.train(_TEXT, vocab_size=90).model_proto == tokenizer.model_proto
+
+
 def test_save_and_load(tokenizer, tmp_path):
   path = tmp_path / "tokenizer.model"
   tokenizer.save(path)
