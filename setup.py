@@ -23,6 +23,9 @@ INSTALL_REQUIRES = [
     "importlib_resources>=6,<8",
     "pillow>=10,<14",
     "numpy>=2.0,<2.5",
+    # Subword tokenizer of the text models: one small wheel, no dependencies,
+    # the whole tokenizer in one .model file.
+    "sentencepiece==0.2.3",
 ]
 
 # Importing official PyTorch checkpoints (mrl_jax.tools.import_torch). The

@@ -45,7 +45,8 @@ _HEADS_FSDP: tuple[Rule, ...] = (
     (r"head/.*/kernel", (_F, _M)),
     (r"head/.*/bias", (_M,)),
 )
-# Megatron-style tensor parallelism for ViT blocks (flax param shapes):
+# Megatron-style tensor parallelism for ViT and BERT blocks (flax param
+# shapes):
 # query/key/value kernel [D, heads, Dh] and out kernel [heads, Dh, D] split
 # the heads; MLP fc1 [D, M] / fc2 [M, D] split the hidden dim. Each block
 # then needs one all-reduce after attention and one after the MLP. The
@@ -59,10 +60,24 @@ _VIT_TP: tuple[Rule, ...] = (
     (r".*/mlp/fc2/kernel", (_M, _F)),
 )
 
+# Text models: the word embeddings [V, D] (tied to the MLM decoder), the
+# decoder bias [V] and untied per-dim decoders [V, m] split the vocabulary
+# over `model` (the logits' class dim, as for the heads); D over `fsdp`.
+_TEXT_DP: tuple[Rule, ...] = (
+    (r"(.*/)?word_embeddings/embedding", (_M, None)),
+    (r"(.*/)?decoder_\d+", (_M, None)),
+    (r"(.*/)?decoder_bias(_\d+)?", (_M,)),
+)
+_TEXT_FSDP: tuple[Rule, ...] = (
+    (r"(.*/)?word_embeddings/embedding", (_M, _F)),
+    (r"(.*/)?decoder_\d+", (_M, _F)),
+    (r"(.*/)?decoder_bias(_\d+)?", (_M,)),
+)
+
 STRATEGIES: dict[str, tuple[Rule, ...]] = {
-    "dp": _HEADS_DP + ((".*", "replicate"),),
-    "fsdp": _HEADS_FSDP + ((".*", "fsdp"),),
-    "fsdp_tp": _VIT_TP + _HEADS_FSDP + ((".*", "fsdp"),),
+    "dp": _TEXT_DP + _HEADS_DP + ((".*", "replicate"),),
+    "fsdp": _TEXT_FSDP + _HEADS_FSDP + ((".*", "fsdp"),),
+    "fsdp_tp": _VIT_TP + _TEXT_FSDP + _HEADS_FSDP + ((".*", "fsdp"),),
 }
 
 

@@ -1,17 +1,24 @@
 #!/usr/bin/env bash
 # Idempotent set-up for a fresh Debian machine (run as root or with sudo):
-# the Fashion-MNIST Debian package, then a virtualenv in .venv holding the
+# the Debian data packages, then a virtualenv in .venv holding the
 # package with its pinned dependencies. A second run takes about a second.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 sudo_if_needed() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
 
-if [ ! -f /usr/share/datasets/fashion-mnist/t10k-labels-idx1-ubyte.gz ]; then
-  echo "setup: installing Debian package dataset-fashion-mnist" >&2
+# Debian packages holding the offline data: Fashion-MNIST (images), WordNet
+# and the GCIDE dictionary (text). Only missing ones are installed.
+missing=()
+[ -f /usr/share/datasets/fashion-mnist/t10k-labels-idx1-ubyte.gz ] ||
+  missing+=(dataset-fashion-mnist)
+[ -f /usr/share/wordnet/data.noun ] || missing+=(wordnet-base)
+[ -f /usr/share/dictd/gcide.dict.dz ] || missing+=(dict-gcide)
+if [ "${#missing[@]}" -gt 0 ]; then
+  echo "setup: installing Debian packages ${missing[*]}" >&2
   sudo_if_needed apt-get update -qq
   sudo_if_needed env DEBIAN_FRONTEND=noninteractive \
-    apt-get install -y -qq dataset-fashion-mnist >/dev/null
+    apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
 
 # Reinstall only when setup.py (the dependency list) changes.
