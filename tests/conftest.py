@@ -1,5 +1,11 @@
 """Test-wide setup, done before jax is imported (subprocesses inherit it).
 
+Two layers: unit tests (this folder and its package-shaped subfolders:
+in-process, tiny models) and tests/integration/ (the launcher and CLIs as
+subprocesses, several processes, AOT compiles, notebooks, torch parity,
+benchmark scripts). Every integration test is marked `slow`, so
+`pytest -m "not slow"` runs the unit layer.
+
 * 8 fake CPU devices, so sharded code paths run for real.
 * Most XLA optimisations off: tests run tiny models for a few steps, where
   compile time dominates (the flax examples' tests do the same).
@@ -23,6 +29,13 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
 
 CONFIG_DIR = pathlib.Path(__file__).resolve().parents[1] / "configs"
+INTEGRATION_DIR = pathlib.Path(__file__).resolve().parent / "integration"
+
+
+def pytest_collection_modifyitems(items):
+  for item in items:
+    if INTEGRATION_DIR in item.path.parents:
+      item.add_marker(pytest.mark.slow)
 
 
 @pytest.fixture(name="config_module", scope="session")

@@ -1,15 +1,13 @@
 """Import of official PyTorch checkpoints: parity with torch, strict keys,
 refusal of pickles that run code, and the launcher reading the result."""
 import os
-import subprocess
-import sys
 
-import jax
 import ml_collections
 import numpy as np
 import pytest
 import torch
 
+import torch_parity  # tests/torch_parity.py
 import torch_resnet  # tests/torch_resnet.py
 from mrl_jax.models import classifier
 from mrl_jax.tools import import_torch
@@ -24,56 +22,6 @@ PLAIN_MU = "smoke,blurpool=False"  # resnet_mu (d = 64) without BlurPool
 
 def _config(config_module, arg: str) -> ml_collections.ConfigDict:
   return config_module("resnet50_imagenet").get_config(arg)
-
-
-def _save(model: torch.nn.Module, path, ddp: bool) -> str:
-  state = model.state_dict()
-  if ddp:  # as the released checkpoints: every key under DDP's "module."
-    state = {f"module.{k}": v for k, v in state.items()}
-  torch.save(state, str(path))
-  return str(path)
-
-
-def _images(size: int) -> np.ndarray:
-  return np.random.default_rng(0).standard_normal(
-      (2, size, size, 3)).astype(np.float32)
-
-
-def _flax_outputs(model: classifier.MRLClassifier, variables, images):
-  with jax.default_matmul_precision("highest"):
-    logits, aux = jax.jit(lambda v, x: model.apply(v, x, train=False))(
-        variables, images)
-  return np.asarray(logits), np.asarray(aux["embedding"])
-
-
-def _assert_close(got: np.ndarray, want: np.ndarray) -> None:
-  """Equal within 1e-4 relative to the largest reference magnitude."""
-  scale = np.abs(want).max()
-  assert scale > 0
-  np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4 * scale)
-
-
-@pytest.mark.parametrize("blurpool", [False, True])
-def test_resnet50_parity_with_torch(blurpool, tmp_path, config_module):
-  torch_model = torch_resnet.build("resnet50", "mrl", NESTING_50, 1000,
-                                   seed=1, blurpool=blurpool)
-  path = _save(torch_model, tmp_path / "r50.pt", ddp=True)
-  config = _config(config_module, f"head=mrl,blurpool={blurpool}")
-  model = classifier.build_model(config)
-  variables = import_torch.convert(import_torch.load_state_dict(path), model)
-  images = _images(64)
-  want_logits, want_z = torch_resnet.run(torch_model, images)
-  logits, z = _flax_outputs(model, variables, images)
-  assert logits.shape == (9, 2, 1000) and z.shape == (2, 2048)
-  _assert_close(z, want_z)
-  for g, m in enumerate(NESTING_50):  # per-dim logits
-    _assert_close(logits[g], want_logits[g])
-  # The blur matters: without it the outputs would differ.
-  if blurpool:
-    plain = classifier.build_model(_config(config_module, "head=mrl,"
-                                           "blurpool=False"))
-    _, z_plain = _flax_outputs(plain, variables, images)
-    assert np.abs(z_plain - want_z).max() > 1e-2 * np.abs(want_z).max()
 
 
 @pytest.mark.parametrize("head,ddp,old_format", [
@@ -95,12 +43,12 @@ def test_every_head_format_matches_torch(head, ddp, old_format, tmp_path,
   model = classifier.build_model(_config(config_module, arg))
   variables = import_torch.convert(
       import_torch.load_state_dict(str(tmp_path / "mu.pt")), model)
-  images = _images(32)
+  images = torch_parity.random_images(32)
   want_logits, want_z = torch_resnet.run(torch_model, images)
-  logits, z = _flax_outputs(model, variables, images)
+  logits, z = torch_parity.flax_outputs(model, variables, images)
   assert logits.shape == want_logits.shape
-  _assert_close(z, want_z)
-  _assert_close(logits, want_logits)
+  torch_parity.assert_close(z, want_z)
+  torch_parity.assert_close(logits, want_logits)
 
 
 def _mu_state(**kwargs) -> dict[str, np.ndarray]:
@@ -163,47 +111,6 @@ def test_malicious_pickle_is_refused(tmp_path):
   assert not marker.exists()
   with pytest.raises(ValueError, match="does not exist"):
     import_torch.load_state_dict(str(tmp_path / "missing.pt"))
-
-
-@pytest.mark.slow
-def test_cli_writes_a_checkpoint_that_eval_and_export_read(tmp_path,
-                                                           config_module):
-  import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
-  # pylint: disable-next=import-outside-toplevel
-  from mrl_jax import embedding_files, export
-  from mrl_jax import train  # pylint: disable=import-outside-toplevel
-  torch_model = torch_resnet.build("resnet_mu", "mrl", NESTING_MU, 1000,
-                                   seed=4, blurpool=True)
-  path = _save(torch_model, tmp_path / "mu.pt", ddp=True)
-  workdir = str(tmp_path / "work")
-  cmd = [sys.executable, "-m", "mrl_jax.tools.import_torch",
-         f"--checkpoint={path}", f"--config={CONFIG}:smoke",
-         f"--workdir={workdir}"]
-  proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True,
-                        timeout=300)
-  assert proc.returncode == 0, proc.stderr[-3000:]
-  assert "--mode=eval" in proc.stdout
-  config = _config(config_module, "smoke")
-  # A second import into the same workdir is refused.
-  with pytest.raises(ValueError, match="already holds checkpoints"):
-    import_torch.import_checkpoint(path, config, workdir)
-  config.data.data_dir = str(tmp_path / "tfds")
-  config.export = ml_collections.ConfigDict({"splits": ("validation",),
-                                             "examples_per_shard": 16})
-  with tfds.testing.mock_data(num_examples=32):
-    summary = train.evaluate(config, workdir)
-    out = export.export_embeddings(config, workdir)
-    _, state, _ = train.restore_latest(config, workdir)
-  assert summary["step"] == 0 and summary["nesting"] == list(NESTING_MU)
-  z, _, meta = embedding_files.load_split(out["validation"])
-  assert z.shape == (32, 64) and meta["step"] == 0
-  # The restored state computes the torch model's embeddings.
-  model = train.setup(config).model
-  images = _images(32)
-  _, want_z = torch_resnet.run(torch_model, images)
-  _, got_z = _flax_outputs(model, {"params": state.params,
-                                   "batch_stats": state.batch_stats}, images)
-  _assert_close(got_z, want_z)
 
 
 def _single_fc_state(width: int) -> dict[str, np.ndarray]:

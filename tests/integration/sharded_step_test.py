@@ -21,7 +21,6 @@ from mrl_jax import optim
 from mrl_jax import train
 from mrl_jax import train_step as step_lib
 
-pytestmark = pytest.mark.slow  # one step compile per strategy and model
 
 MESHES = {
     "dp": (("data", -1),),
@@ -138,7 +137,7 @@ with tfds.testing.mock_data(num_examples=32):
 
 
 def test_readme_scale_command_trains(tmp_path):
-  repo = pathlib.Path(__file__).resolve().parents[1]
+  repo = pathlib.Path(__file__).resolve().parents[2]
   readme = (repo / "README.md").read_text()
   assert all(flag in readme for flag in README_FLAGS)
   workdir = tmp_path / "work"

@@ -12,7 +12,8 @@ import pytest
 from mrl_jax import errors
 from mrl_jax import modes
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(
+    os.path.abspath(__file__))))
 DEFAULT = os.path.join(REPO, "configs", "default.py")
 IMAGE_FOLDER = os.path.join(REPO, "configs", "image_folder.py")
 

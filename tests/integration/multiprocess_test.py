@@ -23,7 +23,8 @@ import tensorflow_datasets as tfds
 from mrl_jax import distributed
 from mrl_jax import train
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(
+    os.path.abspath(__file__))))
 SPLIT = "train[:256]"
 FLAGS = [f"--config={REPO}/configs/default.py:smoke",
          f"--config.data.train_split={SPLIT}"]
@@ -78,7 +79,6 @@ def read_summary(workdir):
     return json.load(f)
 
 
-@pytest.mark.slow
 def test_two_processes_match_one_and_share_a_checkpoint(tmp_path,
                                                        config_module):
   one, two = str(tmp_path / "one"), str(tmp_path / "two")

@@ -19,11 +19,11 @@ import pytest
 from mrl_jax import embedding_files
 from mrl_jax import workdir_lock
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(
+    os.path.abspath(__file__))))
 CONFIG = os.path.join(REPO, "configs", "default.py")
 LAUNCH = [sys.executable, "-m", "mrl_jax.main"]
 
-pytestmark = pytest.mark.slow
 
 
 def at_second_save(action):

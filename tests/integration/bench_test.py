@@ -18,7 +18,7 @@ import types
 from PIL import Image
 import pytest
 
-BENCH_DIR = pathlib.Path(__file__).resolve().parents[1] / "experiments/bench"
+BENCH_DIR = pathlib.Path(__file__).resolve().parents[2] / "experiments/bench"
 
 
 def _load(name: str) -> types.ModuleType:

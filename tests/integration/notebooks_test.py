@@ -10,10 +10,9 @@ import torch
 
 import torch_resnet  # tests/torch_resnet.py
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
+REPO = pathlib.Path(__file__).resolve().parents[2]
 NOTEBOOKS = REPO / "experiments" / "notebooks"
 
-pytestmark = pytest.mark.slow
 
 
 def test_every_notebook_is_tested():
