@@ -51,13 +51,14 @@ from typing import Any
 import numpy as np
 
 from mrl_jax.search import ann
+from mrl_jax.search import codes
 from mrl_jax.search.index import Array, PrefixIndex, build_index
 from mrl_jax.search.plan import check_k, make_plan
 from mrl_jax.search.scan import (device_rerank, device_search, host_rerank,
                                  host_search, in_query_batches)
 
 __all__ = ["PrefixIndex", "build_index", "search", "rerank",
-           "adaptive_search", "funnel_search", "ann"]
+           "adaptive_search", "funnel_search", "ann", "codes"]
 
 
 def search(index: PrefixIndex, queries: Any, dim: int, k: int, *,

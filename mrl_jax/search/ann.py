@@ -34,6 +34,7 @@ import numpy as np
 
 from mrl_jax import atomic_files
 from mrl_jax import errors
+from mrl_jax.search.codes import check_queries, normalized_prefix
 from mrl_jax.search.index import Array, PrefixIndex
 
 KINDS = ("hnsw", "ivf")
@@ -91,7 +92,7 @@ class AnnIndex:
       [Q, K] int64 ids, best first; -1 where the index found fewer than K
       (the re-rank scores those -inf).
     """
-    _check_queries(queries, self.dim)
+    check_queries(queries, self.dim)
     if not 1 <= k <= self.num_rows:
       raise ValueError(f"shortlist K={k} must be in [1, {self.num_rows}]")
     faiss = import_faiss()
@@ -107,7 +108,7 @@ class AnnIndex:
         raise ValueError(f"nprobe={probe} must be in [1, nlist="
                          f"{self.params['nlist']}]")
       params = faiss.SearchParametersIVF(nprobe=probe)
-    _, ids = self.faiss_index.search(_normalized_prefix(queries, self.dim), k,
+    _, ids = self.faiss_index.search(normalized_prefix(queries, self.dim), k,
                                      params=params)
     return ids
 
@@ -168,11 +169,11 @@ def build(embeddings: Any, kind: str, dim: int, *, m: int = 32,
                       (256 << pq_bits) if pq_m else 0))
     sample = np.sort(np.random.default_rng(seed).choice(n, rows,
                                                         replace=False))
-    index.train(_normalized_prefix(embeddings[sample], dim))
+    index.train(normalized_prefix(embeddings[sample], dim))
     params = {"nlist": nlist, "nprobe": nprobe, "pq_m": pq_m,
               "pq_bits": pq_bits, "seed": seed}
   for r0 in range(0, n, _ADD_ROWS):
-    index.add(_normalized_prefix(embeddings[r0:r0 + _ADD_ROWS], dim))
+    index.add(normalized_prefix(embeddings[r0:r0 + _ADD_ROWS], dim))
   return AnnIndex(kind, dim, params, provenance(n, d, metadata), index)
 
 
@@ -303,19 +304,6 @@ def check_stages(shortlist_k: int, stages: list[tuple[int, int]],
     if not 1 <= m <= index_dim:
       raise ValueError(f"prefix dim {m} is above the embeddings' dim "
                        f"{index_dim}; use a dim in [1, {index_dim}]")
-
-
-def _normalized_prefix(x: Any, dim: int) -> np.ndarray:
-  """[n, dim] float32 rows of x[:, :dim] scaled to unit norm (0 stays 0)."""
-  x = np.ascontiguousarray(np.asarray(x)[:, :dim], dtype=np.float32)
-  norms = np.linalg.norm(x, axis=1, keepdims=True)
-  return x / np.maximum(norms, 1e-12)
-
-
-def _check_queries(queries: Any, dim: int) -> None:
-  if len(np.shape(queries)) != 2 or np.shape(queries)[1] < dim:
-    raise ValueError(f"queries must be [Q, >= {dim}], got "
-                     f"{np.shape(queries)}")
 
 
 def _check_build(embeddings: Any, kind: str, dim: int, m: int,
