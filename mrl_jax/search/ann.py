@@ -139,7 +139,8 @@ def build(embeddings: Any, kind: str, dim: int, *, m: int = 32,
     ef_construction: HNSW build breadth (FAISS default 40).
     nlist: IVF lists; default about 4 sqrt(N), at most N / 39 (FAISS wants
       >= 39 training rows per centroid).
-    nprobe: IVF lists scanned by default at search time.
+    nprobe: IVF lists scanned by default at search time (at most the
+      default nlist when nlist is not given).
     pq_m: IVF-PQ sub-quantisers (must divide D_s); 0 = IVF-Flat.
     pq_bits: bits per PQ code.
     seed: seeds the IVF training sample and k-means.
@@ -154,7 +155,9 @@ def build(embeddings: Any, kind: str, dim: int, *, m: int = 32,
     index.hnsw.efConstruction = ef_construction
     params = {"m": m, "ef_construction": ef_construction}
   else:
-    nlist = nlist or max(1, min(int(4 * np.sqrt(n)), n // 39))
+    if not nlist:
+      nlist = max(1, min(int(4 * np.sqrt(n)), n // 39))
+      nprobe = min(nprobe, nlist)
     if not 1 <= nlist <= n or not 1 <= nprobe <= nlist:
       raise ValueError(f"IVF needs 1 <= nprobe ({nprobe}) <= nlist ({nlist})"
                        f" <= N ({n}); lower nlist or nprobe")
