@@ -42,7 +42,7 @@ import platform
 import statistics
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from absl import app
@@ -180,25 +180,23 @@ def _shortlisted(index, shortlister, kk, k, **kw) -> Runner:
 
 def configurations(db: dict[str, Any], index: search.PrefixIndex,
                    methods: Sequence[str]
-                   ) -> list[tuple[dict[str, Any], Runner]]:
-  """(description, runner) of every method x sweep point; builds the
-  first-stage indexes (timed)."""
+                   ) -> Iterator[tuple[dict[str, Any], Runner]]:
+  """(description, runner) of every method x sweep point; builds each
+  first-stage index (timed) just before its configurations."""
   import faiss  # pylint: disable=import-outside-toplevel
   x, d, k = db["database"], index.dim, FLAGS.k
-  out = []
   index_bytes = sum(b.nbytes for b in index.blocks)
   # First: every other configuration's mAP is compared with it.
-  out.append(({"method": "jax_exact", "memory_bytes": index_bytes},
-              lambda q: (search.search(index, q, d, k)[1], None)))
+  yield ({"method": "jax_exact", "memory_bytes": index_bytes},
+         lambda q: (search.search(index, q, d, k)[1], None))
   if "faiss_flat" in methods:
     start = time.perf_counter()
     flat = faiss.IndexFlatIP(d)
     for r0 in range(0, x.shape[0], 1 << 16):
       flat.add(codes.normalized_prefix(x[r0:r0 + (1 << 16)], d))
-    out.append(({"method": "faiss_flat", "build_s": time.perf_counter() - start,
-                 "memory_bytes": 4 * x.shape[0] * d},
-                lambda q: (flat.search(codes.normalized_prefix(q, d), k)[1],
-                           None)))
+    yield ({"method": "faiss_flat", "build_s": time.perf_counter() - start,
+            "memory_bytes": 4 * x.shape[0] * d},
+           lambda q: (flat.search(codes.normalized_prefix(q, d), k)[1], None))
   if "hnsw_full" in methods:
     start = time.perf_counter()
     full = ann.build(x, "hnsw", d, m=FLAGS.hnsw_m,
@@ -206,9 +204,9 @@ def configurations(db: dict[str, Any], index: search.PrefixIndex,
     info = {"method": "hnsw_full", "build_s": time.perf_counter() - start,
             "memory_bytes": len(faiss.serialize_index(full.faiss_index))}
     for ef in map(int, FLAGS.full_ef_searches):
-      out.append(({**info, "ef_search": max(ef, k)},
-                  lambda q, ef=max(ef, k): (full.shortlist(q, k, ef_search=ef),
-                                            None)))
+      yield ({**info, "ef_search": max(ef, k)},
+             lambda q, ef=max(ef, k): (full.shortlist(q, k, ef_search=ef),
+                                       None))
   for ds in map(int, FLAGS.shortlist_dims):
     first = {}
     for kind in ("hnsw", "ivf", "int8", "binary"):
@@ -231,23 +229,22 @@ def configurations(db: dict[str, Any], index: search.PrefixIndex,
         def adaptive(q, ds=ds, kk=kk):
           _, shortlist = search.search(index, q, ds, kk)
           return _rerank(index, shortlist, q, k), shortlist
-        out.append(({"method": "jax_adaptive", **base,
-                     "memory_bytes": index_bytes}, adaptive))
+        yield ({"method": "jax_adaptive", **base,
+                "memory_bytes": index_bytes}, adaptive)
       for kind, (built, info) in first.items():
         desc = {"method": kind, **base, **info}
         if kind == "hnsw":
           for mult in map(float, FLAGS.ef_search):
             ef = max(kk, int(mult * kk))
-            out.append(({**desc, "ef_search": ef},
-                        _shortlisted(index, built, kk, k, ef_search=ef)))
+            yield ({**desc, "ef_search": ef},
+                   _shortlisted(index, built, kk, k, ef_search=ef))
         elif kind == "ivf":
           for probe in map(int, FLAGS.nprobe):
             probe = min(probe, built.params["nlist"])
-            out.append(({**desc, "nprobe": probe},
-                        _shortlisted(index, built, kk, k, nprobe=probe)))
+            yield ({**desc, "nprobe": probe},
+                   _shortlisted(index, built, kk, k, nprobe=probe))
         else:
-          out.append((desc, _shortlisted(index, built, kk, k)))
-  return out
+          yield desc, _shortlisted(index, built, kk, k)
 
 
 def headline(results: list[dict[str, Any]], k: int,
