@@ -269,6 +269,35 @@ def headline(results: list[dict[str, Any]], k: int,
   return out
 
 
+def markdown_table(results: list[dict[str, Any]], k: int) -> str:
+  """The exact baselines and every configuration on either Pareto front
+  (recall vs batch queries/s, recall vs p50 latency), best recall first."""
+  fronts = set()
+  for key, larger in (("qps_batch", True), ("p50_ms", False)):
+    front = set(_pareto([(r[key], r[f"recall@{k}"]) for r in results], larger))
+    fronts |= {i for i, r in enumerate(results)
+               if (r[key], r[f"recall@{k}"]) in front}
+  exact = next(r for r in results if r["method"] == "jax_exact")
+  rows = [r for i, r in enumerate(results)
+          if i in fronts or r["method"] in ("jax_exact", "faiss_flat")]
+  lines = [f"| method | D_s | K | ef / nprobe | recall@{k} | coverage | "
+           "mAP@10 points vs exact (95% CI) | queries/s | x exact | p50 ms | p99 ms | "
+           "build s | first-stage MB |", "|" + "---|" * 13]
+  for r in sorted(rows, key=lambda r: (-r[f"recall@{k}"], -r["qps_batch"])):
+    lo, hi = r["mAP@10_diff_ci95"]
+    cov = r["shortlist_coverage"]
+    lines.append(
+        f"| {r['method']} | {r.get('Ds', '')} | {r.get('K', '')} | "
+        f"{r.get('ef_search', r.get('nprobe', ''))} | "
+        f"{r[f'recall@{k}']:.3f} | {'' if cov is None else f'{cov:.3f}'} | "
+        f"{100 * (r['mAP@10'] - exact['mAP@10']):+.2f} "
+        f"({100 * lo:+.2f}, {100 * hi:+.2f}) | "
+        f"{r['qps_batch']:.0f} | {r['qps_batch'] / exact['qps_batch']:.1f} | "
+        f"{r['p50_ms']:.2f} | {r['p99_ms']:.2f} | "
+        f"{r.get('build_s', 0):.1f} | {r['memory_bytes'] / 1e6:.1f} |")
+  return "\n".join(lines)
+
+
 def plot(results: list[dict[str, Any]], k: int, path: str) -> None:
   """recall@k vs queries/s (batch) and vs p50 latency, Pareto fronts."""
   import matplotlib  # pylint: disable=import-outside-toplevel
@@ -372,6 +401,7 @@ def main(argv: Sequence[str]) -> None:
     raise SystemExit(f"retrieval_bench: error: {e}") from None
   out["machine"].update(load_avg_end=os.getloadavg(),
                         wall_s=time.perf_counter() - start)
+  print(markdown_table(out["results"], out["k"]))
   print(json.dumps(out["headline"], indent=1))
   if FLAGS.out:
     atomic_files.write_json(FLAGS.out, out)

@@ -14,12 +14,17 @@ Variances: `fit` measures them on a real export (an exported split of an
 MRL model: mu = the mean, var_class = the variance of the class means,
 var_sub = the variance of k-means sub-cluster centres within each class,
 var_noise = the rest), interpolated to the target width by relative
-position. Without an export, `default_variances` applies the MRL-like decay
-of variance with the dimension index j = 0..d-1 (early dims carry the
-class signal, late ones mostly noise):
+position. Without an export, `default_variances` applies an MRL-like decay
+of variance with the dimension index j = 0..d-1: early dims carry most of
+the class signal (signal-to-noise 4 at j = 0, 1 at j = 15, 0.09 at
+j = 2047) and late dims little variance of any kind, so extra dims help
+less and less but never hurt much:
 
-  var_class_j = (1 + j)^-0.75,  var_sub_j = 0.3 (1 + j)^-0.5,
-  var_noise_j = 0.5 (1 + j)^-0.25,  mu = 0.
+  var_class_j = 4 (1 + j)^-1.5,  var_sub_j = 1.2 (1 + j)^-1.5,
+  var_noise_j = (1 + j)^-1,  mu = 0.
+
+(With 200 classes of 100 rows at d = 2048 this gives exact mAP@10 of about
+0.47 at 16 dims, 0.79 at 64 and 0.87 at 2048; more classes lower all three.)
 
 Rows are written as a float16 np.memmap in chunks (each chunk seeded by
 (seed, chunk), so any row range is reproducible), with the labels, the
@@ -42,8 +47,8 @@ _QUERY_STREAM = 1 << 30  # seeds the queries apart from the database chunks
 def default_variances(dim: int) -> dict[str, np.ndarray]:
   """The module doc's MRL-like decay: {mean, class, sub, noise} [dim]."""
   j = np.arange(dim, dtype=np.float64)
-  return {"mean": np.zeros(dim), "class": (1 + j) ** -0.75,
-          "sub": 0.3 * (1 + j) ** -0.5, "noise": 0.5 * (1 + j) ** -0.25}
+  return {"mean": np.zeros(dim), "class": 4 * (1 + j) ** -1.5,
+          "sub": 1.2 * (1 + j) ** -1.5, "noise": (1 + j) ** -1.0}
 
 
 def fit(split_dir: str, dim: int, subclusters: int = 4,
@@ -104,7 +109,7 @@ def generate(directory: str, rows: int, dim: int, classes: int,
   variances = variances or default_variances(dim)
   spec = {"rows": rows, "dim": dim, "classes": classes,
           "subclusters": subclusters, "queries": num_queries, "seed": seed,
-          "variances": fitted_from or "default (MRL-like decay)"}
+          "variances": fitted_from or "default (MRL-like decay, v2)"}
   name = f"db-{rows}x{dim}-c{classes}-s{seed}"
   base = os.path.join(directory, name)
   if _load_spec(base) != spec:

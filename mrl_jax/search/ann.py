@@ -11,7 +11,7 @@ lists), never a second copy of the full rows.
 
 Kinds: "hnsw" (`IndexHNSWFlat`, inner product on normalised prefixes =
 cosine; M, efConstruction, efSearch) and "ivf" (`IndexIVFFlat`, or
-`IndexIVFPQ` with `pq_m` sub-quantisers; nlist, nprobe). IVF with
+`IndexIVFPQ` with `pq_m` sub-quantisers; nlist, nprobe). IVF-Flat with
 nprobe = nlist scans every list: the exact shortlist.
 
 Files: `save` writes `<dir>/<kind>-d<D_s>.faiss` and a JSON next to it
