@@ -303,6 +303,7 @@ def plot(results: list[dict[str, Any]], k: int, path: str) -> None:
   import matplotlib  # pylint: disable=import-outside-toplevel
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
+  import matplotlib.ticker  # pylint: disable=import-outside-toplevel
   fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
   methods = sorted({r["method"] for r in results})
   for ax, key, title in ((axes[0], "qps_batch", "queries/s, batch"),
@@ -315,6 +316,7 @@ def plot(results: list[dict[str, Any]], k: int, path: str) -> None:
                     faster_is_larger=key == "qps_batch")
     ax.plot(*zip(*front), "k--", lw=0.8, label="Pareto front")
     ax.set_xscale("log")
+    ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
     ax.set_xlabel(title)
     ax.set_ylabel(f"recall@{k} vs exact full dim")
     ax.grid(alpha=0.3)
