@@ -96,3 +96,27 @@ def test_retrieval_bench_bad_flags_write_nothing(tmp_path):
                 "--shortlist_dims=8,32")
   assert "--shortlist_dims [32] outside [1, --dim=16]" in proc.stderr
   assert not (tmp_path / "w").exists()
+
+
+def test_fit_measures_an_exports_variances(tmp_path):
+  rng = np.random.default_rng(0)
+  labels = rng.integers(0, 8, 4000)
+  class_sd = np.linspace(2.0, 0.1, 16)  # class signal decays with the dim
+  emb = (5.0 + rng.normal(size=(8, 16))[labels] * class_sd
+         + 0.3 * rng.normal(size=(4000, 16)))
+  np.savez(tmp_path / "shard-p000-00000.npz", embeddings=emb.astype(
+      np.float16), labels=labels)
+  (tmp_path / "metadata.json").write_text(json.dumps(
+      {"step": 1, "nesting": [8, 16], "arrays": ["embeddings", "labels"]}))
+  v = synthetic_db.fit(str(tmp_path), 31, subclusters=2)
+  assert {name: curve.shape for name, curve in v.items()} == {
+      name: (31,) for name in ("mean", "class", "sub", "noise")}
+  # Interpolated to 31 dims: the ends are the export's first and last dim.
+  np.testing.assert_allclose(v["mean"][[0, -1]], emb.mean(0)[[0, -1]],
+                             atol=0.01)
+  assert v["class"][0] > 1.0 > 0.1 > v["class"][-1]
+  total = v["sub"] + v["noise"]  # the within-class variance, split in two
+  np.testing.assert_allclose(total, 0.09, rtol=0.15)
+  db = synthetic_db.generate(str(tmp_path / "db"), 200, 31, 4, 5,
+                             variances=v, fitted_from=str(tmp_path))
+  assert db["spec"]["variances"] == str(tmp_path)
