@@ -38,8 +38,10 @@ TORCH = ["torch==2.13.0"]
 PLOTS = ["matplotlib==3.11.2"]
 NOTEBOOKS = ["nbclient==0.11.0", "nbformat==5.11.1", "ipykernel==7.4.0",
              *PLOTS]
-# FAISS IndexFlatIP, the baseline of experiments/bench/search_bench.py.
-BENCH = ["faiss-cpu==1.15.1"]
+# FAISS: the ANN shortlists of mrl_jax.search.ann (HNSW / IVF on a prefix)
+# and the baselines of experiments/bench/.
+ANN = ["faiss-cpu==1.15.1"]
+BENCH = [*ANN, *PLOTS]  # the retrieval benchmark plots its Pareto front
 
 # --mode=aot: compiles the train step for TPU topologies on a CPU-only
 # machine; 0.0.42.* is the libtpu built for jax 0.10.2. In the test extra too,
@@ -57,6 +59,7 @@ EXTRAS_REQUIRE = {
     "torch": TORCH,
     "notebooks": NOTEBOOKS,
     "plots": PLOTS,
+    "ann": ANN,
     "bench": BENCH,
     # CI runs the AOT, import-parity, notebook, plot and benchmark tests.
     # pytest-xdist: scripts/test.sh runs one worker per core (up to 4).

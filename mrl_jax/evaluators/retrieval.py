@@ -9,22 +9,38 @@ Two protocols, selected with `Protocol`, report under distinct names:
 * PAPER, the official MRL code's quirks (RAIVNLab/MRL retrieval code):
   AP@k divided by k, which the paper calls "corrected mAP@k"
   (`corrected_mAP@k`), and recall@k = hits@k / 1300, hard-coded as the
-  approximate ImageNet images per class (`paper_recall@k`).
-Both report top-1 (`top1`: label of the first neighbour), precision@k =
+  approximate ImageNet images per class (`paper_recall@k`). The paper's
+  mAP@10 numbers (e.g. 65.27 for adaptive 16 -> 2048 on ImageNet-1K) are
+  this `corrected_mAP@10`; where a class has at least k items in the
+  database both variants agree, otherwise the standard one is at least as
+  high.
+* BOTH: the union of the two (what `--mode=retrieval` reports).
+All report top-1 (`top1`: label of the first neighbour), precision@k =
 hits@k / k (`precision@k`) and the top-k hit rate (`hit@k`: any hit).
 
 `evaluate_per_dim` / `evaluate_adaptive` / `evaluate_funnel` run the searches
 of `mrl_jax.search` and return flat, greppable names such as
 `retrieval/mAP@10/d=32`, `retrieval/mAP@10/Ds=16,K=200,Dr=2048` and
 `retrieval/mAP@10/funnel=16:200,32:100,2048:10`.
+
+`evaluate_exported` is `--mode=retrieval`: every nesting dim exactly, then
+adaptive retrieval (D_s -> the full dim) with the shortlist picked by
+`config.retrieval` (`DEFAULTS`): exact, a FAISS HNSW / IVF index on the
+D_s prefix (built once and kept next to the exported database, under
+ann/), or int8 / binary codes of the prefix; approximate shortlists also
+report their coverage of the exact one.
 """
 from collections.abc import Sequence
 import enum
+import os
 from typing import Any
 
 import numpy as np
 
+from mrl_jax import embedding_files
 from mrl_jax import search as search_lib
+from mrl_jax.search import ann
+from mrl_jax.search import codes
 
 # Approximate images per ImageNet-1K class, hard-coded by the official code.
 PAPER_CLASS_SIZE = 1300
@@ -33,9 +49,27 @@ PAPER_CLASS_SIZE = 1300
 DEFAULTS = {"ks": (10, 25, 50, 100)}
 
 
+# Metric cut-offs of --mode=retrieval (those above the database size drop).
+KS = (10, 25, 50, 100)
+# config.retrieval of --mode=retrieval. shortlist: exact | hnsw | ivf, the
+# first stage of adaptive retrieval at D_s = dim_shortlist keeping
+# K = k_shortlist (the paper: 16, 200; re-ranked at the full dim).
+# hnsw_*/ef_*: IndexHNSWFlat's M, efConstruction, efSearch (>= K; the
+# paper used FAISS's defaults with M = 32). ivf_nlist (0: about 4 sqrt(N)),
+# ivf_nprobe, ivf_pq_m (0: IVF-Flat, else IVF-PQ with that many
+# sub-quantisers). codes: none | int8 | binary, an exhaustive scan of
+# quantised prefix codes instead (with shortlist=exact only).
+DEFAULTS = {"shortlist": "exact", "dim_shortlist": 16, "k_shortlist": 200,
+            "hnsw_m": 32, "ef_construction": 40, "ef_search": 200,
+            "ivf_nlist": 0, "ivf_nprobe": 16, "ivf_pq_m": 0, "codes": "none"}
+SHORTLISTS = ("exact",) + ann.KINDS
+CODES = ("none",) + codes.KINDS
+
+
 class Protocol(enum.Enum):
   STANDARD = "standard"
   PAPER = "paper"
+  BOTH = "both"
 
 
 def relevance(query_labels: Any, retrieved_labels: Any) -> np.ndarray:
@@ -116,11 +150,13 @@ def retrieval_metrics(query_labels: Any, retrieved_labels: Any,
     class_counts: [C] database items per class (np.bincount(db_labels));
       unused by the PAPER protocol, which hard-codes 1300.
     ks: cut-offs, each <= k_max.
-    protocol: STANDARD or PAPER (see module doc for names and formulas).
+    protocol: STANDARD, PAPER or BOTH (see module doc for names and
+      formulas).
 
   Returns:
-    {"top1", "precision@k", "hit@k", and "mAP@k", "recall@k" (STANDARD) or
-    "corrected_mAP@k", "paper_recall@k" (PAPER)}: float means over queries.
+    {"top1", "precision@k", "hit@k", and "mAP@k", "recall@k" (STANDARD)
+    and/or "corrected_mAP@k", "paper_recall@k" (PAPER)}: float means over
+    queries.
   """
   protocol = Protocol(protocol)
   rel = relevance(query_labels, retrieved_labels)
@@ -129,10 +165,10 @@ def retrieval_metrics(query_labels: Any, retrieved_labels: Any,
   for k in ks:
     out[f"precision@{k}"] = float(precision_at_k(rel, k).mean())
     out[f"hit@{k}"] = float(hit_rate_at_k(rel, k).mean())
-    if protocol is Protocol.STANDARD:
+    if protocol is not Protocol.PAPER:
       out[f"mAP@{k}"] = float(average_precision_at_k(rel, relevant, k).mean())
       out[f"recall@{k}"] = float(recall_at_k(rel, relevant, k).mean())
-    else:
+    if protocol is not Protocol.STANDARD:
       out[f"corrected_mAP@{k}"] = float(
           corrected_average_precision_at_k(rel, k).mean())
       out[f"paper_recall@{k}"] = float(paper_recall_at_k(rel, k).mean())
@@ -225,6 +261,136 @@ def evaluate_funnel(index: search_lib.PrefixIndex, queries: Any,
     out.update(_named(prefix, name, retrieval_metrics(
         query_labels, db_labels[np.asarray(ids)], counts, ks, protocol)))
   return out
+
+
+def evaluate_exported(train_dir: str, eval_dir: str,
+                      settings: dict[str, Any]) -> dict[str, Any]:
+  """`--mode=retrieval` on an embedding export (both metric protocols).
+
+  Args:
+    train_dir: exported database split (`embedding_files.split_dir`).
+    eval_dir: exported query split.
+    settings: `DEFAULTS` with config.retrieval's fields over them.
+
+  Returns:
+    {"nesting", "step", "shortlist": settings, and metric names}:
+    "retrieval/<metric>/d=<m>" per nesting dim (exact search) and
+    "retrieval/<metric>/<name>" for adaptive retrieval, where <name> is
+    "Ds=16,K=200,Dr=2048" for the exact shortlist or "<kind>,Ds=...,Dr=..."
+    (kind hnsw, ivf, int8, binary), which also reports
+    "retrieval/shortlist_coverage/<name>" (the fraction of the exact
+    shortlist's K ids it found) and "retrieval/agreement@<k>/<name>" (of
+    the exact-shortlist result's top k).
+
+  Raises:
+    ValueError: for bad settings (before the embeddings are read) or a
+      D_s above the exported dim, or a saved ANN index built on other
+      embeddings (before anything is searched or written).
+    RunError: FAISS missing for an hnsw / ivf shortlist.
+  """
+  opts = _checked_settings(settings)
+  database, db_labels, queries, q_labels, meta = (
+      embedding_files.load_database_and_queries(train_dir, eval_dir))
+  dims = meta["nesting"]
+  full, ds, kk = database.shape[1], opts["dim_shortlist"], opts["k_shortlist"]
+  ks = tuple(k for k in KS if k <= len(database))
+  ann.check_stages(min(kk, len(database)), [(full, max(ks))], ds, full)
+  index = search_lib.build_index(database, boundaries=sorted({*dims, ds}),
+                                 normalize=True)
+  queries = queries.astype(np.float32)
+  out = evaluate_per_dim(index, queries, q_labels, db_labels, dims, ks,
+                         protocol=Protocol.BOTH)
+  kk = min(kk, len(database))
+  stages = [(full, max(ks))]
+  _, exact_shortlist = search_lib.search(index, queries, ds, kk)
+  _, exact = ann.rerank_shortlist(index, queries, exact_shortlist, stages)
+  results = {f"Ds={ds},K={kk},Dr={full}": exact}
+  kind = opts["codes"] if opts["codes"] != "none" else opts["shortlist"]
+  if kind != "exact":
+    shortlister, search_opts = _shortlister(kind, opts, database, meta,
+                                            train_dir)
+    shortlist = shortlister.shortlist(queries, kk, **search_opts)
+    _, ids = ann.rerank_shortlist(index, queries, shortlist, stages)
+    name = f"{kind},Ds={ds},K={kk},Dr={full}"
+    results[name] = ids
+    out[f"retrieval/shortlist_coverage/{name}"] = _overlap(shortlist,
+                                                           exact_shortlist)
+    out[f"retrieval/agreement@{max(ks)}/{name}"] = _overlap(ids, exact)
+  counts = np.bincount(db_labels)
+  for name, ids in results.items():
+    out.update(_named("retrieval", name, retrieval_metrics(
+        q_labels, db_labels[np.asarray(ids)], counts, ks, Protocol.BOTH)))
+  return {"nesting": dims, "step": meta["step"], "shortlist": opts, **out}
+
+
+def _checked_settings(settings: dict[str, Any]) -> dict[str, Any]:
+  """settings with ints as ints, or a one-line ValueError naming the
+  config.retrieval field to fix."""
+  opts = {**DEFAULTS, **settings}
+  if opts["shortlist"] not in SHORTLISTS:
+    raise ValueError(f"config.retrieval.shortlist={opts['shortlist']!r}; use "
+                     f"one of {SHORTLISTS}")
+  if opts["codes"] not in CODES:
+    raise ValueError(f"config.retrieval.codes={opts['codes']!r}; use one of "
+                     f"{CODES}")
+  if opts["codes"] != "none" and opts["shortlist"] != "exact":
+    raise ValueError("config.retrieval.codes scans every row's codes, it "
+                     "replaces an ANN shortlist; set shortlist='exact' or "
+                     "codes='none'")
+  ints = ("dim_shortlist", "k_shortlist", "hnsw_m", "ef_construction",
+          "ef_search", "ivf_nlist", "ivf_nprobe", "ivf_pq_m")
+  opts.update({key: int(opts[key]) for key in ints})
+  if opts["k_shortlist"] < max(KS):
+    raise ValueError(f"config.retrieval.k_shortlist={opts['k_shortlist']} < "
+                     f"k={max(KS)}, the largest metric cut-off; raise it")
+  if opts["shortlist"] == "hnsw" and opts["ef_search"] < opts["k_shortlist"]:
+    raise ValueError(f"config.retrieval.ef_search={opts['ef_search']} < "
+                     f"k_shortlist={opts['k_shortlist']}; HNSW returns at "
+                     "most ef_search candidates: raise ef_search")
+  if opts["shortlist"] != "exact":
+    ann.import_faiss()  # a missing extra fails before the export is read
+  return opts
+
+
+def _shortlister(kind: str, opts: dict[str, Any], database: np.ndarray,
+                 meta: dict[str, Any], train_dir: str
+                 ) -> tuple[Any, dict[str, int]]:
+  """The shortlist index for `kind` and its search options: codes built
+  in memory; an ANN index loaded from train_dir/ann/ (checked to be built on
+  this export with these parameters) or built and saved there."""
+  ds = opts["dim_shortlist"]
+  if kind in codes.KINDS:
+    return codes.build(database, kind, ds), {}
+  if kind == "hnsw":
+    params = {"m": opts["hnsw_m"], "ef_construction": opts["ef_construction"]}
+  else:
+    params = {"nlist": opts["ivf_nlist"] or None, "pq_m": opts["ivf_pq_m"]}
+  directory = os.path.join(train_dir, "ann")
+  path = ann.index_path(directory, kind, ds)
+  if os.path.exists(path):
+    shortlister = ann.load(path, ann.provenance(*database.shape, meta))
+    differ = {key: value for key, value in params.items()
+              if value is not None and shortlister.params.get(key) != value}
+    if differ:
+      raise ValueError(f"{path} was built with {shortlister.params}, the "
+                       f"config asks for {differ}; delete it and its .json "
+                       "to rebuild it")
+  else:
+    if kind == "ivf":
+      params["nprobe"] = opts["ivf_nprobe"]
+    shortlister = ann.build(database, kind, ds, metadata=meta, **params)
+    ann.save(shortlister, directory)
+  if kind == "hnsw":
+    return shortlister, {"ef_search": opts["ef_search"]}
+  # A small database gets fewer lists than the configured nprobe.
+  return shortlister, {"nprobe": min(opts["ivf_nprobe"],
+                                     shortlister.params["nlist"])}
+
+
+def _overlap(got: Any, want: Any) -> float:
+  """Mean over queries of the fraction of want's ids [Q, K] in got's."""
+  got, want = np.asarray(got), np.asarray(want)
+  return float(np.mean([np.isin(w, g).mean() for g, w in zip(got, want)]))
 
 
 def _labels(index: search_lib.PrefixIndex, db_labels: Any

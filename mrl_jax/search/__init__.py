@@ -39,6 +39,10 @@ Ties are broken by the lower database id everywhere, so results equal a
 stable numpy argsort of the negated scores: `top_k` keeps the lower index
 first, each merge puts the older (lower-id) candidates first, and the final
 merges sort on (score desc, id asc) explicitly.
+
+Approximate first stages: `ann` (FAISS HNSW / IVF over the normalised D_s
+prefix, the `ann` extra) and `codes` (int8 / binary codes of the prefix)
+return K candidates that `rerank` re-scores exactly (`ann.shortlist_search`).
 """
 from collections.abc import Sequence
 import functools
@@ -46,13 +50,15 @@ from typing import Any
 
 import numpy as np
 
+from mrl_jax.search import ann
+from mrl_jax.search import codes
 from mrl_jax.search.index import Array, PrefixIndex, build_index
 from mrl_jax.search.plan import check_k, make_plan
 from mrl_jax.search.scan import (device_rerank, device_search, host_rerank,
                                  host_search, in_query_batches)
 
 __all__ = ["PrefixIndex", "build_index", "search", "rerank",
-           "adaptive_search", "funnel_search"]
+           "adaptive_search", "funnel_search", "ann", "codes"]
 
 
 def search(index: PrefixIndex, queries: Any, dim: int, k: int, *,

@@ -1,7 +1,12 @@
 """Retrieval metrics: golden values, a per-query loop, per-dim names."""
+import json
+import os
+import sys
+
 import numpy as np
 import pytest
 
+from mrl_jax import errors
 from mrl_jax import search
 from mrl_jax.evaluators import retrieval
 
@@ -151,3 +156,131 @@ def test_adaptive_and_funnel_report_the_same_metrics():
   with pytest.raises(ValueError, match="ends with K=5"):
     retrieval.evaluate_funnel(index, QUERIES, Q_LABELS, DB_LABELS, [stages],
                               ks=(10,))
+
+
+def test_both_protocols_is_the_union():
+  both = retrieval.retrieval_metrics(QUERY_LABELS, RETRIEVED, CLASS_COUNTS,
+                                     [5], protocol="both")
+  std = retrieval.retrieval_metrics(QUERY_LABELS, RETRIEVED, CLASS_COUNTS,
+                                    [5])
+  paper = retrieval.retrieval_metrics(QUERY_LABELS, RETRIEVED, CLASS_COUNTS,
+                                      [5], protocol="paper")
+  assert both == {**std, **paper}
+  # Query 1's class has 1 < k items: the official AP (divided by k) is lower.
+  assert both["corrected_mAP@5"] < both["mAP@5"]
+
+
+def _export(directory, embeddings, labels, step=3):
+  os.makedirs(directory)
+  np.savez(os.path.join(directory, "shard-p000-00000.npz"),
+           embeddings=embeddings, labels=labels)
+  with open(os.path.join(directory, "metadata.json"), "w") as f:
+    json.dump({"model": "resnet18", "step": step, "dataset": "synthetic",
+               "split": os.path.basename(directory), "nesting": [8, 16, 32],
+               "arrays": ["embeddings", "labels"]}, f)
+
+
+@pytest.fixture
+def exported(tmp_path):
+  """(train_dir, eval_dir) of a 600 x 32 clustered export, 40 queries."""
+  rng = np.random.default_rng(5)
+  centres = rng.normal(size=(6, 32))
+  dirs = []
+  for split, n in (("train", 600), ("test", 40)):
+    labels = rng.integers(0, 6, n)
+    emb = centres[labels] + 1.2 * rng.normal(size=(n, 32))
+    dirs.append(str(tmp_path / split))
+    _export(dirs[-1], emb.astype(np.float16), labels)
+  return tuple(dirs)
+
+
+def test_exported_exact_reports_both_protocols_and_adaptive(exported):
+  got = retrieval.evaluate_exported(*exported, {"dim_shortlist": 8})
+  assert got["nesting"] == [8, 16, 32] and got["step"] == 3
+  assert got["shortlist"]["shortlist"] == "exact"
+  for suffix in ("d=8", "d=32", "Ds=8,K=200,Dr=32"):
+    for name in ("mAP@10", "corrected_mAP@10", "recall@100",
+                 "paper_recall@100", "top1"):
+      assert 0 <= got[f"retrieval/{name}/{suffix}"] <= 1, (name, suffix)
+  db, db_labels, queries, q_labels, _ = (
+      retrieval.embedding_files.load_database_and_queries(*exported))
+  index = search.build_index(db, boundaries=(8, 16, 32), normalize=True)
+  want = retrieval.evaluate_adaptive(
+      index, queries.astype(np.float32), q_labels, db_labels, [(8, 32)], 200,
+      retrieval.KS, protocol="both")
+  assert {k: got[k] for k in want} == want
+  assert not any("coverage" in name for name in got)
+
+
+def test_exported_hnsw_builds_saves_and_reuses_its_index(exported):
+  train_dir, eval_dir = exported
+  opts = {"shortlist": "hnsw", "dim_shortlist": 8, "ef_search": 400}
+  got = retrieval.evaluate_exported(train_dir, eval_dir, opts)
+  name = "hnsw,Ds=8,K=200,Dr=32"
+  assert got[f"retrieval/shortlist_coverage/{name}"] > 0.95
+  assert got[f"retrieval/agreement@100/{name}"] > 0.95
+  assert f"retrieval/corrected_mAP@10/{name}" in got
+  ann_dir = os.path.join(train_dir, "ann")
+  assert sorted(os.listdir(ann_dir)) == ["hnsw-d8.faiss", "hnsw-d8.faiss.json"]
+  again = retrieval.evaluate_exported(train_dir, eval_dir, opts)
+  assert again == got
+  with pytest.raises(ValueError, match="built with .* asks for {'m': 16}"):
+    retrieval.evaluate_exported(train_dir, eval_dir, {**opts, "hnsw_m": 16})
+  # A new export of another checkpoint: the saved index is stale.
+  meta_path = os.path.join(train_dir, "metadata.json")
+  with open(meta_path) as f:
+    meta = json.load(f)
+  for directory in exported:
+    with open(os.path.join(directory, "metadata.json"), "w") as f:
+      json.dump({**meta, "step": 9, "split": os.path.basename(directory)}, f)
+  before = os.stat(os.path.join(ann_dir, "hnsw-d8.faiss")).st_mtime_ns
+  with pytest.raises(ValueError, match=r"step 3 != 9\); delete it"):
+    retrieval.evaluate_exported(train_dir, eval_dir, opts)
+  assert os.stat(os.path.join(ann_dir, "hnsw-d8.faiss")).st_mtime_ns == before
+
+
+@pytest.mark.parametrize("opts", [
+    {"shortlist": "ivf", "ivf_nlist": 6, "ivf_nprobe": 6},
+    {"codes": "binary"}, {"codes": "int8"}])
+def test_exported_exhaustive_shortlists_cover_the_exact_one(exported, opts):
+  got = retrieval.evaluate_exported(*exported, {"dim_shortlist": 16, **opts})
+  kind = opts.get("codes", opts.get("shortlist"))
+  name = f"{kind},Ds=16,K=200,Dr=32"
+  coverage = got[f"retrieval/shortlist_coverage/{name}"]
+  if kind == "ivf":  # every list scanned: the exact shortlist
+    assert coverage == 1.0
+    assert got[f"retrieval/mAP@10/{name}"] == got[
+        "retrieval/mAP@10/Ds=16,K=200,Dr=32"]
+  else:
+    assert 0.5 < coverage <= 1.0, coverage
+  assert os.path.exists(os.path.join(exported[0], "ann")) == (kind == "ivf")
+
+
+@pytest.mark.parametrize("opts, match", [
+    ({"shortlist": "lsh"}, "shortlist='lsh'; use one of"),
+    ({"codes": "int4"}, "codes='int4'; use one of"),
+    ({"shortlist": "hnsw", "codes": "int8"}, "set shortlist='exact'"),
+    ({"k_shortlist": 50}, "k_shortlist=50 < k=100"),
+    ({"shortlist": "hnsw", "ef_search": 100}, "ef_search=100 < k_shortlist=200"),
+])
+def test_bad_settings_fail_before_reading_the_export(tmp_path, opts, match):
+  with pytest.raises(ValueError, match=match):
+    retrieval.evaluate_exported(str(tmp_path / "no"), str(tmp_path / "no"),
+                                opts)
+
+
+def test_shortlist_dim_above_the_export_writes_nothing(exported):
+  with pytest.raises(ValueError, match="prefix dim 64 is above the "
+                     "embeddings' dim 32"):
+    retrieval.evaluate_exported(*exported, {"shortlist": "hnsw",
+                                            "dim_shortlist": 64})
+  assert not os.path.exists(os.path.join(exported[0], "ann"))
+
+
+def test_missing_faiss_names_the_extra(exported, monkeypatch):
+  monkeypatch.setitem(sys.modules, "faiss", None)
+  with pytest.raises(errors.RunError, match=r"pip install -e '\.\[ann\]'"):
+    retrieval.evaluate_exported(*exported, {"shortlist": "ivf"})
+  assert not os.path.exists(os.path.join(exported[0], "ann"))
+  # The exact path needs no FAISS.
+  assert "retrieval/mAP@10/d=8" in retrieval.evaluate_exported(*exported, {})
