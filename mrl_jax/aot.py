@@ -17,7 +17,6 @@ input shape comes from tracing the config's train preprocessing.
 """
 import dataclasses
 import importlib.util
-import json
 import os
 import re
 from typing import Any

@@ -22,11 +22,9 @@ import os
 from typing import Any
 
 import ml_collections
-import numpy as np
 
 from mrl_jax import atomic_files
 from mrl_jax import embedding_files
-from mrl_jax import search
 from mrl_jax.evaluators import adaptive_classification
 from mrl_jax.evaluators import baselines as baselines_lib
 from mrl_jax.evaluators import knn as knn_lib
@@ -78,19 +76,13 @@ def knn(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
 
 def retrieval(config: ml_collections.ConfigDict,
               workdir: str) -> dict[str, Any]:
-  """--mode=retrieval: mAP@k, P@k, R@k per dim, settings in
+  """--mode=retrieval: mAP@k, P@k, R@k per dim and adaptive retrieval
+  (exact, HNSW or IVF shortlist, or quantised codes), settings in
   config.retrieval."""
   opts = settings(config, "retrieval", retrieval_lib.DEFAULTS)
-  database, db_labels, queries, q_labels, meta = (
-      embedding_files.load_database_and_queries(
-          *_exported_dirs(config, workdir)))
-  dims = meta["nesting"]
-  ks = tuple(k for k in opts["ks"] if k <= len(database))
-  index = search.build_index(database, boundaries=dims, normalize=True)
-  out = retrieval_lib.evaluate_per_dim(index, queries.astype(np.float32),
-                                       q_labels, db_labels, dims, ks)
-  return _write_summary(workdir, "retrieval",
-                        {"nesting": dims, "step": meta["step"], **out})
+  result = retrieval_lib.evaluate_exported(*_exported_dirs(config, workdir),
+                                           opts)
+  return _write_summary(workdir, "retrieval", result)
 
 
 def adaptive(config: ml_collections.ConfigDict,

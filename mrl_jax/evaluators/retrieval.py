@@ -44,14 +44,10 @@ from mrl_jax.search import codes
 
 # Approximate images per ImageNet-1K class, hard-coded by the official code.
 PAPER_CLASS_SIZE = 1300
-# --mode=retrieval's settings (config.retrieval overrides them): the k of the
-# @k metrics; those above the database size are dropped.
-DEFAULTS = {"ks": (10, 25, 50, 100)}
 
 
-# Metric cut-offs of --mode=retrieval (those above the database size drop).
-KS = (10, 25, 50, 100)
-# config.retrieval of --mode=retrieval. shortlist: exact | hnsw | ivf, the
+# config.retrieval of --mode=retrieval. ks: the k of the @k metrics (those
+# above the database size are dropped). shortlist: exact | hnsw | ivf, the
 # first stage of adaptive retrieval at D_s = dim_shortlist keeping
 # K = k_shortlist (the paper: 16, 200; re-ranked at the full dim).
 # hnsw_*/ef_*: IndexHNSWFlat's M, efConstruction, efSearch (>= K; the
@@ -59,8 +55,8 @@ KS = (10, 25, 50, 100)
 # ivf_nprobe, ivf_pq_m (0: IVF-Flat, else IVF-PQ with that many
 # sub-quantisers). codes: none | int8 | binary, an exhaustive scan of
 # quantised prefix codes instead (with shortlist=exact only).
-DEFAULTS = {"shortlist": "exact", "dim_shortlist": 16, "k_shortlist": 200,
-            "hnsw_m": 32, "ef_construction": 40, "ef_search": 200,
+DEFAULTS = {"ks": (10, 25, 50, 100), "shortlist": "exact",
+            "dim_shortlist": 16, "k_shortlist": 200, "hnsw_m": 32, "ef_construction": 40, "ef_search": 200,
             "ivf_nlist": 0, "ivf_nprobe": 16, "ivf_pq_m": 0, "codes": "none"}
 SHORTLISTS = ("exact",) + ann.KINDS
 CODES = ("none",) + codes.KINDS
@@ -293,7 +289,7 @@ def evaluate_exported(train_dir: str, eval_dir: str,
       embedding_files.load_database_and_queries(train_dir, eval_dir))
   dims = meta["nesting"]
   full, ds, kk = database.shape[1], opts["dim_shortlist"], opts["k_shortlist"]
-  ks = tuple(k for k in KS if k <= len(database))
+  ks = tuple(k for k in opts["ks"] if k <= len(database))
   ann.check_stages(min(kk, len(database)), [(full, max(ks))], ds, full)
   index = search_lib.build_index(database, boundaries=sorted({*dims, ds}),
                                  normalize=True)
@@ -340,9 +336,10 @@ def _checked_settings(settings: dict[str, Any]) -> dict[str, Any]:
   ints = ("dim_shortlist", "k_shortlist", "hnsw_m", "ef_construction",
           "ef_search", "ivf_nlist", "ivf_nprobe", "ivf_pq_m")
   opts.update({key: int(opts[key]) for key in ints})
-  if opts["k_shortlist"] < max(KS):
+  if opts["k_shortlist"] < max(opts["ks"]):
     raise ValueError(f"config.retrieval.k_shortlist={opts['k_shortlist']} < "
-                     f"k={max(KS)}, the largest metric cut-off; raise it")
+                     f"k={max(opts['ks'])}, the largest metric cut-off; "
+                     "raise it")
   if opts["shortlist"] == "hnsw" and opts["ef_search"] < opts["k_shortlist"]:
     raise ValueError(f"config.retrieval.ef_search={opts['ef_search']} < "
                      f"k_shortlist={opts['k_shortlist']}; HNSW returns at "

@@ -207,7 +207,7 @@ def test_exported_exact_reports_both_protocols_and_adaptive(exported):
   index = search.build_index(db, boundaries=(8, 16, 32), normalize=True)
   want = retrieval.evaluate_adaptive(
       index, queries.astype(np.float32), q_labels, db_labels, [(8, 32)], 200,
-      retrieval.KS, protocol="both")
+      retrieval.DEFAULTS["ks"], protocol="both")
   assert {k: got[k] for k in want} == want
   assert not any("coverage" in name for name in got)
 

@@ -5,10 +5,9 @@ import subprocess
 import sys
 
 import numpy as np
-import pytest
 
-BENCH_DIR = os.path.join(os.path.dirname(os.path.dirname(
-    os.path.abspath(__file__))), "experiments", "bench")
+BENCH_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(
+    os.path.abspath(__file__)))), "experiments", "bench")
 sys.path.insert(0, BENCH_DIR)
 import synthetic_db  # pylint: disable=wrong-import-position
 
@@ -49,7 +48,6 @@ def _bench(tmp_path, *flags):
       check=False, timeout=600)
 
 
-@pytest.mark.slow
 def test_retrieval_bench_end_to_end(tmp_path):
   out, png = tmp_path / "out.json", tmp_path / "out.png"
   proc = _bench(tmp_path, "--rows=2000", "--dim=64", "--classes=20",
