@@ -68,6 +68,7 @@ def test_rebuild_rejects_wrong_files(tmp_path):
     fashion_mnist.rebuild_upstream(tmp_path / "out", src)
 
 
+@pytest.mark.slow  # prepares the real dataset from Debian
 @needs_debian
 def test_prepare_then_load_offline(tmp_path, monkeypatch):
   data_dir = str(tmp_path / "tfds")

@@ -55,6 +55,7 @@ def _check_sharded(batch):
 @pytest.mark.parametrize("train, split, key", [
     (True, "train", "train_preprocess"),
     (False, "validation", "eval_preprocess")])
+@pytest.mark.slow  # compile-heavy
 def test_imagenet_batches_shaped_sharded_normalised(cfg, train, split, key):
   batch = _first_batch(cfg, split, train)
   # Train crops follow the resolution schedule: 160 px in epoch 0.

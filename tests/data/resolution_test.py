@@ -78,6 +78,7 @@ def _take(cfg, start, n):
   return [np.asarray(next(it)["image"]) for _ in range(n)]
 
 
+@pytest.mark.slow  # reads dozens of batches twice
 def test_size_is_a_function_of_the_step_and_resumes_exactly(cfg):
   full = _take(cfg, 0, 3 * STEPS_PER_EPOCH)
   assert [b.shape[1] for b in full] == [16] * 8 + [24] * 8 + [32] * 8

@@ -57,6 +57,7 @@ def test_restrict_equals_numpy():
   np.testing.assert_array_equal(got_hot, hot[:, list(subset)])
 
 
+@pytest.mark.slow  # compile-heavy
 def test_eval_step_scores_among_the_subset(config_module):
   config = config_module("resnet50_imagenet").get_config("smoke")
   config.loss.label_smoothing = 0.0

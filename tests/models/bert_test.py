@@ -149,6 +149,7 @@ def test_pools_cls_mean_pooler():
       atol=1e-5)
 
 
+@pytest.mark.slow  # compile-heavy
 def test_bfloat16_and_remat_keep_the_function():
   ids, seg, mask = _batch()
   params = _mu().init(jax.random.key(0), ids, train=False)

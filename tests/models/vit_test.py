@@ -193,6 +193,7 @@ def test_registry_unknown_name_lists_names():
     assert name in str(err.value)
 
 
+@pytest.mark.slow  # compile-heavy
 def test_remat_gives_the_same_gradients():
   """Rematerialised blocks recompute activations: same values, same grads."""
   plain = registry.build_backbone("vit_mu")

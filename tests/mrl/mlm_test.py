@@ -217,6 +217,7 @@ def test_backward_pass_saves_no_logits(capsys):
   assert "f32[64,128]" not in saved and "[3,64,128]" not in saved
 
 
+@pytest.mark.slow  # compile-heavy
 def test_sharded_step_equals_one_device():
   """Loss and gradients of encoder + nested MLM with fsdp_tp rules on 8 fake
   devices (data 2 x fsdp 2 x model 2) equal the single-device ones."""
