@@ -65,6 +65,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.data.num_classes = len(names)
   config.data.class_names = tuple(names)
   config.data.skip_decode = True  # files stay encoded until preprocessing
+  # True: leave files that do not decode out (each is logged), instead of
+  # refusing the split.
+  config.data.skip_bad_files = False
   config.data.cache = False
   config.data.shuffle_buffer = 10_000
   # S data shards, each shuffled and batched alone (pipeline.py): batches are

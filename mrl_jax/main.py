@@ -12,6 +12,8 @@ embeddings under DIR/embeddings/ (see mrl_jax/export.py); mode=knn,
 retrieval, adaptive, probe and baselines evaluate those per nesting dim
 (mrl_jax/embedding_eval.py).
 mode=export_encoder writes DIR/encoder, a bundle for mrl_jax.load_encoder.
+mode=check_data decodes every image of the train and eval splits of an image
+folder and lists the unreadable ones (mrl_jax/data/check.py).
 Several processes (one per host or GPU): add --coordinator_address=HOST:PORT
 --num_processes=N --process_id=I, or nothing on TPU pods and under SLURM
 (mrl_jax/distributed.py).
@@ -34,15 +36,17 @@ config_flags.DEFINE_config_file(
 flags.DEFINE_string("workdir", None, "Checkpoints, metrics and summaries.")
 flags.DEFINE_enum("mode", "train",
                   ["train", "eval", "export", "knn", "retrieval", "adaptive",
-                   "probe", "baselines", "export_encoder", "aot"],
+                   "probe", "baselines", "export_encoder", "aot",
+                   "check_data"],
                   "train (then evaluate), eval (latest checkpoint), export "
                   "(embeddings of config.export.splits), or knn / retrieval "
                   "on the exported train (database) and eval (query) splits, "
                   "adaptive (MRL-AC cascade on the exported eval logits), "
                   "probe (few-shot linear probes on frozen prefixes), "
                   "baselines (SVD / random features of an FF-full model), "
-                  "export_encoder (DIR/encoder for mrl_jax.load_encoder), or aot "
-                  "(compile the train step for --topology).")
+                  "export_encoder (DIR/encoder for mrl_jax.load_encoder), aot "
+                  "(compile the train step for --topology), or check_data "
+                  "(decode every image of the train and eval splits).")
 flags.DEFINE_string("topology", None, "--mode=aot: TPU slice to compile for, "
                     "GENERATION:SHAPE, e.g. v5e:16x16, v4:2x2x2.")
 flags.DEFINE_string("coordinator_address", None, "Multi-process runs: "
@@ -76,12 +80,14 @@ def main(argv: list[str]) -> None:
   from mrl_jax import encoder  # pylint: disable=import-outside-toplevel
   from mrl_jax import export  # pylint: disable=import-outside-toplevel
   from mrl_jax import aot  # pylint: disable=import-outside-toplevel
+  from mrl_jax.data import check  # pylint: disable=import-outside-toplevel
   run = {"train": train.train_and_evaluate, "eval": train.evaluate,
          "export": export.export_embeddings,
          **{mode: functools.partial(embedding_eval.run, mode)
             for mode in embedding_eval.MODES},
          "export_encoder": encoder.export_encoder,
          "aot": functools.partial(aot.run, topology=FLAGS.topology),
+         "check_data": check.check_data,
          }[FLAGS.mode]
   from mrl_jax import distributed  # pylint: disable=import-outside-toplevel
   from mrl_jax import errors  # pylint: disable=import-outside-toplevel
@@ -99,6 +105,8 @@ def main(argv: list[str]) -> None:
     print(f"encoder bundle: {result}")
   elif FLAGS.mode == "aot":
     print(aot.format_report(result), flush=True)
+  elif FLAGS.mode == "check_data":
+    print(check.format_report(result), flush=True)
   elif FLAGS.mode in embedding_eval.MODES:
     print(embedding_eval.format_result(result), flush=True)
   else:
