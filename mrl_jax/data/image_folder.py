@@ -110,6 +110,10 @@ def peek(root: str, split: str, count: int = 8) -> tuple[int, int, int]:
         heights.append(image.height)
     except (OSError, SyntaxError):  # bad files are named when a split opens
       continue
+  if not heights:
+    raise ValueError(f"none of the first {count} files of each class of "
+                     f"{os.path.join(root, split)!r} is a readable image; "
+                     "replace them with JPEG or PNG files")
   channels = 1 if modes <= {"L", "I", "I;16", "1"} else 3
   return channels, int(np.median(heights)), int(np.median(widths))
 

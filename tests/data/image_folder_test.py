@@ -109,6 +109,9 @@ def _break(root, how):
   elif how == "empty_class":
     (root / "train" / "emu").mkdir()
     (root / "train" / "emu" / "notes.txt").write_text("no images")
+  elif how == "no_image_readable":
+    for path in (root / "train").glob("*/*"):
+      path.write_bytes(b"not an image")
   elif how == "one_class":
     for name in ("dog", "fish"):
       shutil.rmtree(root / "train" / name)
@@ -117,6 +120,8 @@ def _break(root, how):
 @pytest.mark.parametrize("how, match", [
     ("one_class", "has one class folder \\('cat'\\); classification needs "
      "at least 2: add a folder per class"),
+    ("no_image_readable", "none of the first 8 files of each class of "
+     ".*/train' is a readable image; replace them"),
     ("missing", "does not exist"),
     ("no_splits", "has no split folders"),
     ("no_classes", "has no class folders"),
