@@ -40,6 +40,7 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
+from mrl_jax import errors
 from mrl_jax.data import fashion_mnist
 from mrl_jax.data import image_folder
 from mrl_jax.data import mixup as mixup_lib
@@ -395,8 +396,35 @@ def process_batches(cfg: ml_collections.ConfigDict,
     # The size scheduled for this epoch (config.data.resolution), if any.
     preprocess = preprocess_lib.build(resolution.train_spec(cfg, epoch))
     ds = _concat_shards([s.epoch(epoch, offset, preprocess) for s in mine])
-    yield from ds.prefetch(tf.data.AUTOTUNE).as_numpy_iterator()
+    try:
+      yield from ds.prefetch(tf.data.AUTOTUNE).as_numpy_iterator()
+    except tf.errors.InvalidArgumentError as e:
+      raise _example_error([s.source for s in mine], e) from None
     epoch, offset = epoch + 1, 0
+
+
+def _example_error(sources: list[ExampleSource],
+                   error: tf.errors.InvalidArgumentError) -> errors.RunError:
+  """A one-line error for an example tf.data could not read or preprocess.
+
+  For image folders it names the unreadable files of `sources`, found by
+  decoding them all (image files that look whole but are broken inside pass
+  the check done when a split opens); this costs a pass over the files, but
+  only when the run is failing anyway.
+  """
+  paths = [p for s in sources if isinstance(s, image_folder.FolderSource)
+           for p in s.paths]
+  bad = image_folder.unreadable(paths, thorough=True)
+  if bad:
+    more = f" and {len(bad) - 1} more" if len(bad) > 1 else ""
+    return errors.RunError(
+        f"unreadable image {bad[0][0]} ({bad[0][1]}){more}; replace or "
+        "remove it (--mode=check_data lists every unreadable file)")
+  reason = " ".join(error.message.split())
+  return errors.RunError(
+      f"an example of split {sources[0].whole_split!r} could not be read or "
+      f"preprocessed ({reason[:300]}); check the data and the preprocess "
+      "spec")
 
 
 def train_batches(cfg: ml_collections.ConfigDict, source: ExampleSource,

@@ -197,11 +197,8 @@ def test_skip_bad_files_leaves_them_out_and_logs_each(config, image_tree,
 def test_check_data_decodes_every_file(config, image_tree, tmp_path, caplog):
   root = _copy_with_bad_files(image_tree, tmp_path)
   # Whole at both ends, broken inside: only a full decode finds it.
-  data = bytearray((root / "val" / "dog" / "0.jpg").read_bytes())
-  middle = len(data) // 2
-  data[middle:middle + 200] = np.random.default_rng(1).integers(
-      0, 256, 200, np.uint8).tobytes()
-  (root / "val" / "dog" / "inside.jpg").write_bytes(bytes(data))
+  (root / "val" / "dog" / "inside.jpg").write_bytes(
+      _break_inside(root / "val" / "dog" / "0.jpg"))
   # Valid, with bytes after the end marker: not unreadable.
   (root / "val" / "dog" / "tail.jpg").write_bytes(
       (root / "val" / "dog" / "2.jpg").read_bytes() + bytes(50))
@@ -217,6 +214,35 @@ def test_check_data_decodes_every_file(config, image_tree, tmp_path, caplog):
   assert "tail.jpg" not in caplog.text
   cfg.data.data_dir = str(image_tree)
   assert check.check_data(cfg, str(tmp_path)) == {"train": 24, "val": 9}
+
+
+def _break_inside(jpeg) -> bytes:
+  """The JPEG file's bytes with random ones in the middle: its first and
+  last bytes are intact, but it does not decode."""
+  data = bytearray(jpeg.read_bytes())
+  middle = len(data) // 2
+  data[middle:middle + 200] = np.random.default_rng(1).integers(
+      0, 256, 200, np.uint8).tobytes()
+  return bytes(data)
+
+
+def test_a_file_broken_inside_is_named_when_training_reads_it(
+    config, image_tree, tmp_path):
+  root = tmp_path / "images"
+  shutil.copytree(image_tree, root)
+  inside = root / "train" / "cat" / "inside.jpg"
+  inside.write_bytes(_break_inside(root / "train" / "cat" / "0.jpg"))
+  data = config.data.copy_and_resolve_references()
+  data.data_dir = str(root)
+  source = pipeline.open_source(data, "train")  # looks whole: not found yet
+  assert str(inside) in source.split_paths
+  data.num_shards = 1
+  # A full decode (decode_jpeg_and_inception_crop only decodes a window).
+  data.train_preprocess = data.eval_preprocess
+  batches = pipeline.process_batches(data, source, 25, 0, 0, 0, 1)  # all
+  with pytest.raises(errors.RunError, match=(
+      f"^unreadable image {inside} \\(.+\\); replace or remove it")):
+    next(batches)
 
 
 @pytest.mark.slow
