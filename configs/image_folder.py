@@ -22,7 +22,6 @@ cosine decay, label smoothing 0.1. Nothing here is tuned for a particular
 dataset; expect to adjust epochs and the learning rate.
 """
 import ml_collections
-from ml_collections import config_dict
 
 from mrl_jax import config_lib
 from mrl_jax.data import image_folder
@@ -50,66 +49,36 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   size = arg.size or _size(min(height, width))
   eval_splits = [s for s in _EVAL_SPLITS if s in splits]
 
-  config = ml_collections.ConfigDict()
-  config.seed = 0
-  config.total_epochs = arg.epochs
-  config.total_steps = config_dict.placeholder(int)
-  config.batch_size = arg.batch
-  config.eval_batch_size = arg.batch
-
-  config.data = ml_collections.ConfigDict()
-  config.data.name = image_folder.NAME
-  config.data.data_dir = arg.root
-  config.data.train_split = "train" if eval_splits else "train[:90%]"
-  config.data.eval_split = eval_splits[0] if eval_splits else "train[90%:]"
-  config.data.num_classes = len(names)
-  config.data.class_names = tuple(names)
-  config.data.skip_decode = True  # files stay encoded until preprocessing
-  # True: leave files that do not decode out (each is logged), instead of
-  # refusing the split.
-  config.data.skip_bad_files = False
-  config.data.cache = False
-  config.data.shuffle_buffer = 10_000
-  # S data shards, each shuffled and batched alone (pipeline.py): batches are
-  # the same for any process count dividing S. None: one per device.
-  config.data.num_shards = config_dict.placeholder(int)
+  config = config_lib.base_config(
+      total_epochs=arg.epochs, batch_size=arg.batch, eval_batch_size=arg.batch,
+      log_every_steps=50, checkpoint_every_steps=500)
   stats = "normalize('imagenet')" if channels == 3 else "value_range(-1, 1)"
   # decode_jpeg_and_inception_crop decodes only the crop of a JPEG, but
   # always to RGB; grayscale folders decode to 1 channel first.
   crop = (f"decode_jpeg_and_inception_crop({size})" if channels == 3 else
           f"decode(1)|inception_crop({size})")
-  config.data.train_preprocess = (
-      f"{crop}|flip_lr|{stats}|keep('image', 'label')")
-  config.data.eval_preprocess = (
-      f"decode({channels})|resize_small({size * 256 // 224})|"
-      f"central_crop({size})|{stats}|keep('image', 'label')")
-
+  config.data = config_lib.data_section(
+      image_folder.NAME, num_classes=len(names), data_dir=arg.root,
+      train_split="train" if eval_splits else "train[:90%]",
+      eval_split=eval_splits[0] if eval_splits else "train[90%:]",
+      cache=False, shuffle_buffer=10_000,
+      train_preprocess=f"{crop}|flip_lr|{stats}|keep('image', 'label')",
+      eval_preprocess=(
+          f"decode({channels})|resize_small({size * 256 // 224})|"
+          f"central_crop({size})|{stats}|keep('image', 'label')"),
+      class_names=tuple(names),
+      skip_decode=True,  # files stay encoded until preprocessing
+      # True: leave files that do not decode out (each is logged), instead
+      # of refusing the split.
+      skip_bad_files=False)
   config.model = config_lib.model_section(arg.model, "float32")
   config.mrl = config_lib.mrl_section(arg.head)
-
-  config.loss = ml_collections.ConfigDict()
-  config.loss.name = "softmax"
-  config.loss.label_smoothing = 0.1
-
-  config.optimizer = ml_collections.ConfigDict()
-  config.optimizer.name = "adamw"
-  config.optimizer.learning_rate = 1e-3
-  config.optimizer.weight_decay = 0.05
-  config.optimizer.warmup_epochs = 1.0
-  config.optimizer.schedule = "cosine"
-
-  config.mesh = (("data", -1),)
-  config.log_every_steps = 50
-  config.checkpoint_every_steps = 500
-  config.eval_every_steps = 0  # 0: evaluate only at the end
-  config.keep_checkpoints = 2
-
+  config.loss = config_lib.loss_section("softmax", label_smoothing=0.1)
+  config.optimizer = config_lib.optimizer_section(
+      "adamw", learning_rate=1e-3, weight_decay=0.05, warmup_epochs=1.0,
+      schedule="cosine")
   if arg.smoke:
-    config.total_epochs = None
-    config.total_steps = 4
-    config.batch_size = config.eval_batch_size = 8
-    config.model.name = "resnet_mu"  # d = 64: nesting (8, 16, 32, 64)
+    config_lib.apply_smoke(config, total_steps=4, batch_size=8)
+    config_lib.smoke_model(config, "resnet_mu", 64)  # nesting (8, ..., 64)
     config.optimizer.warmup_epochs = 0.5
-    config.log_every_steps = 2
-    config.checkpoint_every_steps = 2
   return config

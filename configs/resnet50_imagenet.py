@@ -15,7 +15,7 @@ checkpoints; False gives plain torchvision ResNet-50).
 
 Hardware: the official run used 8x A100 (yaml: 512/GPU, lr 0.2125) or 2x A100
 (README: global batch 1024, lr 0.425); a TPU v3-8 / v4-8 should also fit
-batch 1024 (128 per core; not tested here). Wall time: not measured yet.
+batch 1024 (128 per core; not tested here). Wall time: not measured.
 
 Data: TFDS `imagenet2012` (train 1,281,167 / validation 50,000). Manual
 download: put ILSVRC2012_img_train.tar and ILSVRC2012_img_val.tar in
@@ -23,7 +23,7 @@ download: put ILSVRC2012_img_train.tar and ILSVRC2012_img_val.tar in
 --data_dir=<data_dir>`. Images are read encoded (`data.skip_decode`) so the
 train op decodes only the random crop window.
 
-Recipe (notes: mrl.md section 3): 40 epochs, global batch 1024, SGD momentum
+Recipe (RAIVNLab/MRL's README and yaml): 40 epochs, global batch 1024, SGD momentum
 0.9 (not Nesterov), peak lr 0.425, linear warm-up over 2 epochs from 1e-4 x
 peak, then linear decay to 0; weight decay 1e-4 on kernels only (no decay on
 BN scales/offsets or biases, see mrl_jax/optim.py: the official code still
@@ -41,8 +41,7 @@ flip TTA at validation. Validation here is
 resize 256 -> centre crop 224, no TTA (the paper's table protocol).
 
 Expected validation top-1 (%), the paper's numbers (Table 1, linear
-classification; mrl.md section 6, cells not marked verified there are
-unverified), not yet reproduced by this code:
+classification), not reproduced by this code (no ImageNet here):
 
     dim    MRL   MRL-E
       8  66.63   56.66
@@ -59,7 +58,6 @@ FF-2048 (`head=ff`): 76.8-76.9 (paper); upstream FFCV's FF ResNet-50 on the
 same 40-epoch config: 77.2%.
 """
 import ml_collections
-from ml_collections import config_dict
 
 from mrl_jax import config_lib
 
@@ -68,84 +66,46 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   arg = config_lib.parse_arg(arg, smoke=False, head="mrl", ff_dim=0,
                              dtype="float32", robustness=False,
                              blurpool=True)
-  config = ml_collections.ConfigDict()
-  config.seed = 0
-  config.total_epochs = 40
-  config.total_steps = config_dict.placeholder(int)
-  config.batch_size = 1024
-  config.grad_accum_steps = 1  # k > 1: k microbatches per update
-  config.eval_batch_size = 1000
-
-  config.data = ml_collections.ConfigDict()
-  config.data.name = "imagenet2012"
-  config.data.data_dir = config_dict.placeholder(str)
-  config.data.train_split = "train"
-  config.data.eval_split = "validation"
-  config.data.num_classes = 1000
-  config.data.cache = False  # ~150 GB encoded: does not fit in host memory.
-  config.data.skip_decode = True  # decode_* ops read the encoded JPEG.
-  config.data.shuffle_buffer = 50_000
-  # S data shards, each shuffled and batched alone (pipeline.py): batches are
-  # the same for any process count dividing S. None: one per device.
-  config.data.num_shards = config_dict.placeholder(int)
-  config.data.train_preprocess = (
-      "decode_jpeg_and_inception_crop({res})|flip_lr|normalize('imagenet')"
-      "|keep('image', 'label')")
-  config.data.resolution = ml_collections.ConfigDict(dict(
-      min_res=160, max_res=192, start_ramp=29, end_ramp=34, multiple=32))
-  config.data.mixup_alpha = 0.0  # the official recipe has no mixup
+  config = config_lib.base_config(
+      total_epochs=40, batch_size=1024, eval_batch_size=1000,
+      checkpoint_every_steps=1250)  # ~1 epoch
+  config.data = config_lib.imagenet_data_section(
+      train_preprocess=(
+          "decode_jpeg_and_inception_crop({res})|flip_lr|normalize('imagenet')"
+          "|keep('image', 'label')"),
+      eval_preprocess=_eval_preprocess(224),
+      resolution=ml_collections.ConfigDict(dict(
+          min_res=160, max_res=192, start_ramp=29, end_ramp=34, multiple=32)),
+      mixup_alpha=0.0)  # the official recipe has no mixup
   if arg.robustness:
     config.data.extra_eval_sets = config_lib.robustness_eval_sets(
         "test[:32]" if arg.smoke else "test")
-  config.data.eval_preprocess = (
-      "decode|resize_small(256)|central_crop(224)|normalize('imagenet')"
-      "|keep('image', 'label')")
-
   config.model = config_lib.model_section("resnet50", arg.dtype,
-                                         blurpool=arg.blurpool)
-
+                                          blurpool=arg.blurpool)
   config.mrl = config_lib.mrl_section(arg.head, ff_dim=arg.ff_dim)
-
-  config.loss = ml_collections.ConfigDict()
-  config.loss.name = "softmax"
-  config.loss.label_smoothing = 0.1
-
-  config.optimizer = ml_collections.ConfigDict()
-  config.optimizer.name = "sgd"
-  config.optimizer.state_dtype = "float32"  # or bfloat16 (momentum)
-  config.optimizer.momentum = 0.9
-  config.optimizer.nesterov = False
-  config.optimizer.learning_rate = 0.425
-  config.optimizer.weight_decay = 1e-4
-  config.optimizer.warmup_epochs = 2.0
-  config.optimizer.warmup_init_factor = 1e-4
-  config.optimizer.schedule = "linear"
-
-  config.mesh = (("data", -1),)  # axes data, fsdp, model; one size may be -1
-  config.sharding = config_lib.sharding_section("dp")  # or fsdp, fsdp_tp
-  config.log_every_steps = 100
-  config.checkpoint_every_steps = 1250  # ~1 epoch
-  config.eval_every_steps = 0  # 0: evaluate only at the end
-  config.keep_checkpoints = 2
-
+  config.loss = config_lib.loss_section("softmax", label_smoothing=0.1)
+  config.optimizer = config_lib.optimizer_section(
+      "sgd", learning_rate=0.425, weight_decay=1e-4, schedule="linear",
+      momentum=0.9, nesterov=False, warmup_epochs=2.0,
+      warmup_init_factor=1e-4)
   if arg.smoke:
-    config.total_epochs = None
-    config.total_steps = 4
-    config.batch_size = 16
-    config.eval_batch_size = 16
-    config.data.train_split = "train[:64]"
-    config.data.eval_split = "validation[:32]"
-    config.data.shuffle_buffer = 64
-    # 32 px in the 4 steps of epoch 0 (64 px would start at epoch 2).
-    config.data.resolution.update(min_res=32, max_res=64, start_ramp=1,
-                                  end_ramp=2)
-    config.data.eval_preprocess = (
-        "decode|resize_small(36)|central_crop(32)|normalize('imagenet')"
-        "|keep('image', 'label')")
-    config.model.name = "resnet_mu"  # d = 64: nesting (8, 16, 32, 64)
-    if config.mrl.ff_dim is not None:
-      config.mrl.ff_dim = min(config.mrl.ff_dim, 64)
-    config.optimizer.warmup_epochs = 0.5  # still exercises the ramp
-    config.log_every_steps = 2
-    config.checkpoint_every_steps = 2
+    _smoke(config)
   return config
+
+
+def _eval_preprocess(size: int) -> str:
+  """Resize to size x 8/7, centre crop `size` (256 -> 224 at full size)."""
+  return (f"decode|resize_small({size * 8 // 7})|central_crop({size})|"
+          "normalize('imagenet')|keep('image', 'label')")
+
+
+def _smoke(config: ml_collections.ConfigDict) -> None:
+  """4 steps of ResNet-mu (d = 64: nesting 8..64) on 32 px crops."""
+  config_lib.apply_smoke(config, train_split="train[:64]",
+                         eval_split="validation[:32]", shuffle_buffer=64,
+                         eval_preprocess=_eval_preprocess(32))
+  # 32 px in the 4 steps of epoch 0 (64 px would start at epoch 2).
+  config.data.resolution.update(min_res=32, max_res=64, start_ramp=1,
+                                end_ramp=2)
+  config_lib.smoke_model(config, "resnet_mu", 64)
+  config.optimizer.warmup_epochs = 0.5  # still exercises the ramp

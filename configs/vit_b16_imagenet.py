@@ -14,7 +14,7 @@ compare with. This config is our own baseline, not a reproduction.
 
 Hardware: big_vision's batch 4096 is meant for a TPU pod slice or several
 GPU hosts (not tested here); on fewer accelerators lower --config.batch_size
-and scale the lr linearly. Wall time and accuracy here: not measured yet.
+and scale the lr linearly. Wall time and accuracy here: not measured.
 
 Data: TFDS `imagenet2012` (manual download: ILSVRC2012_img_train.tar and
 ILSVRC2012_img_val.tar in `<data_dir>/downloads/manual/`, then `tfds build
@@ -36,88 +36,60 @@ Adam moments in float32. MRL heads: nesting (12, 24, ..., 768), losses summed
 over the 7 dims (official MRL convention).
 """
 import ml_collections
-from ml_collections import config_dict
 
 from mrl_jax import config_lib
 
 
+# get_config's arguments and defaults (configs/vit_b16_jft.py adds its own).
+ARGS = dict(smoke=False, head="mrl", ff_dim=0, dtype="float32")
+
+
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  arg = config_lib.parse_arg(arg, smoke=False, head="mrl", ff_dim=0,
-                             dtype="float32")
-  config = ml_collections.ConfigDict()
-  config.seed = 0
-  config.total_epochs = 300
-  config.total_steps = config_dict.placeholder(int)
-  config.batch_size = 4096
-  config.grad_accum_steps = 1  # k > 1: k microbatches per update
-  config.eval_batch_size = 1024
-
-  config.data = ml_collections.ConfigDict()
-  config.data.name = "imagenet2012"
-  config.data.data_dir = config_dict.placeholder(str)
-  config.data.train_split = "train"
-  config.data.eval_split = "validation"
-  config.data.num_classes = 1000
-  config.data.cache = False  # ~150 GB encoded: does not fit in host memory.
-  config.data.skip_decode = True  # decode_* ops read the encoded JPEG.
-  config.data.shuffle_buffer = 50_000
-  # S data shards, each shuffled and batched alone (pipeline.py): batches are
-  # the same for any process count dividing S. None: one per device.
-  config.data.num_shards = config_dict.placeholder(int)
-  config.data.train_preprocess = (
-      "decode_jpeg_and_inception_crop(224)|flip_lr|value_range(-1, 1)"
-      "|keep('image', 'label')")
-  config.data.eval_preprocess = (
-      "decode|resize_small(256)|central_crop(224)|value_range(-1, 1)"
-      "|keep('image', 'label')")
-
-  config.model = config_lib.model_section("vit_b16", arg.dtype)
-
-  config.mrl = config_lib.mrl_section(
-      arg.head, nesting_dims=(12, 24, 48, 96, 192, 384, 768),
-      ff_dim=arg.ff_dim)
-
-  config.loss = ml_collections.ConfigDict()
-  config.loss.name = "softmax"
-  config.loss.label_smoothing = 0.0
-
-  config.optimizer = ml_collections.ConfigDict()
-  config.optimizer.name = "adamw"
-  config.optimizer.state_dtype = "float32"  # or bfloat16 (momentum)
-  config.optimizer.learning_rate = 1e-3
-  config.optimizer.b1 = 0.9
-  config.optimizer.b2 = 0.999
-  config.optimizer.weight_decay = 0.1  # = big_vision's decoupled 1e-4
-  config.optimizer.warmup_steps = 10_000
-  config.optimizer.schedule = "cosine"
-  config.optimizer.grad_clip_norm = 1.0
-
-  config.mesh = (("data", -1),)  # axes data, fsdp, model; one size may be -1
-  config.sharding = config_lib.sharding_section("dp")  # or fsdp, fsdp_tp
-  config.log_every_steps = 50
-  config.checkpoint_every_steps = 1000
-  config.eval_every_steps = 0  # 0: evaluate only at the end
-  config.keep_checkpoints = 2
-
+  arg = config_lib.parse_arg(arg, **ARGS)
+  config = vit_b16(arg.head, arg.ff_dim, arg.dtype)
   if arg.smoke:
-    config.total_epochs = None
-    config.total_steps = 4
-    config.batch_size = 16
-    config.eval_batch_size = 16
-    config.data.train_split = "train[:64]"
-    config.data.eval_split = "validation[:32]"
-    config.data.shuffle_buffer = 64
-    config.data.train_preprocess = (
-        "decode_jpeg_and_inception_crop(32)|flip_lr|value_range(-1, 1)"
-        "|keep('image', 'label')")
-    config.data.eval_preprocess = (
-        "decode|resize_small(36)|central_crop(32)|value_range(-1, 1)"
-        "|keep('image', 'label')")
-    config.model.name = "vit_mu"  # d = 32, 4x4 patches
-    config.mrl.nesting_dims = (4, 8, 16, 32)
-    if config.mrl.ff_dim is not None:
-      config.mrl.ff_dim = min(config.mrl.ff_dim, 32)
-    config.optimizer.warmup_steps = 1
-    config.log_every_steps = 2
-    config.checkpoint_every_steps = 2
+    smoke(config)
   return config
+
+
+def vit_b16(head: str, ff_dim: int, dtype: str) -> ml_collections.ConfigDict:
+  """The full-size config (configs/vit_b16_jft.py starts from it too)."""
+  config = config_lib.base_config(total_epochs=300, batch_size=4096,
+                                  eval_batch_size=1024, log_every_steps=50)
+  config.data = config_lib.imagenet_data_section(**preprocess(224))
+  config.model = config_lib.model_section("vit_b16", dtype)
+  config.mrl = config_lib.mrl_section(
+      head, nesting_dims=(12, 24, 48, 96, 192, 384, 768), ff_dim=ff_dim)
+  config.loss = config_lib.loss_section("softmax", label_smoothing=0.0)
+  config.optimizer = config_lib.optimizer_section(
+      "adamw", learning_rate=1e-3, b1=0.9, b2=0.999,
+      weight_decay=0.1,  # = big_vision's decoupled 1e-4
+      warmup_steps=10_000, schedule="cosine", grad_clip_norm=1.0)
+  return config
+
+
+def preprocess(size: int, label_ops: str = "") -> dict[str, str]:
+  """Inception crop + flip / resize + centre crop to `size`, pixels in [-1, 1].
+
+  Args:
+    size: the crop size in pixels (eval resizes to size x 8/7 first).
+    label_ops: ops on the label inserted before `keep`, e.g. "|multi_hot(C)".
+  Returns:
+    config.data's train_preprocess and eval_preprocess.
+  """
+  tail = f"|value_range(-1, 1){label_ops}|keep('image', 'label')"
+  return {"train_preprocess": (
+              f"decode_jpeg_and_inception_crop({size})|flip_lr{tail}"),
+          "eval_preprocess": (
+              f"decode|resize_small({size * 8 // 7})|central_crop({size})"
+              f"{tail}")}
+
+
+def smoke(config: ml_collections.ConfigDict, label_ops: str = "") -> None:
+  """4 steps of ViT-mu (d = 32, 4x4 patches) on 32 px crops, in place."""
+  config_lib.apply_smoke(config, train_split="train[:64]",
+                         eval_split="validation[:32]", shuffle_buffer=64,
+                         **preprocess(32, label_ops))
+  config_lib.smoke_model(config, "vit_mu", 32)
+  config.mrl.nesting_dims = (4, 8, 16, 32)
+  config.optimizer.warmup_steps = 1

@@ -51,8 +51,8 @@ class Chip:
 
 
 # Source: Google Cloud TPU system architecture pages (cloud.google.com/tpu/
-# docs/v4, /v5e, /v5p, /v6e), as collected in shared/notes/performance.md;
-# the pages say "GB" for HBM, the parts are 16/32/95 GiB.
+# docs/v4, /v5e, /v5p, /v6e); the pages say "GB" for HBM, the parts are
+# 16/32/95 GiB.
 CHIPS = {
     "v4": Chip(275e12, 32 * GiB, "megacore"),
     "v5e": Chip(197e12, 16 * GiB, "default"),

@@ -1,6 +1,8 @@
-"""Helpers for config files: loading, argument parsing, durations."""
+"""Helpers for config files: loading, argument parsing, durations, and the
+sections every config shares."""
 import importlib.util
 import os
+import types
 from typing import Any
 
 import ml_collections
@@ -111,3 +113,157 @@ def robustness_eval_sets(split: str = "test") -> ml_collections.ConfigDict:
   return ml_collections.ConfigDict({
       label: {"name": name, "split": split, "class_subset": subset}
       for label, (name, subset) in sets.items()})
+
+
+# Sections shared by configs/*.py (big_vision's configs/common.py plays this
+# part there). Config files are loaded by path, not as a package, so the
+# sections live here, where every config can import them.
+
+
+def load_module(path: str) -> types.ModuleType:
+  """Loads a config file as a module, e.g. to derive one config from another."""
+  name = os.path.splitext(os.path.basename(path))[0]
+  module_spec = importlib.util.spec_from_file_location(
+      f"mrl_jax_config_{name}", path)
+  module = importlib.util.module_from_spec(module_spec)
+  module_spec.loader.exec_module(module)
+  return module
+
+
+def base_config(*, batch_size: int, eval_batch_size: int,
+                total_epochs: int | None = None,
+                total_steps: int | None = None,
+                log_every_steps: int = 100,
+                checkpoint_every_steps: int = 1000) -> ml_collections.ConfigDict:
+  """The top level every config has: run length, batches, mesh, cadence.
+
+  Args:
+    batch_size: the global training batch.
+    eval_batch_size: the global evaluation batch.
+    total_epochs: run length in epochs; None leaves a float placeholder.
+    total_steps: run length in steps (wins over epochs); None leaves an int
+      placeholder.
+    log_every_steps: training-metric logging period.
+    checkpoint_every_steps: checkpoint period.
+  """
+  config = ml_collections.ConfigDict()
+  config.seed = 0
+  config.total_epochs = (config_dict.placeholder(float) if total_epochs is None
+                         else total_epochs)
+  config.total_steps = (config_dict.placeholder(int) if total_steps is None
+                        else total_steps)
+  config.batch_size = batch_size
+  config.grad_accum_steps = 1  # k > 1: k microbatches per update
+  config.eval_batch_size = eval_batch_size
+  config.mesh = (("data", -1),)  # axes data, fsdp, model; one size may be -1
+  config.sharding = sharding_section("dp")  # or fsdp, fsdp_tp
+  config.log_every_steps = log_every_steps
+  config.checkpoint_every_steps = checkpoint_every_steps
+  config.eval_every_steps = 0  # 0: evaluate only at the end
+  config.keep_checkpoints = 2
+  return config
+
+
+def data_section(name: str, *, num_classes: int, eval_split: str,
+                 train_preprocess: str, eval_preprocess: str,
+                 shuffle_buffer: int, cache: bool,
+                 train_split: str = "train", data_dir: str | None = None,
+                 **extra: Any) -> ml_collections.ConfigDict:
+  """config.data: the dataset, its splits and preprocessing strings.
+
+  `num_shards` is left as a placeholder: S data shards, each shuffled and
+  batched alone (data/pipeline.py), give the same batches for any process
+  count dividing S; None means one shard per device.
+
+  Args:
+    name: TFDS name (or image_folder.NAME).
+    num_classes: C.
+    eval_split: TFDS split (slicing allowed) scored by evaluation.
+    train_preprocess: the training preprocess string (data/preprocess.py).
+    eval_preprocess: the evaluation preprocess string.
+    shuffle_buffer: examples in the training shuffle buffer.
+    cache: cache the decoded split in host memory.
+    train_split: TFDS split used for training.
+    data_dir: TFDS data_dir; None leaves a placeholder (TFDS's default).
+    **extra: further fields, e.g. skip_decode, class_names, resolution.
+  """
+  data = ml_collections.ConfigDict()
+  data.name = name
+  data.data_dir = (config_dict.placeholder(str) if data_dir is None
+                   else data_dir)
+  data.train_split = train_split
+  data.eval_split = eval_split
+  data.num_classes = num_classes
+  data.cache = cache
+  data.shuffle_buffer = shuffle_buffer
+  data.num_shards = config_dict.placeholder(int)
+  data.train_preprocess = train_preprocess
+  data.eval_preprocess = eval_preprocess
+  data.update(extra)
+  return data
+
+
+def imagenet_data_section(train_preprocess: str, eval_preprocess: str,
+                          **extra: Any) -> ml_collections.ConfigDict:
+  """config.data for TFDS imagenet2012, read encoded (~150 GB: not cached).
+
+  `skip_decode` keeps images encoded so that the decode_* ops decode only
+  the crop window.
+  """
+  return data_section(
+      "imagenet2012", num_classes=1000, eval_split="validation",
+      train_preprocess=train_preprocess, eval_preprocess=eval_preprocess,
+      shuffle_buffer=50_000, cache=False, skip_decode=True, **extra)
+
+
+def loss_section(name: str,
+                 label_smoothing: float = 0.0) -> ml_collections.ConfigDict:
+  """config.loss: "softmax" or "sigmoid" cross-entropy, label smoothing."""
+  return ml_collections.ConfigDict(
+      {"name": name, "label_smoothing": label_smoothing})
+
+
+def optimizer_section(name: str, *, learning_rate: float, schedule: str,
+                      weight_decay: float,
+                      **extra: Any) -> ml_collections.ConfigDict:
+  """config.optimizer (mrl_jax/optim.py), state kept in float32.
+
+  `state_dtype` "bfloat16" stores SGD's momentum / Adam's first moment in
+  bfloat16. `extra` holds warm-up, momentum, betas, clipping and the like.
+  """
+  return ml_collections.ConfigDict(
+      {"name": name, "state_dtype": "float32", "learning_rate": learning_rate,
+       "schedule": schedule, "weight_decay": weight_decay, **extra})
+
+
+def apply_smoke(config: ml_collections.ConfigDict, *, total_steps: int = 4,
+                batch_size: int = 16, eval_batch_size: int | None = None,
+                every_steps: int = 2, **data: Any) -> None:
+  """Shrinks a config in place to a run of a few steps, for tests.
+
+  Args:
+    config: a config built on `base_config`.
+    total_steps: the run length (epochs are unset).
+    batch_size: the training batch.
+    eval_batch_size: the evaluation batch; None means batch_size.
+    every_steps: the logging and checkpoint period.
+    **data: config.data fields to override, e.g. smaller splits.
+  """
+  config.total_epochs = None
+  config.total_steps = total_steps
+  config.batch_size = batch_size
+  config.eval_batch_size = eval_batch_size or batch_size
+  config.log_every_steps = every_steps
+  config.checkpoint_every_steps = every_steps
+  config.data.update(data)
+
+
+def smoke_model(config: ml_collections.ConfigDict, name: str,
+                width: int) -> None:
+  """Swaps in a tiny backbone of representation size `width`, in place.
+
+  An FF-k head keeps k <= width.
+  """
+  config.model.name = name
+  if config.mrl.ff_dim is not None:
+    config.mrl.ff_dim = min(config.mrl.ff_dim, width)

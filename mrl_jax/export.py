@@ -74,7 +74,8 @@ def _export_settings(config: ml_collections.ConfigDict) -> dict[str, Any]:
     raise ValueError(f"unknown export dtype {settings['dtype']!r}; set "
                      f"config.export.dtype to one of {DTYPES}")
   per_shard, batch = settings["examples_per_shard"], config.eval_batch_size
-  local_batch = pipeline.local_batch_size(batch)
+  local_batch = pipeline.eval_local_batch_size(
+      batch, sharding.make_train_mesh(config.mesh))
   if per_shard <= 0 or per_shard % local_batch:
     raise ValueError(
         f"config.export.examples_per_shard={per_shard} must be a positive "

@@ -71,6 +71,8 @@ def main(argv: list[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   # Imported here so that --help and flag errors stay fast.
+  from mrl_jax import platforms  # pylint: disable=import-outside-toplevel
+  platforms.use_cpu_if_no_accelerator()  # before any JAX backend starts
   import tensorflow as tf  # pylint: disable=import-outside-toplevel
   from mrl_jax import train  # pylint: disable=import-outside-toplevel
   from mrl_jax.evaluators import classification  # pylint: disable=import-outside-toplevel

@@ -121,6 +121,19 @@ def replicated(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, P())
 
 
+def padded_batch_size(global_batch: int, mesh: Mesh) -> int:
+  """`global_batch` rounded up to split evenly over the batch shards and the
+  processes of `mesh`: the examples each eval step reads.
+
+  Eval counts only rows with mask 1 (the padding of its last batch has 0),
+  so the configured eval batch can be any size; the rounding adds less than
+  one example per batch shard.
+  """
+  processes = len({d.process_index for d in mesh.devices.flat})
+  unit = math.lcm(batch_shards(mesh), processes)
+  return -(-global_batch // unit) * unit
+
+
 def check_batch_size(global_batch: int, mesh: Mesh, what: str) -> None:
   """A global batch must split evenly over the batch axes and the hosts."""
   shards = batch_shards(mesh)

@@ -61,7 +61,7 @@ def setup(config: ml_collections.ConfigDict,
   pipeline.validate(config.data)
   mesh = sharding.make_train_mesh(config.mesh, devices)
   sharding.check_batch_size(config.batch_size, mesh, "batch_size")
-  sharding.check_batch_size(config.eval_batch_size, mesh, "eval_batch_size")
+  _check_eval_batch_size(config.eval_batch_size, mesh)
   pipeline.check_shards(config.data, config.batch_size, mesh.devices.size,
                         len({d.process_index for d in mesh.devices.flat}))
   rules = sharding_rules.from_config(config.get("sharding"))
@@ -74,6 +74,18 @@ def setup(config: ml_collections.ConfigDict,
                  "dataset": config.data.name}
   return Setup(model, dims, weights, loss_fn, mesh, fingerprint, rules,
                config.get("grad_accum_steps", 1))
+
+
+def _check_eval_batch_size(eval_batch: Any, mesh: jax.sharding.Mesh) -> None:
+  """Any positive eval batch works: eval pads it to the batch shards."""
+  if not isinstance(eval_batch, int) or eval_batch < 1:
+    raise ValueError(f"config.eval_batch_size={eval_batch!r} must be an "
+                     "integer >= 1")
+  padded = sharding.padded_batch_size(eval_batch, mesh)
+  if padded != eval_batch:
+    logging.info("eval: %d examples per step (config.eval_batch_size=%d "
+                 "rounded up to the %d batch shards)", padded, eval_batch,
+                 sharding.batch_shards(mesh))
 
 
 def _check_grad_accum(config: ml_collections.ConfigDict,

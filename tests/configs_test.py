@@ -57,6 +57,39 @@ def test_default_dim_argument_sets_width_and_halving_nesting(config_module):
   assert setup.nesting_dims == (8, 16, 32, 64, 128, 256, 512, 1024, 2048)
 
 
+def test_default_smoke_keeps_the_dim_argument(config_module):
+  default = config_module("default")
+  assert default.get_config("smoke").model.kwargs.embed_dim == 32
+  setup = train.setup(default.get_config("smoke,dim=64"))
+  assert setup.nesting_dims == (8, 16, 32, 64)
+
+
+@pytest.mark.parametrize("arg", ["dim=7", "dim=12", "smoke,dim=9"])
+def test_default_refuses_a_dim_with_one_nesting_dim(arg, config_module):
+  with pytest.raises(ValueError) as e:
+    config_module("default").get_config(arg)
+  assert "\n" not in str(e.value)
+  assert "--config.mrl.nesting_dims" in str(e.value)
+
+
+def test_default_ff_head_takes_any_dim(config_module):
+  config = config_module("default").get_config("head=ff,dim=7")
+  assert train.setup(config).nesting_dims == (7,)
+
+
+@pytest.mark.parametrize("name", CONFIGS)
+def test_every_config_has_the_shared_fields(name, config_module, image_tree):
+  """The fields command lines override exist in every config."""
+  arg = f"root={image_tree}" if name == "image_folder" else None
+  config = config_module(name).get_config(arg)
+  for field in ("seed", "grad_accum_steps", "mesh", "sharding.strategy",
+                "keep_checkpoints", "eval_every_steps", "data.num_shards",
+                "data.data_dir", "optimizer.state_dtype", "model.remat",
+                "mrl.nesting_dims", "loss.label_smoothing"):
+    section, _, key = field.rpartition(".")
+    assert key in (config[section] if section else config), field
+
+
 def test_resnet50_recipe(config_module):
   config = config_module("resnet50_imagenet").get_config()
   opt = config.optimizer

@@ -11,7 +11,7 @@ declare -A ARGS=(
   [vit_b16_jft_b4096_v5e_16x16]="--config=configs/vit_b16_jft.py --topology=v5e:16x16 --config.batch_size=4096"
   [vit_b16_jft_b4096_v4_8x8x4]="--config=configs/vit_b16_jft.py --topology=v4:8x8x4 --config.batch_size=4096"
   [rn50_imagenet_b1024_v4_2x2x2]="--config=configs/resnet50_imagenet.py --topology=v4:2x2x2"
-  [rn50_imagenet_b4096_v5e_8x8]="--config=configs/resnet50_imagenet.py --topology=v5e:8x8 --config.batch_size=4096 --config.eval_batch_size=1024"
+  [rn50_imagenet_b4096_v5e_8x8]="--config=configs/resnet50_imagenet.py --topology=v5e:8x8 --config.batch_size=4096"
 )
 names=("$@")
 [ ${#names[@]} -gt 0 ] || names=(vit_b16_jft_b4096_v5e_16x16 vit_b16_jft_b4096_v4_8x8x4

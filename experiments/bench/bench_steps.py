@@ -20,7 +20,7 @@ from mrl_jax.mrl import losses
 
 NUM_CLASSES = 1000
 LABEL_SMOOTHING = 0.1
-# Forward MACs at 224 px (timm's infer_gmacs; performance.md section 2).
+# Forward MACs at 224 px (timm's infer_gmacs).
 BACKBONE_MACS_224 = {"resnet50": 4.11e9, "vit_b16": 17.58e9}
 
 

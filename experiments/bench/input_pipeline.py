@@ -1,6 +1,6 @@
 r"""Training input throughput per CPU core: our tf.data pipeline vs naive PIL.
 
-  .venv/bin/python experiments/bench/input_pipeline.py --out=/tmp/input.json
+  .venv/bin/python experiments/bench/input_pipeline.py --out=input_pipeline.json
   (defaults: --images=64 --rounds=5 --per_round=128 --size=224)
 
 Data: `--images` generated ImageNet-like JPEGs, 500x375 (ImageNet's most

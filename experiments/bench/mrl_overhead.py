@@ -1,6 +1,6 @@
 r"""Train-step time of MRL and MRL-E heads relative to the FF head, on CPU.
 
-  .venv/bin/python experiments/bench/mrl_overhead.py --out=/tmp/overhead.json
+  .venv/bin/python experiments/bench/mrl_overhead.py --out=mrl_overhead.json
   (defaults: --models=resnet50,vit_b16 --batch=4 --rounds=10 --image_size=224)
 
 For each backbone, three classifiers that differ only in the head are built
@@ -32,11 +32,11 @@ AMD EPYC, 80-130 s per ResNet-50 variant and 80-100 s per ViT-B/16 variant
 (the step's non-finite guard and metrics make it 6x slower to compile than
 value_and_grad + SGD alone: 79 s vs 13 s for ResNet-50 at load ~1.5),
 so the default run took 17.7 min there, about 5 min of it timed steps. Set
-JAX_COMPILATION_CACHE_DIR (e.g. /tmp/jax_cache) to make later runs skip
+JAX_COMPILATION_CACHE_DIR (a directory) to make later runs skip
 compilation; use --models=resnet50, --heads=ff,mrl or fewer --rounds for a
 shorter run.
 
-Goal (shared notes, performance.md section 4.3): MRL/FF <= 1.02.
+Goal: MRL/FF <= 1.02.
 Record results with the machine and its load (the JSON holds both).
 """
 import argparse

@@ -2,7 +2,7 @@ r"""Search benchmarks: (a) exact full-dim MIPS, our JAX engine vs FAISS
 IndexFlatIP; (b) adaptive retrieval vs exact full-dim search on a real
 model's exported embeddings, at equal mAP@10.
 
-  .venv/bin/python experiments/bench/search_bench.py --out=/tmp/search.json \
+  .venv/bin/python experiments/bench/search_bench.py --out=search.json \
       [--exact_rows=50000 --exact_dim=2048 --exact_queries=500] \
       [--embeddings=W/embeddings/fashion_mnist]  # enables (b)
       [--databases=train,train_views16 --num_queries=2000]

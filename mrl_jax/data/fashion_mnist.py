@@ -9,7 +9,7 @@ rejects a manual_dir file whose checksum does not match its registered one.
 We therefore restore the upstream header (flag FNAME, upstream MTIME, the name
 and a NUL) in front of Debian's bytes 10.., check the result against the
 upstream SHA-256 (= TFDS's registered checksum), and feed the rebuilt files to
-the unchanged builder as `manual_dir`. See notes/datasets.md, section 2.3.
+the unchanged builder as `manual_dir`.
 """
 import fcntl
 import hashlib

@@ -15,8 +15,8 @@ number of processes ("virtual data shards", as in big_vision / grain):
   [p*B/P, (p+1)*B/P) of one global `jax.Array` sharded over the mesh's batch
   axes (meshes laid over jax.devices() give each process a contiguous block
   of them). So the global batch is the same for every P that divides S (e.g.
-  2 processes x 4 devices and 1 x 8: S = 8 in both). With S = 1 the stream is
-  bitwise the one of the single-stream pipeline that preceded the shards.
+  2 processes x 4 devices and 1 x 8: S = 8 in both). With S = 1 there is one
+  stream over the whole split, shuffled with the plain per-epoch seed.
 * Every epoch has the same steps_per_epoch (the fewest full batches any shard
   holds), and a run restored at step s starts at epoch s // steps_per_epoch,
   each shard skipping the examples already consumed in that epoch *before*
@@ -41,6 +41,7 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from mrl_jax import errors
+from mrl_jax import sharding as sharding_lib
 from mrl_jax.data import fashion_mnist
 from mrl_jax.data import image_folder
 from mrl_jax.data import mixup as mixup_lib
@@ -278,9 +279,8 @@ def describe_process_shards(source: ExampleSource,
 def _shard_seed(seed: int, epoch: int, shard: int) -> int:
   """Seed of data shard `shard` in `epoch`, from (seed, epoch, shard) only.
 
-  Shard 0's seed is the per-epoch seed of the single-stream pipeline that
-  preceded the shards (SeedSequence([seed, epoch])), so S = 1 keeps its
-  batches bitwise.
+  Shard 0's seed is the plain per-epoch seed SeedSequence([seed, epoch]),
+  so S = 1 is bitwise one unsharded stream.
   """
   words = [seed, epoch] + ([shard] if shard else [])
   return int(np.random.SeedSequence(words).generate_state(1)[0])
@@ -466,17 +466,26 @@ def image_shape(cfg: ml_collections.ConfigDict,
   return tuple(_eval_dataset(cfg, source).element_spec["image"].shape)
 
 
+def eval_local_batch_size(global_batch: int, mesh: jax.sharding.Mesh) -> int:
+  """Rows per process of each eval batch: `global_batch` padded to split over
+  the mesh's batch shards and the processes (`padded_batch_size`), / P."""
+  return local_batch_size(sharding_lib.padded_batch_size(global_batch, mesh))
+
+
 def eval_batches(cfg: ml_collections.ConfigDict, source: Source,
-                 global_batch: int, sharding: jax.sharding.Sharding,
+                 global_batch: int, sharding: jax.sharding.NamedSharding,
                  start: int = 0, view: tuple[str, int] | None = None
                  ) -> Iterator[Batch]:
   """One pass over the split from this process's example `start` on.
 
+  global_batch: examples per step, any size > 0; steps read it rounded up to
+    split over the batch shards of `sharding` (a `batch_sharding`) and the
+    processes (`eval_local_batch_size`).
   view: (preprocess spec, v) for augmented view v of the split (example i
     gets the stateless seed (v, i)); default the eval preprocessing.
   The last batch is padded, with "mask" = 0 on the padding rows.
   """
-  local_batch = local_batch_size(global_batch)
+  local_batch = eval_local_batch_size(global_batch, sharding.mesh)
   ds = _eval_dataset(cfg, source, start, view).batch(local_batch)
   ds = ds.prefetch(tf.data.AUTOTUNE)
   # Every process runs the same number of steps (collectives must match).

@@ -186,12 +186,27 @@ def _crop_and_resize(image: tf.Tensor, seed: tf.Tensor, h: int, w: int,
   return _resize(tf.slice(image, begin, crop), h, w, image.shape[-1])
 
 
+# libjpeg's accurate integer DCT, PIL's (and so torchvision's) default; TF's
+# default, the fast DCT, differs from PIL's pixels by up to ~5 levels. Train
+# and eval decode alike.
+_JPEG_DCT = "INTEGER_ACCURATE"
+
+
 @register
 def decode(channels: int = 3) -> Op:
-  """Encoded image string [] -> uint8 [H, W, channels] (JPEG, PNG, ...)."""
-  return _map(lambda data: tf.ensure_shape(
-      tf.io.decode_image(data, channels=channels, expand_animations=False),
-      [None, None, channels]))
+  """Encoded image string [] -> uint8 [H, W, channels] (JPEG, PNG, ...).
+
+  JPEGs decode to PIL's pixels exactly (`_JPEG_DCT`).
+  """
+  def fn(data):
+    image = tf.cond(
+        tf.io.is_jpeg(data),
+        lambda: tf.io.decode_jpeg(data, channels=channels,
+                                  dct_method=_JPEG_DCT),
+        lambda: tf.io.decode_image(data, channels=channels,
+                                   expand_animations=False))
+    return tf.ensure_shape(image, [None, None, channels])
+  return _map(fn)
 
 
 @register
@@ -215,8 +230,8 @@ def decode_jpeg_and_inception_crop(size: Size, area_min: float = 0.08,
       begin, crop = _sample_crop(tf.image.extract_jpeg_shape(data), seed,
                                  area, ratio)
       window = tf.stack([begin[0], begin[1], crop[0], crop[1]])
-      return _resize(tf.image.decode_and_crop_jpeg(data, window, channels=3),
-                     h, w, 3)
+      return _resize(tf.image.decode_and_crop_jpeg(
+          data, window, channels=3, dct_method=_JPEG_DCT), h, w, 3)
     def other():
       image = tf.io.decode_image(data, channels=3, expand_animations=False)
       return _crop_and_resize(tf.ensure_shape(image, [None, None, 3]), seed,
@@ -246,15 +261,27 @@ def resize(size: Size) -> Op:
 
 
 @register
-def resize_small(size: int) -> Op:
-  """[H, W, C] -> float32 [h, w, C] with min(h, w) = size, aspect kept."""
+def resize_small(size: int, antialias: bool = True) -> Op:
+  """[H, W, C] -> float32 [h, w, C] with min(h, w) = size, aspect kept.
+
+  As torchvision's `Resize(size)` on a PIL image (the official MRL and
+  ImageNet eval): the long side becomes int(size * long / short) (rounded
+  down), and the bilinear filter widens when shrinking (antialias), as PIL's
+  does. uint8 input gives values rounded to integers, as PIL returns them.
+  antialias=False: plain bilinear interpolation (`tf.image.resize`'s
+  default), which aliases fine texture when shrinking by 2x or more.
+  """
   _hw(size)
 
   def fn(image):
-    hw = tf.cast(tf.shape(image)[:2], tf.float32)
-    new = tf.cast(tf.round(hw * size / tf.reduce_min(hw)), tf.int32)
-    new = tf.maximum(new, size)  # Guards the short side against rounding.
-    return tf.cast(tf.image.resize(image, new, method="bilinear"), tf.float32)
+    hw = tf.shape(image)[:2]
+    short = tf.reduce_min(hw)
+    # Integer arithmetic: int(size * long / short) without float rounding.
+    new = tf.where(hw == short, size, hw * size // short)
+    out = tf.image.resize(image, new, method="bilinear", antialias=antialias)
+    if image.dtype == tf.uint8:
+      out = tf.round(tf.clip_by_value(out, 0, 255))
+    return tf.cast(out, tf.float32)
   return _map(fn)
 
 
@@ -264,8 +291,9 @@ def central_crop(size: Size) -> Op:
   h, w = _hw(size)
 
   def fn(image):
-    shape = tf.shape(image)
-    begin = [(shape[0] - h) // 2, (shape[1] - w) // 2, 0]
+    # torchvision's CenterCrop offsets: round((H - h) / 2), halves to even.
+    margin = tf.cast(tf.shape(image)[:2] - [h, w], tf.float32)
+    begin = tf.concat([tf.cast(tf.round(margin / 2), tf.int32), [0]], 0)
     crop = tf.cast(tf.slice(image, begin, [h, w, -1]), tf.float32)
     return tf.ensure_shape(crop, [h, w, image.shape[-1]])
   return _map(fn)

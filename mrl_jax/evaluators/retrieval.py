@@ -6,7 +6,7 @@ number of relevant database items (the query class's count in the database).
 Two protocols, selected with `Protocol`, report under distinct names:
 * STANDARD: AP@k = (sum over hit ranks i <= k of precision@i) / min(k, R)
   (`mAP@k`), recall@k = hits@k / R (`recall@k`); both 0 when R = 0.
-* PAPER, the official MRL code's quirks (shared/notes/mrl.md section 5):
+* PAPER, the official MRL code's quirks (RAIVNLab/MRL retrieval code):
   AP@k divided by k, which the paper calls "corrected mAP@k"
   (`corrected_mAP@k`), and recall@k = hits@k / 1300, hard-coded as the
   approximate ImageNet images per class (`paper_recall@k`).

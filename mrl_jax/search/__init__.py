@@ -68,8 +68,8 @@ def search(index: PrefixIndex, queries: Any, dim: int, k: int, *,
     k: neighbours per query, 1 <= k <= N (may exceed `chunk_rows`).
     chunk_rows: database rows per device per matmul / top-k step; default
       8192, or 1024 for prefixes of at most 64 dims (low-dim shortlists are
-      10-25% faster on CPU when the [Q, C] scores stay in cache; wide scans
-      want long matmuls).
+      faster on CPU when the [Q, C] scores stay in cache; wide scans want
+      long matmuls).
     query_batch_size: queries per compiled call (bounds the [Q, C] score
       memory); default all at once. A host index re-streams the database
       once per batch, so give it large batches.

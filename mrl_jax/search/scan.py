@@ -30,9 +30,9 @@ def _scan_options(mesh: Mesh, plan: Plan) -> dict[str, str] | None:
   reductions that consume its scores (one `__ynn_fusion`). For a low-dim
   scan that fused group max is the point (the [Q, C] scores never reach
   memory); for a wide one (it reads the whole-array block) the fused
-  epilogue (YNNPACK's group max) costs more than it saves: 2048-d exact
-  scans ran 12-14% faster with the matmul alone in YNNPACK and the epilogue
-  in XLA's own fusions (BUILD_NOTES, "Search benchmark").
+  epilogue (YNNPACK's group max) costs more than it saves, so wide scans
+  leave only the matmul to YNNPACK and the epilogue to XLA's own fusions
+  (docs/design.md, "Search").
   """
   if mesh.devices.flat[0].platform != "cpu" or not plan.whole:
     return None

@@ -13,6 +13,8 @@ name the key):
   * head: `head=mrl` (fc.nesting_classifier_{0..8}), `head=mrl_e`
     (fc.nesting_classifier_0, or the old single-head format fc.weight/fc.bias
     of the uploaded checkpoints), `head=ff,ff_dim=k` (fc.weight [C, k]).
+    FF-2048 and old-format MRL-E files have the same keys and shapes: the
+    config picks the reading, and the import logs a warning naming both.
   * BlurPool: `blurpool=True` (the default of configs/resnet50_imagenet.py,
     as the released checkpoints) expects `<conv>.conv.weight` and the fixed
     `<conv>.blur_filter` for layer{2,3,4}.0.conv2 / .downsample.0.
@@ -26,6 +28,7 @@ import re
 import sys
 from typing import Any
 
+from absl import logging
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -33,6 +36,7 @@ import numpy as np
 
 from mrl_jax import checkpointing
 from mrl_jax import optim
+from mrl_jax import platforms
 from mrl_jax import train
 from mrl_jax import train_step as step_lib
 from mrl_jax.models import classifier
@@ -179,6 +183,32 @@ def _head_leaf(reader: _Reader, head_type: str, path: tuple[str, ...],
   return reader.take(f"{prefix}.bias", leaf.shape, hint)
 
 
+def _warn_if_head_is_ambiguous(state_dict: StateDict,
+                               model: classifier.MRLClassifier) -> None:
+  """Logs a warning when the head was read from a full-width plain fc.*.
+
+  fc.weight [C, d] / fc.bias [C] is both how FF-d stores its classifier and
+  how the uploaded (old-format) MRL-E checkpoint stores its one shared head,
+  so the keys cannot tell them apart: only the config does.
+  """
+  weight = state_dict.get("fc.weight")
+  d = model.backbone.embedding_dim
+  if weight is None or tuple(weight.shape)[1:] != (d,):
+    return
+  readings = {"mrl_e": ("MRL-E (old single-head format)", "head=mrl_e"),
+              "ff": (f"FF-{d}", f"head=ff,ff_dim={d}")}
+  chosen = model.head.head_type
+  other = "ff" if chosen == "mrl_e" else "mrl_e"
+  logging.warning(
+      "checkpoint head fc.weight %s / fc.bias is ambiguous: FF-%d and MRL-E "
+      "in the old single-head format (the uploaded MRL-E file) store the same "
+      "keys and shapes. Importing it as %s, as config.mrl.head=%r says; if "
+      "the file is %s, import it with config.mrl.head=%r (%s of "
+      "configs/resnet50_imagenet.py).", list(weight.shape), d,
+      readings[chosen][0], chosen, readings[other][0], other,
+      readings[other][1])
+
+
 def convert(state_dict: StateDict, model: classifier.MRLClassifier,
             in_channels: int = 3) -> dict[str, Any]:
   """Converts a torchvision-layout ResNet state dict to `model`'s variables.
@@ -219,6 +249,7 @@ def convert(state_dict: StateDict, model: classifier.MRLClassifier,
                      f"{', '.join(unused[:5])}"
                      f"{' ...' if len(unused) > 5 else ''} (check "
                      "config.model.name, config.mrl.head and blurpool)")
+  _warn_if_head_is_ambiguous(state_dict, model)
   return variables
 
 
@@ -276,6 +307,7 @@ def main(argv: list[str]) -> None:
   from absl import flags
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  platforms.use_cpu_if_no_accelerator()  # as the launcher: no TPU probe
   flags_ = flags.FLAGS
   try:
     directory = import_checkpoint(flags_.checkpoint, flags_.config,

@@ -204,3 +204,36 @@ def test_cli_writes_a_checkpoint_that_eval_and_export_read(tmp_path,
   _, got_z = _flax_outputs(model, {"params": state.params,
                                    "batch_stats": state.batch_stats}, images)
   _assert_close(got_z, want_z)
+
+
+def _single_fc_state(width: int) -> dict[str, np.ndarray]:
+  """A plain-fc state dict: FF-<width>, or old-format MRL-E at full width."""
+  state = {k: v for k, v in _mu_state().items()
+           if not k.startswith("fc.")}
+  state["fc.weight"] = np.zeros((1000, width), np.float32)
+  state["fc.bias"] = np.zeros(1000, np.float32)
+  return state
+
+
+@pytest.mark.parametrize("arg, reading, other", [
+    ("head=mrl_e", "as MRL-E", "config.mrl.head='ff' (head=ff,ff_dim=64 "),
+    ("head=ff,ff_dim=64", "as FF-64", "config.mrl.head='mrl_e' (head=mrl_e ")])
+def test_full_width_plain_fc_warns_of_both_readings(arg, reading, other,
+                                                    config_module, caplog):
+  model = classifier.build_model(_config(config_module, f"{PLAIN_MU},{arg}"))
+  import_torch.convert(_single_fc_state(64), model)
+  warnings = [r.getMessage() for r in caplog.records
+              if r.levelname == "WARNING"]
+  assert len(warnings) == 1
+  assert "fc.weight [1000, 64] / fc.bias is ambiguous" in warnings[0]
+  assert "FF-64 and MRL-E in the old single-head format" in warnings[0]
+  assert f"Importing it {reading}" in warnings[0] and other in warnings[0]
+
+
+@pytest.mark.parametrize("arg, state", [
+    ("head=ff,ff_dim=16", lambda: _single_fc_state(16)),  # FF-k, k < d
+    ("head=mrl", _mu_state)])
+def test_unambiguous_heads_do_not_warn(arg, state, config_module, caplog):
+  model = classifier.build_model(_config(config_module, f"{PLAIN_MU},{arg}"))
+  import_torch.convert(state(), model)
+  assert not [r for r in caplog.records if r.levelname == "WARNING"]
