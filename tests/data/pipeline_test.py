@@ -215,10 +215,12 @@ def test_shard_errors_come_before_any_io(config_module):
 
 
 def test_an_example_failing_in_tf_data_is_a_one_line_error(cfg):
-  # A crop larger than the 28x28 images fails inside tf.data; the run stops
-  # with one line naming the split, not a TensorFlow traceback.
+  # A crop larger than the 28x28 images (of unknown size until decoded)
+  # fails inside tf.data; the run stops with one line naming the split, not
+  # a TensorFlow traceback.
   bad = cfg.copy_and_resolve_references()
-  bad.train_preprocess = "central_crop(64)|value_range(-1, 1)"
+  bad.skip_decode = True
+  bad.train_preprocess = "decode(1)|central_crop(64)|value_range(-1, 1)"
   source = pipeline.open_source(bad, bad.train_split)
   batches = pipeline.process_batches(bad, source, 32, 0, 0, 0, 1)
   with pytest.raises(errors.RunError, match=(
