@@ -227,23 +227,19 @@ def _read_metadata(path: str) -> dict[str, Any]:
   if not isinstance(metadata, dict):
     raise ValueError(f"{where} holds {type(metadata).__name__}, not an "
                      f"object; {_AGAIN}")
-  for name, kind in (("model.name", str), ("model.dtype", str),
-                     ("model.kwargs", dict), ("embedding_dim", int),
-                     ("nesting", list), ("preprocessing.input_shape", list)):
-    _field(metadata, name, kind, where)
-  if metadata["model"]["dtype"] not in classifier.DTYPES:
-    raise ValueError(f"{where}: 'model.dtype' is "
-                     f"{metadata['model']['dtype']!r}, not one of "
-                     f"{sorted(classifier.DTYPES)}; {_AGAIN}")
+  fields = {name: _field(metadata, name, kind, where) for name, kind in (
+      ("model.name", str), ("model.dtype", str), ("model.kwargs", dict),
+      ("embedding_dim", int), ("nesting", list),
+      ("preprocessing.input_shape", list))}
+  if fields["model.dtype"] not in classifier.DTYPES:
+    raise ValueError(f"{where}: 'model.dtype' is {fields['model.dtype']!r}, "
+                     f"not one of {sorted(classifier.DTYPES)}; {_AGAIN}")
   for name in ("nesting", "preprocessing.input_shape"):
-    value = metadata
-    for key in name.split("."):
-      value = value[key]
     if not all(isinstance(v, int) and not isinstance(v, bool) and v > 0
-               for v in value):
-      raise ValueError(f"{where}: {name!r} is {value!r}, not a list of "
-                       f"positive ints; {_AGAIN}")
-  nesting, dim = metadata["nesting"], metadata["embedding_dim"]
+               for v in fields[name]):
+      raise ValueError(f"{where}: {name!r} is {fields[name]!r}, not a list "
+                       f"of positive ints; {_AGAIN}")
+  nesting, dim = fields["nesting"], fields["embedding_dim"]
   if sorted(set(nesting)) != nesting or (nesting and nesting[-1] > dim):
     raise ValueError(f"{where}: 'nesting' {nesting} is not increasing within "
                      f"1..embedding_dim={dim}; {_AGAIN}")
