@@ -67,7 +67,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
           f"decode({channels})|resize_small({size * 256 // 224})|"
           f"central_crop({size})|{stats}|keep('image', 'label')"),
       class_names=tuple(names),
-      skip_decode=True)  # files stay encoded until preprocessing
+      skip_decode=True,  # files stay encoded until preprocessing
+      # True: leave files that do not decode out (each is logged), instead
+      # of refusing the split.
+      skip_bad_files=False)
   config.model = config_lib.model_section(arg.model, "float32")
   config.mrl = config_lib.mrl_section(arg.head)
   config.loss = config_lib.loss_section("softmax", label_smoothing=0.1)

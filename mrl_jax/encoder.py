@@ -10,6 +10,11 @@ dim, without training code, optimizer state or the config file:
     params/        Orbax params-only checkpoint of the backbone:
                    {"params": ..., "batch_stats": ...} (no heads)
 
+A new bundle is written to DIR/encoder.new and swapped in by renames once it
+is complete, so a killed export leaves the previous bundle in place (between
+the two renames it is DIR/encoder.old, which the next export puts back).
+`load_encoder` checks encoder.json against the params before using them.
+
     encoder = mrl_jax.load_encoder("DIR/encoder")
     z = encoder(images, dim=64)   # [B, 64], L2-normalised prefix
 
@@ -24,8 +29,10 @@ import ast
 import functools
 import json
 import os
+import shutil
 from typing import Any
 
+from absl import logging
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -33,6 +40,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from mrl_jax import atomic_files
+from mrl_jax import errors
 from mrl_jax.models import classifier
 from mrl_jax.models import registry
 
@@ -57,30 +65,60 @@ def _normalisation(spec: str) -> dict[str, Any] | None:
   return None
 
 
+def _tidy(out: str) -> None:
+  """Undoes what a killed export left: puts a previous bundle caught between
+  the swap's renames back, and removes an unfinished new one."""
+  if not os.path.exists(out) and os.path.exists(f"{out}.old"):
+    logging.info("restoring the previous bundle %s.old", out)
+    os.rename(f"{out}.old", out)
+  for leftover in (f"{out}.new", f"{out}.old"):
+    if os.path.exists(leftover):
+      shutil.rmtree(leftover)
+
+
+def _swap_in(new: str, out: str) -> None:
+  """Replaces the bundle `out` by the complete bundle `new`."""
+  try:
+    if os.path.exists(out):
+      os.rename(out, f"{out}.old")
+    os.rename(new, out)
+    shutil.rmtree(f"{out}.old", ignore_errors=True)
+  except OSError as e:
+    raise errors.RunError(f"could not move the new bundle {new} to {out} "
+                          f"({e.strerror}); the previous one, if any, is "
+                          f"{out} or {out}.old") from e
+
+
 def export_encoder(config: ml_collections.ConfigDict, workdir: str) -> str:
   """Writes the latest checkpoint's backbone as a bundle in DIR/encoder.
 
   Returns:
-    the bundle directory (rewritten if it exists).
+    the bundle directory (replaced, once the new bundle is complete, if it
+    exists).
   """
   # pylint: disable=import-outside-toplevel
+  from jax.experimental import multihost_utils
   from mrl_jax import train  # training code is only needed to export
   from mrl_jax.data import pipeline
-  s, state, _ = train.restore_latest(config, workdir)
+  run_setup, state, _ = train.restore_latest(config, workdir)
   source = pipeline.open_source(config.data, config.data.eval_split)
   variables = {"params": state.params["backbone"]}
   if state.batch_stats:
     variables["batch_stats"] = state.batch_stats["backbone"]
   out = os.path.join(os.path.abspath(workdir), "encoder")
+  new = f"{out}.new"
+  if jax.process_index() == 0:
+    _tidy(out)
+  multihost_utils.sync_global_devices("export_encoder: tidied")
   ckpt = ocp.StandardCheckpointer()
-  ckpt.save(os.path.join(out, "params"), variables, force=True)
+  ckpt.save(os.path.join(new, "params"), variables)
   ckpt.wait_until_finished()
   metadata = {
       "format_version": FORMAT_VERSION,
       "model": {"name": config.model.name, "dtype": config.model.dtype,
                 "kwargs": dict(config.model.get("kwargs", {}))},
-      "embedding_dim": s.model.backbone.embedding_dim,
-      "nesting": list(s.nesting_dims), "head": config.mrl.head,
+      "embedding_dim": run_setup.model.backbone.embedding_dim,
+      "nesting": list(run_setup.nesting_dims), "head": config.mrl.head,
       "step": int(state.step), "dataset": config.data.name,
       "preprocessing": {
           "spec": config.data.eval_preprocess,
@@ -89,7 +127,9 @@ def export_encoder(config: ml_collections.ConfigDict, workdir: str) -> str:
       "config": json.loads(config.to_json()),
   }
   if jax.process_index() == 0:
-    atomic_files.write_json(os.path.join(out, "encoder.json"), metadata)
+    atomic_files.write_json(os.path.join(new, "encoder.json"), metadata)
+    _swap_in(new, out)
+  multihost_utils.sync_global_devices("export_encoder: swapped")
   return out
 
 
@@ -148,32 +188,133 @@ class Encoder:
     return (jnp.asarray(pixels, jnp.float32) / 255.0 - mean) / std
 
 
+_AGAIN = "export the bundle again with --mode=export_encoder"
+
+
+def _field(metadata: dict[str, Any], name: str, kind: type,
+           where: str) -> Any:
+  """metadata's dotted field `name`, checked to be a `kind`.
+
+  Raises:
+    ValueError: naming the field, if it is missing or of another type.
+  """
+  value = metadata
+  for key in name.split("."):
+    if not isinstance(value, dict) or key not in value:
+      raise ValueError(f"{where} has no {name!r}; {_AGAIN}")
+    value = value[key]
+  if not isinstance(value, kind) or isinstance(value, bool):
+    raise ValueError(f"{where}: {name!r} is {value!r}, expected "
+                     f"{kind.__name__}; {_AGAIN}")
+  return value
+
+
+def _read_metadata(path: str) -> dict[str, Any]:
+  """encoder.json, checked for every field loading uses (not the params).
+
+  Raises:
+    ValueError: one line naming the file and the field.
+  """
+  where = os.path.join(path, "encoder.json")
+  if not os.path.isfile(where):
+    raise ValueError(f"{path} has no encoder.json; pass the folder that "
+                     "--mode=export_encoder wrote (DIR/encoder)")
+  try:
+    with open(where) as f:
+      metadata = json.load(f)
+  except (UnicodeDecodeError, json.JSONDecodeError) as e:
+    raise ValueError(f"{where} is not JSON ({e}); {_AGAIN}") from None
+  if not isinstance(metadata, dict):
+    raise ValueError(f"{where} holds {type(metadata).__name__}, not an "
+                     f"object; {_AGAIN}")
+  fields = {name: _field(metadata, name, kind, where) for name, kind in (
+      ("model.name", str), ("model.dtype", str), ("model.kwargs", dict),
+      ("embedding_dim", int), ("nesting", list),
+      ("preprocessing.input_shape", list))}
+  if fields["model.dtype"] not in classifier.DTYPES:
+    raise ValueError(f"{where}: 'model.dtype' is {fields['model.dtype']!r}, "
+                     f"not one of {sorted(classifier.DTYPES)}; {_AGAIN}")
+  for name in ("nesting", "preprocessing.input_shape"):
+    if not all(isinstance(v, int) and not isinstance(v, bool) and v > 0
+               for v in fields[name]):
+      raise ValueError(f"{where}: {name!r} is {fields[name]!r}, not a list "
+                       f"of positive ints; {_AGAIN}")
+  nesting, dim = fields["nesting"], fields["embedding_dim"]
+  if sorted(set(nesting)) != nesting or (nesting and nesting[-1] > dim):
+    raise ValueError(f"{where}: 'nesting' {nesting} is not increasing within "
+                     f"1..embedding_dim={dim}; {_AGAIN}")
+  norm = metadata.get("normalisation")
+  if norm is not None and not (isinstance(norm, dict) and all(
+      isinstance(norm.get(k), list) for k in ("mean", "std"))):
+    raise ValueError(f"{where}: 'normalisation' is {norm!r}, not null or "
+                     f"{{'mean': [...], 'std': [...]}}; {_AGAIN}")
+  return metadata
+
+
+def _check_params(where: str, params_dir: str, abstract: dict[str, Any],
+                  model: str) -> None:
+  """Checks the stored params against the model encoder.json describes:
+  the same arrays, of the same shapes.
+
+  Raises:
+    ValueError: naming the field of encoder.json that disagrees.
+  """
+  try:
+    stored = ocp.StandardCheckpointer().metadata(params_dir).item_metadata
+  except (FileNotFoundError, ValueError) as e:
+    raise ValueError(f"{params_dir} holds no params checkpoint "
+                     f"({' '.join(str(e).split())[:200]}); {_AGAIN}") from None
+  shapes = [{jax.tree_util.keystr(k): tuple(a.shape) for k, a in
+             jax.tree_util.tree_flatten_with_path(dict(tree))[0]}
+            for tree in (stored.tree, abstract)]
+  for key in sorted(set(shapes[0]) | set(shapes[1])):
+    got, want = (side.get(key, "missing") for side in shapes)
+    if got != want:
+      raise ValueError(
+          f"{where}: 'model' ({model}) does not match the params in "
+          f"{params_dir} ({key}: {got} in the params, {want} in the model); "
+          f"{_AGAIN}")
+
+
 def load_encoder(path: str) -> Encoder:
   """Loads a bundle written by `--mode=export_encoder` (path: its folder).
 
+  encoder.json is checked field by field, and against the params: the model
+  it names must have exactly the params' arrays, and give embedding_dim
+  features.
+
   Raises:
-    ValueError: if path holds no bundle.
+    ValueError: one line naming the file and field, if path holds no bundle
+      or a malformed one, or encoder.json does not match the params.
   """
-  meta_path = os.path.join(path, "encoder.json")
-  if not os.path.isfile(meta_path):
-    raise ValueError(f"{path} has no encoder.json; pass the folder that "
-                     "--mode=export_encoder wrote (DIR/encoder)")
-  with open(meta_path) as f:
-    metadata = json.load(f)
+  metadata = _read_metadata(path)
+  where = os.path.join(path, "encoder.json")
   model = metadata["model"]
-  backbone = registry.build_backbone(
-      model["name"], dtype=classifier.DTYPES[model["dtype"]],
-      **model["kwargs"])
+  try:
+    backbone = registry.build_backbone(
+        model["name"], dtype=classifier.DTYPES[model["dtype"]],
+        **model["kwargs"])
+  except (TypeError, ValueError) as e:
+    raise ValueError(f"{where}: 'model' {model['name']!r} with kwargs "
+                     f"{model['kwargs']} cannot be built ("
+                     f"{' '.join(str(e).split())}); {_AGAIN}") from None
   shape = (1, *metadata["preprocessing"]["input_shape"])
+  images = jax.ShapeDtypeStruct(shape, jnp.float32)
   abstract = jax.eval_shape(
-      lambda x: backbone.init(jax.random.key(0), x, train=False),
-      jax.ShapeDtypeStruct(shape, jnp.float32))
+      lambda x: backbone.init(jax.random.key(0), x, train=False), images)
+  params_dir = os.path.join(os.path.abspath(path), "params")
+  _check_params(where, params_dir, dict(abstract), model["name"])
+  dim = jax.eval_shape(functools.partial(backbone.apply, train=False),
+                       abstract, images).shape[-1]
+  if metadata["embedding_dim"] != dim:
+    raise ValueError(f"{where}: 'embedding_dim' is "
+                     f"{metadata['embedding_dim']}, but its params give "
+                     f"{dim}-dim embeddings; {_AGAIN}")
   device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
   target = jax.tree.map(
       lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=device),
       dict(abstract))
-  variables = ocp.StandardCheckpointer().restore(
-      os.path.join(os.path.abspath(path), "params"), target)
+  variables = ocp.StandardCheckpointer().restore(params_dir, target)
   return Encoder(backbone, variables, metadata)
 
 

@@ -4,8 +4,11 @@ Downstream evaluators (k-NN, retrieval, adaptive classification) read these
 instead of re-running the backbone. Layout, per split:
 
   DIR/embeddings/<dataset>/<split>/
-    metadata.json              model, step, nesting dims, dtype, arrays
-    shard-p<process>-<i>.npz   "embeddings" [n, d], "labels" [n] or [n, C];
+    metadata.json              model, step, checkpoint, nesting dims, dtype,
+                               arrays; written last, once every shard is in
+    shard-p<process>-<i>.npz   "embeddings" [n, d], "labels" [n] or [n, C],
+                               "checkpoint" (the label of the checkpoint that
+                               wrote it, see embedding_files);
                                for `config.export.logits_splits` also the
                                per-dim head logits "logits" [n, G, C] and,
                                with `config.export.flip_tta`, "flip_logits"
@@ -22,15 +25,24 @@ Embeddings are the raw backbone output z (not normalised; MRL retrieval
 normalises each prefix z[:m] separately). Splits stream through in shards of
 `config.export.examples_per_shard` examples, so a split never has to fit in
 host memory; each shard is written atomically, and a rerun skips the shards
-that already exist (their data is not even decoded again). Read an export
-back with `mrl_jax.embedding_files` (numpy only, no trainer or TensorFlow).
+that already exist (their data is not even decoded again). Each shard names
+the checkpoint (step and a digest of the weights) that wrote it: a rerun from
+another checkpoint removes metadata.json before touching a shard and redoes
+the split, and readers refuse a split whose shards come from different
+checkpoints. Read an export back with `mrl_jax.embedding_files` (numpy only,
+no trainer or TensorFlow).
 """
+import functools
+import hashlib
+import json
 import os
+import re
 from typing import Any
 
 from absl import logging
 import jax
 from jax.experimental import multihost_utils
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
@@ -101,21 +113,75 @@ def _local_rows(x: jax.Array, mesh: jax.sharding.Mesh) -> np.ndarray:
       x, mesh, sharding.batch_spec(mesh)))
 
 
-def _shard_has(path: str, keys: tuple[str, ...]) -> bool:
-  """True if the shard exists and holds every array in keys."""
+def _word_sums(x: jax.Array) -> jax.Array:
+  """[2] uint32: the sum of x's bit patterns, plain and position-weighted
+  (so that moved values change it too); wrapping uint32 sums do not depend
+  on the order a sharded reduction adds them in."""
+  words = jax.lax.bitcast_convert_type(
+      x, jnp.dtype(f"uint{8 * x.dtype.itemsize}")).astype(jnp.uint32).ravel()
+  weights = jnp.arange(words.size, dtype=jnp.uint32) * jnp.uint32(
+      2654435761) | jnp.uint32(1)
+  return jnp.stack([words.sum(dtype=jnp.uint32),
+                    (words * weights).sum(dtype=jnp.uint32)])
+
+
+@functools.cache
+def _word_sums_on(mesh: jax.sharding.Mesh):
+  """_word_sums, jitted with its result on every device of `mesh` (one
+  compilation per leaf shape: a ResNet-50 has 26)."""
+  return jax.jit(_word_sums, out_shardings=sharding.replicated(mesh))
+
+
+def weights_digest(weights: Any, mesh: jax.sharding.Mesh) -> str:
+  """16 hex digits that change whenever any weight changes.
+
+  Args:
+    weights: the arrays embeddings depend on (params and batch stats),
+      sharded over `mesh` in any way.
+  Returns:
+    The same digest on every process: each leaf is reduced on its devices to
+    two uint32 sums, and the host hashes those with the leaves' paths, shapes
+    and dtypes.
+  """
+  leaves, _ = jax.tree_util.tree_flatten_with_path(weights)
+  sums = [_word_sums_on(mesh)(x) for _, x in leaves]
+  digest = hashlib.sha256()
+  for (path, x), pair in zip(leaves, sums):
+    digest.update(f"{jax.tree_util.keystr(path)} {x.shape} {x.dtype} ".encode())
+    digest.update(np.asarray(pair.addressable_data(0)).tobytes())
+  return digest.hexdigest()[:16]
+
+
+def _shard_has(path: str, keys: tuple[str, ...], checkpoint: str) -> bool:
+  """True if the shard exists, holds every array in keys and was written
+  from `checkpoint` (a label, see embedding_files.checkpoint_label)."""
   if not os.path.exists(path):
     return False
-  with np.load(path) as shard:  # reads the zip directory, not the data
-    return set(keys) <= set(shard.files)
+  with np.load(path) as shard:  # reads the zip directory and one string
+    return (set(keys) <= set(shard.files) and "checkpoint" in shard.files
+            and str(shard["checkpoint"]) == checkpoint)
 
 
-def _export_split(config, s: train.Setup, embed, state, split: str,
+def _remove_other_shards(out_dir: str, names: list[str], prefix: str) -> None:
+  """Deletes this process's shards (named `prefix`-<i>.npz) not in names,
+  e.g. left by an export with more shards per split: a finished split then
+  holds no rows of another export."""
+  pattern = re.compile(re.escape(prefix) + r"-\d{5}\.npz")
+  for name in sorted(set(os.listdir(out_dir)) - set(names)):
+    if pattern.fullmatch(name):
+      logging.info("removing %s: not a shard of this export", name)
+      os.remove(os.path.join(out_dir, name))
+
+
+def _export_split(config, run_setup: train.Setup, embed, state, split: str,
                   settings: dict[str, Any], keys: tuple[str, ...],
-                  out_dir: str, view: tuple[str, int] | None = None) -> None:
+                  out_dir: str, checkpoint: str,
+                  view: tuple[str, int] | None = None) -> None:
   """Writes this process's missing shards of one split.
 
   keys: arrays each shard holds, besides "labels"; a shard written earlier
-  without some of them (e.g. before logits were asked for) is redone.
+  without some of them (e.g. before logits were asked for), or from another
+  checkpoint than `checkpoint` (a label), is redone.
   view: (preprocess spec, v): write augmented view v of the split instead
     (shards named ...-v<v>-..., so that views sort in order).
   """
@@ -123,17 +189,18 @@ def _export_split(config, s: train.Setup, embed, state, split: str,
   per_shard = settings["examples_per_shard"]
   num_shards = -(-source.num_examples // per_shard)
   tag = "" if view is None else f"-v{view[1]:03d}"
-  names = [f"shard-p{jax.process_index():03d}{tag}-{i:05d}.npz"
-           for i in range(num_shards)]
+  prefix = f"shard-p{jax.process_index():03d}{tag}"
+  names = [f"{prefix}-{i:05d}.npz" for i in range(num_shards)]
+  _remove_other_shards(out_dir, names, prefix)
   done = 0
   while done < num_shards and _shard_has(os.path.join(out_dir, names[done]),
-                                         keys):
+                                         keys, checkpoint):
     done += 1
   if done:
     logging.info("%s%s: %d of %d shards already exported", split, tag, done,
                  num_shards)
   batches = pipeline.eval_batches(config.data, source, config.eval_batch_size,
-                                  sharding.batch_sharding(s.mesh),
+                                  sharding.batch_sharding(run_setup.mesh),
                                   start=done * per_shard, view=view)
   rows = {key: [] for key in keys + ("labels",)}
   shard = done
@@ -141,16 +208,16 @@ def _export_split(config, s: train.Setup, embed, state, split: str,
   def write_shard() -> None:
     atomic_files.write_npz(
         os.path.join(out_dir, names[shard]),
-        labels=np.concatenate(rows["labels"]),
+        labels=np.concatenate(rows["labels"]), checkpoint=np.array(checkpoint),
         **{key: np.concatenate(rows[key]).astype(settings["dtype"])
            for key in keys})
 
   for batch in batches:
-    mask = _local_rows(batch["mask"], s.mesh).astype(bool)
+    mask = _local_rows(batch["mask"], run_setup.mesh).astype(bool)
     outputs = embed(state, batch)
     for key in keys:
-      rows[key].append(_local_rows(outputs[key], s.mesh)[mask])
-    rows["labels"].append(_local_rows(batch["label"], s.mesh)[mask])
+      rows[key].append(_local_rows(outputs[key], run_setup.mesh)[mask])
+    rows["labels"].append(_local_rows(batch["label"], run_setup.mesh)[mask])
     # Shards hold whole batches: per_shard is a multiple of the local batch.
     if sum(map(len, rows["labels"])) >= per_shard:
       write_shard()
@@ -159,25 +226,39 @@ def _export_split(config, s: train.Setup, embed, state, split: str,
     write_shard()
 
 
-def _make_embed(s: train.Setup, state_sh: Any, keys: tuple[str, ...]):
+def _make_embed(run_setup: train.Setup, state_sh: Any, keys: tuple[str, ...]):
   """jit(state, batch) -> the arrays named in keys, row-sharded, float32:
   "embeddings" [B, d], "logits" [B, G, C], "flip_logits" [B, G, C]."""
 
   def embed(st, batch):
     variables = {"params": st.params, "batch_stats": st.batch_stats}
-    logits, aux = s.model.apply(variables, batch["image"], train=False)
+    logits, aux = run_setup.model.apply(variables, batch["image"], train=False)
     # Rows first, so that every output shards over the batch like the input.
     out = {"embeddings": aux["embedding"].astype(np.float32),
            "logits": logits.swapaxes(0, 1).astype(np.float32)}
     if "flip_logits" in keys:  # images are [B, H, W, C]: flip the width
-      flipped, _ = s.model.apply(variables, batch["image"][:, :, ::-1],
+      flipped, _ = run_setup.model.apply(variables, batch["image"][:, :, ::-1],
                                  train=False)
       out["flip_logits"] = flipped.swapaxes(0, 1).astype(np.float32)
     return {key: out[key] for key in keys}
 
-  return jax.jit(embed,
-                 in_shardings=(state_sh, sharding.batch_sharding(s.mesh)),
-                 out_shardings=sharding.batch_sharding(s.mesh))
+  batches = sharding.batch_sharding(run_setup.mesh)
+  return jax.jit(embed, in_shardings=(state_sh, batches),
+                 out_shardings=batches)
+
+
+def _unfinish_if_stale(out_dir: str, checkpoint: dict[str, Any]) -> None:
+  """Removes metadata.json if another checkpoint wrote it, before any shard
+  is rewritten: until the split is redone it reads as unfinished."""
+  path = os.path.join(out_dir, "metadata.json")
+  if not os.path.exists(path):
+    return
+  with open(path) as f:
+    old = json.load(f).get("checkpoint")
+  if old != checkpoint:
+    logging.info("%s was exported from checkpoint %s: redoing it", out_dir,
+                 embedding_files.checkpoint_label(old))
+    os.remove(path)
 
 
 def export_embeddings(config: ml_collections.ConfigDict,
@@ -188,23 +269,33 @@ def export_embeddings(config: ml_collections.ConfigDict,
     {split: directory} of the exported splits.
   """
   settings = _export_settings(config)
-  s, state, state_sh = train.restore_latest(config, workdir)
+  run_setup, state, state_sh = train.restore_latest(config, workdir)
+  variables = {"params": state.params, "batch_stats": state.batch_stats}
+  checkpoint = {"step": int(state.step),
+                "weights": weights_digest(variables, run_setup.mesh)}
+  label = embedding_files.checkpoint_label(checkpoint)
+  logging.info("exporting embeddings of checkpoint %s", label)
   out = {}
 
   def export_one(name: str, split: str, keys: tuple[str, ...],
                  views: dict[str, Any] | None = None) -> None:
     out_dir = embedding_files.split_dir(workdir, config.data.name, name)
     os.makedirs(out_dir, exist_ok=True)
-    embed = _make_embed(s, state_sh, keys)
+    if jax.process_index() == 0:
+      _unfinish_if_stale(out_dir, checkpoint)
+    embed = _make_embed(run_setup, state_sh, keys)
     for view in ([None] if views is None else
                  [(views["preprocess"], v) for v in range(views["count"])]):
-      _export_split(config, s, embed, state, split, settings, keys, out_dir,
-                    view)
+      _export_split(config, run_setup, embed, state, split, settings, keys,
+                    out_dir, label, view)
+    # metadata.json marks the split finished: only once every process is.
+    multihost_utils.sync_global_devices(f"export {name}")
     metadata = {
         "model": config.model.name, "step": int(state.step),
+        "checkpoint": checkpoint,
         "dataset": config.data.name, "split": name,
-        "nesting": list(s.nesting_dims), "head": config.mrl.head,
-        "embedding_dim": s.model.backbone.embedding_dim,
+        "nesting": list(run_setup.nesting_dims), "head": config.mrl.head,
+        "embedding_dim": run_setup.model.backbone.embedding_dim,
         "dtype": settings["dtype"], "normalisation": "none",
         "num_processes": jax.process_count(),
         "arrays": ["labels", *keys],

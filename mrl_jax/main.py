@@ -4,8 +4,8 @@ r"""Launcher: the only module that defines flags.
       [--mode=train] [--config.field=value ...]
 
 --mode is one of the modes in mrl_jax/modes.py (train, eval, export, knn,
-retrieval, adaptive, probe, baselines, export_encoder, aot); that table names
-the function that runs each and what it writes under DIR.
+retrieval, adaptive, probe, baselines, export_encoder, aot, check_data);
+that table names the function that runs each and what it writes under DIR.
 Several processes (one per host or GPU): add --coordinator_address=HOST:PORT
 --num_processes=N --process_id=I, or nothing on TPU pods and under SLURM
 (mrl_jax/distributed.py). --mode=aot compiles the train step for

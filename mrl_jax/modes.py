@@ -70,6 +70,10 @@ MODES: dict[str, Mode] = {
                 "mrl_jax.aot:format_report",
                 "compile the train step for --topology on this machine",
                 flags=("topology",), distributed=False),
+    "check_data": Mode("mrl_jax.data.check:check_data", "",
+                       "mrl_jax.data.check:format_report",
+                       "decode every image of the train and eval splits and "
+                       "list the unreadable ones", distributed=False),
 }
 
 

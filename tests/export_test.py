@@ -1,13 +1,20 @@
-"""Export settings are validated before any work (the end-to-end export runs
-in train_test.py, through the launcher)."""
+"""Export settings are validated before any work; exports record the
+checkpoint they come from (the end-to-end exports run through the launcher
+in tests/integration/)."""
+import json
 import os
 import subprocess
 import sys
 
+import jax
+import numpy as np
 import pytest
 
 from mrl_jax import embedding_files
 from mrl_jax import export
+from mrl_jax import sharding
+
+
 
 
 def test_defaults_and_path_safe_split_names(config_module):
@@ -63,11 +70,56 @@ def test_database_and_queries_are_checked_before_any_shard_is_read(tmp_path):
   # the (possibly huge) database.
   for name, step in (("train", 1), ("test", 2)):
     (tmp_path / name).mkdir()
-    (tmp_path / name / "metadata.json").write_text(
-        f'{{"step": {step}, "nesting": [8]}}')
-  with pytest.raises(ValueError, match="different checkpoints"):
+    (tmp_path / name / "metadata.json").write_text(json.dumps(
+        {"step": 1, "nesting": [8],
+         "checkpoint": {"step": 1, "weights": f"{step:016x}"}}))
+  with pytest.raises(ValueError, match="step 1 weights 0+1, nesting .8.* and "
+                     ".*step 1 weights 0+2.*different checkpoints.*"
+                     "--mode=export"):
     embedding_files.load_database_and_queries(str(tmp_path / "train"),
                                               str(tmp_path / "test"))
   with pytest.raises(ValueError, match="no finished export"):
     embedding_files.load_database_and_queries(str(tmp_path / "train"),
                                               str(tmp_path / "missing"))
+
+
+def _write_split(directory, checkpoints: list[str]) -> dict:
+  """A split whose shard i says it comes from checkpoint label
+  checkpoints[i]; its metadata records the first one's."""
+  directory.mkdir()
+  for i, label in enumerate(checkpoints):
+    np.savez(directory / f"shard-p000-{i:05d}.npz", labels=np.arange(2),
+             embeddings=np.ones((2, 4), np.float16),
+             checkpoint=np.array(label))
+  checkpoint = {"step": 3, "weights": "ab"}
+  (directory / "metadata.json").write_text(json.dumps(
+      {"step": 3, "nesting": [4], "checkpoint": checkpoint}))
+  return checkpoint
+
+
+def test_a_split_mixing_two_checkpoints_is_refused(tmp_path):
+  label = embedding_files.checkpoint_label({"step": 3, "weights": "ab"})
+  _write_split(tmp_path / "same", [label, label])
+  emb, _, meta = embedding_files.load_split(str(tmp_path / "same"))
+  assert emb.shape == (4, 4) and meta["checkpoint"]["weights"] == "ab"
+  _write_split(tmp_path / "mixed", [label, "step 3 weights cd"])
+  with pytest.raises(ValueError, match=r"shard-p000-00001.npz comes from "
+                     "checkpoint step 3 weights cd, the rest of the split "
+                     "from step 3 weights ab; run --mode=export again"):
+    embedding_files.load_split(str(tmp_path / "mixed"))
+
+
+def test_weights_digest_changes_with_any_weight_not_with_sharding():
+  mesh = sharding.make_mesh((("data", 8),))
+  rng = np.random.default_rng(0)
+  weights = {"a": rng.normal(size=(16, 8)).astype(np.float32),
+             "b": {"c": rng.normal(size=(8,)).astype(np.float32)}}
+  on_one = export.weights_digest(jax.device_put(weights), mesh)
+  split_rows = jax.device_put(weights["a"], sharding.batch_sharding(mesh))
+  assert export.weights_digest({**weights, "a": split_rows}, mesh) == on_one
+  assert len(on_one) == 16
+  nudged = weights["a"].copy()
+  nudged[5, 3] = np.nextafter(nudged[5, 3], np.float32(np.inf))
+  swapped = weights["a"][::-1].copy()  # same values, other places
+  for a in (nudged, swapped):
+    assert export.weights_digest({**weights, "a": a}, mesh) != on_one

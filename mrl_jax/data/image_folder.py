@@ -10,18 +10,29 @@ preprocess specs start with `decode` or `decode_jpeg_and_inception_crop`.
 Split strings may slice (`train[:90%]`, `train[100:]`) as TFDS ones do; for
 evaluation each process reads its own contiguous part, for training the
 pipeline reads contiguous data shards (`FolderSource.shard`).
+
+Opening a split checks its files cheaply: a file whose first and last bytes
+are not those of a whole JPEG or PNG (cut short, empty, not an image) is
+decoded, and if decoding fails the split is refused naming the file, or,
+with `config.data.skip_bad_files`, the file is left out and logged.
+`--mode=check_data` (mrl_jax/data/check.py) decodes every file.
 """
 from collections.abc import Sequence
+from concurrent import futures
 import dataclasses
 import os
 import random
+import re
 
+from absl import logging
 import jax
 import ml_collections
 import numpy as np
 from PIL import Image
 import tensorflow as tf
 import tensorflow_datasets as tfds
+
+from mrl_jax import errors
 
 NAME = "image_folder"
 EXTENSIONS = (".jpg", ".jpeg", ".png")
@@ -65,6 +76,10 @@ def classes(root: str) -> list[str]:
                          f" no {'/'.join(EXTENSIONS)} files; add images or "
                          "remove it")
     names.update(found)
+  if len(names) < 2:
+    raise ValueError(f"image folder {root!r} has one class folder "
+                     f"({sorted(names)[0]!r}); classification needs at least "
+                     "2: add a folder per class under each split")
   return sorted(names)
 
 
@@ -88,12 +103,67 @@ def peek(root: str, split: str, count: int = 8) -> tuple[int, int, int]:
            for f in _images(os.path.join(root, split, c))[:count]]
   modes, heights, widths = set(), [], []
   for path in paths:
-    with Image.open(path) as image:
-      modes.add(image.mode)
-      widths.append(image.width)
-      heights.append(image.height)
+    try:
+      with Image.open(path) as image:
+        modes.add(image.mode)
+        widths.append(image.width)
+        heights.append(image.height)
+    except (OSError, SyntaxError):  # bad files are named when a split opens
+      continue
+  if not heights:
+    raise ValueError(f"none of the first {count} files of each class of "
+                     f"{os.path.join(root, split)!r} is a readable image; "
+                     "replace them with JPEG or PNG files")
   channels = 1 if modes <= {"L", "I", "I;16", "1"} else 3
   return channels, int(np.median(heights)), int(np.median(widths))
+
+
+# Signatures at the start and end of whole JPEG and PNG files.
+_WHOLE = ((b"\xff\xd8", b"\xff\xd9"), (b"\x89PNG\r\n\x1a\n", b"IEND\xaeB`\x82"))
+
+
+def _looks_whole(path: str) -> bool:
+  """True if the file starts and ends like a whole JPEG or PNG (reads 16
+  bytes; valid files with trailing bytes fail it, so it only picks whom to
+  decode)."""
+  with open(path, "rb") as f:
+    head = f.read(8)
+    f.seek(max(os.fstat(f.fileno()).st_size - 8, 0))
+    tail = f.read()
+  return any(head.startswith(start) and tail.endswith(end)
+             for start, end in _WHOLE)
+
+
+def decode_error(path: str) -> str | None:
+  """Why the pipeline's decoder (tf.io.decode_image) cannot decode the file,
+  in one line; None if it can."""
+  try:
+    tf.io.decode_image(tf.io.read_file(path), expand_animations=False)
+  except (tf.errors.InvalidArgumentError, tf.errors.NotFoundError,
+          tf.errors.PermissionDeniedError) as e:
+    # TF prefixes "{{function_node ...}} " and appends " [Op:DecodeImage]
+    # name:".
+    message = re.sub(r"^\{\{.*?\}\}\s*|\s*\[Op:\w+\].*$", "", e.message)
+    return " ".join(message.split())
+  return None
+
+
+def unreadable(paths: Sequence[str], thorough: bool = False,
+               threads: int = 32) -> list[tuple[str, str]]:
+  """(path, reason) of each file the pipeline could not decode, in order.
+
+  thorough: decode every file (about 0.5 ms for a small image, more for
+    photos); else only those that do not look whole (`_looks_whole`, tens of
+    microseconds a file), which finds files cut short or not images at all.
+  """
+  def check(path: str) -> str | None:
+    if not thorough and _looks_whole(path):
+      return None
+    return decode_error(path)
+
+  with futures.ThreadPoolExecutor(threads) as pool:
+    reasons = list(pool.map(check, paths))
+  return [(p, r) for p, r in zip(paths, reasons) if r is not None]
 
 
 def _part(n: int, index: int, count: int) -> slice:
@@ -138,8 +208,14 @@ class FolderSource:
                   num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
 
 
-def open_source(cfg: ml_collections.ConfigDict, split: str) -> FolderSource:
-  """Opens `split` (optionally sliced) of the folder cfg.data_dir."""
+def split_files(cfg: ml_collections.ConfigDict, split: str
+                ) -> tuple[list[str], list[int], list[str]]:
+  """(paths, labels, class names) of `split` (optionally sliced) of the
+  folder cfg.data_dir, over all processes; files are not read.
+
+  Raises:
+    ValueError: for a bad folder, split or setting (one line, with the fix).
+  """
   root = cfg.get("data_dir")
   if not root:
     raise ValueError("config.data.name='image_folder' needs "
@@ -173,6 +249,43 @@ def open_source(cfg: ml_collections.ConfigDict, split: str) -> FolderSource:
   paths, labels = paths[part], labels[part]
   if not paths:
     raise ValueError(f"split {split!r} of {root!r} is empty")
+  return paths, labels, names
+
+
+def _drop_unreadable(cfg: ml_collections.ConfigDict, split: str,
+                     paths: list[str], labels: list[int]
+                     ) -> tuple[list[str], list[int]]:
+  """The split without files that do not decode (`unreadable`, quick).
+
+  Raises:
+    errors.RunError: naming the first such file, unless
+      config.data.skip_bad_files, which leaves them out and logs each.
+  """
+  bad = dict(unreadable(paths))
+  if not bad:
+    return paths, labels
+  if not cfg.get("skip_bad_files", False):
+    path, reason = next(iter(bad.items()))
+    more = f" and {len(bad) - 1} more" if len(bad) > 1 else ""
+    raise errors.RunError(
+        f"unreadable image {path} ({reason}){more} in split {split!r}; "
+        "replace or remove it, or set config.data.skip_bad_files=True to "
+        "leave unreadable files out (--mode=check_data lists them all)")
+  for path, reason in bad.items():
+    logging.warning("skipping unreadable image %s (%s)", path, reason)
+  logging.warning("split %r: skipped %d unreadable of %d files "
+                  "(config.data.skip_bad_files)", split, len(bad), len(paths))
+  kept = [(p, y) for p, y in zip(paths, labels) if p not in bad]
+  if not kept:
+    raise errors.RunError(f"every file of split {split!r} is unreadable")
+  return [p for p, _ in kept], [y for _, y in kept]
+
+
+def open_source(cfg: ml_collections.ConfigDict, split: str) -> FolderSource:
+  """Opens `split` (optionally sliced) of the folder cfg.data_dir, its
+  unreadable files refused or left out (see `_drop_unreadable`)."""
+  paths, labels, names = split_files(cfg, split)
+  paths, labels = _drop_unreadable(cfg, split, paths, labels)
   # Contiguous, near-equal parts per process (as tfds.split_for_jax_process).
   mine = _part(len(paths), jax.process_index(), jax.process_count())
   return FolderSource(split, tuple(paths[mine]), tuple(labels[mine]),

@@ -32,6 +32,7 @@ the split (`tfds.split_for_jax_process`), since order does not matter there.
 from collections.abc import Callable, Iterator
 import dataclasses
 import math
+from typing import Protocol
 
 import jax
 import ml_collections
@@ -39,6 +40,7 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
+from mrl_jax import errors
 from mrl_jax import sharding as sharding_lib
 from mrl_jax.data import fashion_mnist
 from mrl_jax.data import image_folder
@@ -61,6 +63,33 @@ def _num_examples(builder: tfds.core.DatasetBuilder, split) -> int:
   if builder.info.splits:
     return builder.info.splits[split].num_examples
   return int(builder.as_dataset(split=split).cardinality())
+
+
+class ExampleSource(Protocol):
+  """One split as this process reads it: a TFDS `Source` or an image
+  folder's `image_folder.FolderSource`."""
+
+  @property
+  def num_examples(self) -> int:
+    """Examples this process reads (its part of the split, or one shard)."""
+
+  @property
+  def total_examples(self) -> int:
+    """Examples in the whole split, over all processes."""
+
+  @property
+  def whole_split(self) -> str:
+    """The split as given, over all processes."""
+
+  @property
+  def class_names(self) -> tuple[str, ...] | None:
+    """Label names (None if the labels are not a class list)."""
+
+  def shard(self, index: int, count: int) -> "ExampleSource":
+    """Data shard `index` of `count` of the whole split."""
+
+  def read(self, shuffle_seed: int | None = None) -> tf.data.Dataset:
+    """Raw examples {"image", "label", ...}; shuffled files when seeded."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -104,7 +133,7 @@ class Source:
 
 
 def open_source(cfg: ml_collections.ConfigDict,
-                split: str) -> Source | image_folder.FolderSource:
+                split: str) -> ExampleSource:
   """Opens `split` of dataset `cfg.name` in `cfg.data_dir` for this process.
 
   `cfg.name` is a TFDS name (registered, or any dataset prepared in
@@ -237,7 +266,7 @@ def process_shards(shards: int, process_index: int,
   return range(process_index * per_process, (process_index + 1) * per_process)
 
 
-def describe_process_shards(source: Source | image_folder.FolderSource,
+def describe_process_shards(source: ExampleSource,
                             shards: int, process_index: int,
                             process_count: int) -> str:
   """E.g. "shards 4..7 of 8 of train[:256] (128 of 256 examples)"."""
@@ -277,7 +306,8 @@ def local_batch_size(global_batch: int) -> int:
   return global_batch // jax.process_count()
 
 
-def steps_per_epoch(source: Source, global_batch: int, shards: int) -> int:
+def steps_per_epoch(source: ExampleSource, global_batch: int,
+                    shards: int) -> int:
   """Full batches per epoch: the fewest that any of the `shards` data shards
   fills with its B / S rows. The same on every process and for every process
   count; from split metadata, without reading data."""
@@ -295,7 +325,7 @@ def steps_per_epoch(source: Source, global_batch: int, shards: int) -> int:
 @dataclasses.dataclass(frozen=True)
 class _Shard:
   """One data shard's training stream, a function of (seed, epoch, index)."""
-  source: Source | image_folder.FolderSource  # the shard's part of the split
+  source: ExampleSource  # the shard's part of the split
   index: int
   batch: int  # B / S rows per step
   epoch_size: int  # examples used per epoch: steps_per_epoch * batch
@@ -318,7 +348,7 @@ class _Shard:
 
 
 def _open_shard(cfg: ml_collections.ConfigDict,
-                source: Source | image_folder.FolderSource, index: int,
+                source: ExampleSource, index: int,
                 shards: int, per_epoch: int, global_batch: int,
                 seed: int) -> _Shard:
   """Shard `index` of `shards` of the split, ready to stream epochs."""
@@ -345,7 +375,7 @@ def _concat_shards(datasets: list[tf.data.Dataset]) -> tf.data.Dataset:
 
 
 def process_batches(cfg: ml_collections.ConfigDict,
-                    source: Source | image_folder.FolderSource,
+                    source: ExampleSource,
                     global_batch: int, seed: int, start_step: int,
                     process_index: int, process_count: int
                     ) -> Iterator[dict[str, np.ndarray]]:
@@ -366,11 +396,38 @@ def process_batches(cfg: ml_collections.ConfigDict,
     # The size scheduled for this epoch (config.data.resolution), if any.
     preprocess = preprocess_lib.build(resolution.train_spec(cfg, epoch))
     ds = _concat_shards([s.epoch(epoch, offset, preprocess) for s in mine])
-    yield from ds.prefetch(tf.data.AUTOTUNE).as_numpy_iterator()
+    try:
+      yield from ds.prefetch(tf.data.AUTOTUNE).as_numpy_iterator()
+    except tf.errors.InvalidArgumentError as e:
+      raise _example_error([s.source for s in mine], e) from None
     epoch, offset = epoch + 1, 0
 
 
-def train_batches(cfg: ml_collections.ConfigDict, source: Source,
+def _example_error(sources: list[ExampleSource],
+                   error: tf.errors.InvalidArgumentError) -> errors.RunError:
+  """A one-line error for an example tf.data could not read or preprocess.
+
+  For image folders it names the unreadable files of `sources`, found by
+  decoding them all (image files that look whole but are broken inside pass
+  the check done when a split opens); this costs a pass over the files, but
+  only when the run is failing anyway.
+  """
+  paths = [p for s in sources if isinstance(s, image_folder.FolderSource)
+           for p in s.paths]
+  bad = image_folder.unreadable(paths, thorough=True)
+  if bad:
+    more = f" and {len(bad) - 1} more" if len(bad) > 1 else ""
+    return errors.RunError(
+        f"unreadable image {bad[0][0]} ({bad[0][1]}){more}; replace or "
+        "remove it (--mode=check_data lists every unreadable file)")
+  reason = " ".join(error.message.split())
+  return errors.RunError(
+      f"an example of split {sources[0].whole_split!r} could not be read or "
+      f"preprocessed ({reason[:300]}); check the data and the preprocess "
+      "spec")
+
+
+def train_batches(cfg: ml_collections.ConfigDict, source: ExampleSource,
                   global_batch: int, seed: int, start_step: int,
                   sharding: jax.sharding.Sharding) -> Iterator[Batch]:
   """Endless global training batches [B, ...], starting with the one for
@@ -390,7 +447,7 @@ def train_batches(cfg: ml_collections.ConfigDict, source: Source,
   return _prefetch(all_batches())
 
 
-def _eval_dataset(cfg: ml_collections.ConfigDict, source: Source,
+def _eval_dataset(cfg: ml_collections.ConfigDict, source: ExampleSource,
                   start: int = 0, view: tuple[str, int] | None = None
                   ) -> tf.data.Dataset:
   """The split from example `start` on, eval-preprocessed; or, with view =
@@ -404,7 +461,7 @@ def _eval_dataset(cfg: ml_collections.ConfigDict, source: Source,
 
 
 def image_shape(cfg: ml_collections.ConfigDict,
-                source: Source) -> tuple[int, ...]:
+                source: ExampleSource) -> tuple[int, ...]:
   """Per-example model input shape after eval preprocessing (reads no data)."""
   return tuple(_eval_dataset(cfg, source).element_spec["image"].shape)
 

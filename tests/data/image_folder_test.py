@@ -11,7 +11,9 @@ import numpy as np
 import pytest
 
 from conftest import write_image_tree
+from mrl_jax import errors
 from mrl_jax import sharding
+from mrl_jax.data import check
 from mrl_jax.data import image_folder
 from mrl_jax.data import pipeline
 
@@ -107,9 +109,19 @@ def _break(root, how):
   elif how == "empty_class":
     (root / "train" / "emu").mkdir()
     (root / "train" / "emu" / "notes.txt").write_text("no images")
+  elif how == "no_image_readable":
+    for path in (root / "train").glob("*/*"):
+      path.write_bytes(b"not an image")
+  elif how == "one_class":
+    for name in ("dog", "fish"):
+      shutil.rmtree(root / "train" / name)
 
 
 @pytest.mark.parametrize("how, match", [
+    ("one_class", "has one class folder \\('cat'\\); classification needs "
+     "at least 2: add a folder per class"),
+    ("no_image_readable", "none of the first 8 files of each class of "
+     ".*/train' is a readable image; replace them"),
     ("missing", "does not exist"),
     ("no_splits", "has no split folders"),
     ("no_classes", "has no class folders"),
@@ -135,6 +147,124 @@ def test_bad_source_settings_are_errors(config, change, split, match):
   data.update(change)
   with pytest.raises(ValueError, match=match):
     pipeline.open_source(data, split)
+
+
+BAD_FILES = ("cut.png", "cut.jpg", "noise.jpg")
+
+
+def _copy_with_bad_files(tree, tmp_path):
+  """A copy of the tree whose train/cat holds a PNG and a JPEG cut in half
+  and a file of random bytes."""
+  root = tmp_path / "images"
+  shutil.copytree(tree, root)
+  cat = root / "train" / "cat"
+  for bad, good in (("cut.png", "1.png"), ("cut.jpg", "0.jpg")):
+    data = (cat / good).read_bytes()
+    (cat / bad).write_bytes(data[:len(data) // 2])
+  (cat / "noise.jpg").write_bytes(
+      np.random.default_rng(0).integers(0, 256, 3000, np.uint8).tobytes())
+  return root
+
+
+def test_unreadable_files_are_named_before_any_batch(config, image_tree,
+                                                     tmp_path):
+  data = config.data.copy_and_resolve_references()
+  data.data_dir = str(_copy_with_bad_files(image_tree, tmp_path))
+  with pytest.raises(errors.RunError, match=(
+      r"unreadable image .*/train/cat/(cut|noise)\.\w+ \(.+\) and 2 more in "
+      "split 'train'; replace or remove it, or set config.data.skip_bad_"
+      "files=True .*--mode=check_data")) as e:
+    pipeline.open_source(data, "train")
+  assert "\n" not in str(e.value)
+  assert pipeline.open_source(data, "val").num_examples == 9  # no bad files
+
+
+def test_skip_bad_files_leaves_them_out_and_logs_each(config, image_tree,
+                                                      tmp_path, caplog):
+  data = config.data.copy_and_resolve_references()
+  data.data_dir = str(_copy_with_bad_files(image_tree, tmp_path))
+  data.skip_bad_files = True
+  source = pipeline.open_source(data, "train")
+  assert source.total_examples == 24
+  assert not {os.path.basename(p) for p in source.split_paths} & set(BAD_FILES)
+  logged = caplog.text
+  for name in BAD_FILES:
+    assert f"skipping unreadable image {data.data_dir}/train/cat/{name}" in (
+        logged)
+  assert "skipped 3 unreadable of 27 files" in logged
+
+
+def test_check_data_decodes_every_file(config, image_tree, tmp_path, caplog):
+  root = _copy_with_bad_files(image_tree, tmp_path)
+  # Whole at both ends, broken inside: only a full decode finds it.
+  (root / "val" / "dog" / "inside.jpg").write_bytes(
+      _break_inside(root / "val" / "dog" / "0.jpg"))
+  # Valid, with bytes after the end marker: not unreadable.
+  (root / "val" / "dog" / "tail.jpg").write_bytes(
+      (root / "val" / "dog" / "2.jpg").read_bytes() + bytes(50))
+  cfg = config.copy_and_resolve_references()
+  cfg.data.data_dir = str(root)
+  inside = str(root / "val" / "dog" / "inside.jpg")
+  assert inside not in dict(image_folder.unreadable([inside]))
+  assert image_folder.unreadable([inside], thorough=True)[0][0] == inside
+  with pytest.raises(errors.RunError, match="4 unreadable image"):
+    check.check_data(cfg, str(tmp_path))
+  for name in (*(f"train/cat/{n}" for n in BAD_FILES), "val/dog/inside.jpg"):
+    assert f"unreadable image {root}/{name} (" in caplog.text
+  assert "tail.jpg" not in caplog.text
+  cfg.data.data_dir = str(image_tree)
+  assert check.check_data(cfg, str(tmp_path)) == {"train": 24, "val": 9}
+
+
+def _break_inside(jpeg) -> bytes:
+  """The JPEG file's bytes with random ones in the middle: its first and
+  last bytes are intact, but it does not decode."""
+  data = bytearray(jpeg.read_bytes())
+  middle = len(data) // 2
+  data[middle:middle + 200] = np.random.default_rng(1).integers(
+      0, 256, 200, np.uint8).tobytes()
+  return bytes(data)
+
+
+def test_a_file_broken_inside_is_named_when_training_reads_it(
+    config, image_tree, tmp_path):
+  root = tmp_path / "images"
+  shutil.copytree(image_tree, root)
+  inside = root / "train" / "cat" / "inside.jpg"
+  inside.write_bytes(_break_inside(root / "train" / "cat" / "0.jpg"))
+  data = config.data.copy_and_resolve_references()
+  data.data_dir = str(root)
+  source = pipeline.open_source(data, "train")  # looks whole: not found yet
+  assert str(inside) in source.split_paths
+  data.num_shards = 1
+  # A full decode (decode_jpeg_and_inception_crop only decodes a window).
+  data.train_preprocess = data.eval_preprocess
+  batches = pipeline.process_batches(data, source, 25, 0, 0, 0, 1)  # all
+  with pytest.raises(errors.RunError, match=(
+      f"^unreadable image {inside} \\(.+\\); replace or remove it")):
+    next(batches)
+
+
+@pytest.mark.slow
+def test_bad_files_through_the_launcher(image_tree, tmp_path):
+  root = _copy_with_bad_files(image_tree, tmp_path)
+  runs = {mode: subprocess.run(
+      [sys.executable, "-m", "mrl_jax.main",
+       f"--config=configs/image_folder.py:root={root},smoke",
+       f"--workdir={tmp_path / 'work'}", f"--mode={mode}"],
+      cwd=REPO, capture_output=True, text=True, timeout=300, check=False)
+          for mode in ("check_data", "train")}
+  for proc in runs.values():
+    assert proc.returncode == 1
+  listed = runs["check_data"].stderr
+  assert all(f"unreadable image {root}/train/cat/{name}" in listed
+             for name in BAD_FILES)
+  assert listed.strip().splitlines()[-1].startswith(
+      "mrl_jax: error: 3 unreadable image(s) in ")
+  last = runs["train"].stderr.strip().splitlines()[-1]
+  assert last.startswith("mrl_jax: error: unreadable image ")
+  checkpoints = tmp_path / "work" / "checkpoints"
+  assert not checkpoints.exists() or not os.listdir(checkpoints)  # no step
 
 
 def test_config_needs_root(config_module):

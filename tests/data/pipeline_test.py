@@ -6,6 +6,7 @@ import pytest
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
+from mrl_jax import errors
 from mrl_jax import sharding
 from mrl_jax import train
 from mrl_jax.data import pipeline
@@ -24,6 +25,7 @@ def _take(cfg, start, n, seed=0, batch=32):
   return [jax.tree.map(np.asarray, next(it)) for _ in range(n)]
 
 
+@pytest.mark.slow  # reads dozens of batches twice
 def test_resumed_stream_continues_exactly(cfg):
   # 1024 examples / 32 = 32 steps per epoch: cross an epoch boundary too.
   full = _take(cfg, 0, 36)
@@ -211,3 +213,18 @@ def test_shard_errors_come_before_any_io(config_module):
   config.data.num_shards = 4
   with pytest.raises(ValueError, match="not divisible by the 3 processes"):
     next(pipeline.process_batches(config.data, None, 32, 0, 0, 0, 3))
+
+
+def test_an_example_failing_in_tf_data_is_a_one_line_error(cfg):
+  # A crop larger than the 28x28 images (of unknown size until decoded)
+  # fails inside tf.data; the run stops with one line naming the split, not
+  # a TensorFlow traceback.
+  bad = cfg.copy_and_resolve_references()
+  bad.skip_decode = True
+  bad.train_preprocess = "decode(1)|central_crop(64)|value_range(-1, 1)"
+  source = pipeline.open_source(bad, bad.train_split)
+  batches = pipeline.process_batches(bad, source, 32, 0, 0, 0, 1)
+  with pytest.raises(errors.RunError, match=(
+      r"^an example of split 'train\[:1024\]' could not be read or "
+      r"preprocessed \(.+\); check the data and the preprocess spec$")):
+    next(batches)

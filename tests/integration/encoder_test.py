@@ -3,6 +3,8 @@ equal to the trainer's embeddings, truncation + re-normalisation, and loading
 without training code."""
 import json
 import os
+import shutil
+import signal
 import subprocess
 import sys
 
@@ -11,12 +13,13 @@ import numpy as np
 import pytest
 
 import mrl_jax
+from mrl_jax import encoder as encoder_lib
 from mrl_jax import train
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(
+    os.path.abspath(__file__))))
 CONFIG = os.path.join(REPO, "configs", "default.py")
 
-pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module", name="bundle")
@@ -113,6 +116,127 @@ def test_loading_needs_no_training_code_or_tensorflow(bundle):
 def test_missing_bundle_is_one_line_error(tmp_path):
   with pytest.raises(ValueError, match="has no encoder.json"):
     mrl_jax.load_encoder(str(tmp_path))
+
+
+def _forge(bundle_path, tmp_path, change) -> str:
+  """A copy of the bundle whose encoder.json is change(its dict) (or, if
+  change returns a str, that text)."""
+  path = str(tmp_path / "forged")
+  shutil.copytree(bundle_path, path)
+  with open(os.path.join(path, "encoder.json")) as f:
+    meta = json.load(f)
+  forged = change(meta)
+  with open(os.path.join(path, "encoder.json"), "w") as f:
+    f.write(forged if isinstance(forged, str) else json.dumps(forged))
+  return path
+
+
+def _set(meta, dotted, value):
+  *parents, last = dotted.split(".")
+  for key in parents:
+    meta = meta[key]
+  if value is _DELETE:
+    del meta[last]
+  else:
+    meta[last] = value
+
+
+_DELETE = object()
+
+
+@pytest.mark.parametrize("field, value, match", [
+    ("embedding_dim", 64, "'embedding_dim' is 64, but its params give "
+     "32-dim embeddings"),
+    ("model.kwargs.embed_dim", 64, r"'model' \(small_cnn\) does not match "
+     r"the params .*: \(32,\) in the params, \(64,\) in the model"),
+    ("model.name", "vit_nope", "'model' 'vit_nope' .* cannot be built "
+     "\\(unknown model"),
+    ("model.dtype", _DELETE, "has no 'model.dtype'"),
+    ("model", _DELETE, "has no 'model.name'"),
+    ("embedding_dim", "32", "'embedding_dim' is '32', expected int"),
+    ("nesting", "8,16,32", "'nesting' is '8,16,32', expected list"),
+    ("nesting", [8, 64], r"'nesting' \[8, 64\] is not increasing within "
+     "1..embedding_dim=32"),
+    ("preprocessing.input_shape", [28, None, 1], "'preprocessing.input_shape'"
+     " is .*, not a list of positive ints"),
+    ("normalisation", {"mean": 0.5}, "'normalisation' is"),
+])
+def test_forged_or_malformed_bundle_is_one_line_value_error(
+    bundle, tmp_path, field, value, match):
+  path = _forge(bundle[2], tmp_path, lambda m: _set(m, field, value) or m)
+  with pytest.raises(ValueError, match=match) as e:
+    mrl_jax.load_encoder(path)
+  message = str(e.value)
+  assert "\n" not in message and "encoder.json" in message
+  assert message.endswith("export the bundle again with "
+                          "--mode=export_encoder")
+
+
+@pytest.mark.parametrize("text, match", [
+    ("{\"model\": ", "encoder.json is not JSON"),
+    ("[1, 2]", "encoder.json holds list, not an object"),
+])
+def test_encoder_json_that_is_no_object_is_one_line_error(bundle, tmp_path,
+                                                          text, match):
+  path = _forge(bundle[2], tmp_path, lambda m: text)
+  with pytest.raises(ValueError, match=match):
+    mrl_jax.load_encoder(path)
+
+
+# The real launcher, SIGKILLed while the new bundle's params are being saved.
+KILL_DURING_SAVE = """
+import os, signal, sys
+import orbax.checkpoint as ocp
+from absl import app
+from mrl_jax import main
+original_save = ocp.StandardCheckpointer.save
+def save(self, *args, **kwargs):
+  original_save(self, *args, **kwargs)
+  os.kill(os.getpid(), signal.SIGKILL)
+ocp.StandardCheckpointer.save = save
+sys.argv = ["mrl_jax.main"] + sys.argv[1:]
+app.run(main.main)
+"""
+
+
+def test_killed_export_encoder_keeps_the_previous_bundle(bundle, tmp_path):
+  _, workdir, path = bundle
+  copy = str(tmp_path / "workdir")
+  shutil.copytree(workdir, copy)
+  bundle_dir = os.path.join(copy, "encoder")
+  with open(os.path.join(bundle_dir, "encoder.json")) as f:
+    before = f.read()
+  images = _images(mrl_jax.load_encoder(path).metadata["preprocessing"]
+                   ["input_shape"])
+  want = np.asarray(mrl_jax.load_encoder(path)(images))
+  cmd = [f"--config={CONFIG}:smoke", "--config.total_steps=2",
+         f"--workdir={copy}", "--mode=export_encoder"]
+  killed = subprocess.run([sys.executable, "-c", KILL_DURING_SAVE, *cmd],
+                          cwd=REPO, capture_output=True, text=True,
+                          timeout=300)
+  assert killed.returncode == -signal.SIGKILL
+  with open(os.path.join(bundle_dir, "encoder.json")) as f:
+    assert f.read() == before
+  np.testing.assert_array_equal(
+      np.asarray(mrl_jax.load_encoder(bundle_dir)(images)), want)
+  again = subprocess.run([sys.executable, "-m", "mrl_jax.main", *cmd],
+                         cwd=REPO, capture_output=True, text=True,
+                         timeout=300)
+  assert again.returncode == 0, again.stderr[-3000:]
+  assert sorted(os.listdir(copy)).count("encoder") == 1
+  assert not {"encoder.new", "encoder.old"} & set(os.listdir(copy))
+  np.testing.assert_array_equal(
+      np.asarray(mrl_jax.load_encoder(bundle_dir)(images)), want)
+
+
+def test_tidy_puts_back_a_bundle_caught_between_renames(tmp_path):
+  out = tmp_path / "encoder"
+  (tmp_path / "encoder.old").mkdir()
+  (tmp_path / "encoder.old" / "encoder.json").write_text("{}")
+  (tmp_path / "encoder.new").mkdir()  # complete or not: it is redone
+  encoder_lib._tidy(str(out))  # pylint: disable=protected-access
+  assert sorted(os.listdir(tmp_path)) == ["encoder"]
+  assert (out / "encoder.json").read_text() == "{}"
 
 
 def test_tf_saved_model_gives_the_same_embeddings(bundle, tmp_path):
