@@ -330,8 +330,10 @@ def _train(config: ml_collections.ConfigDict, run_setup: Setup,
            ckpt: checkpointing.Checkpointer, workdir: str) -> dict[str, Any]:
   ckpt.check_compatible()
   source = pipeline.open_source(config.data, config.data.train_split)
+  # Fail before training on a missing or unreadable eval split too.
+  pipeline.open_source(config.data, config.data.eval_split)
   for data_cfg in pipeline.extra_eval_sets(config.data).values():
-    pipeline.open_source(data_cfg, data_cfg.eval_split)  # fail before training
+    pipeline.open_source(data_cfg, data_cfg.eval_split)
   shards = pipeline.num_shards(config.data)
   logging.info("data: process %d of %d reads %s", jax.process_index(),
                jax.process_count(), pipeline.describe_process_shards(

@@ -472,7 +472,7 @@ def eval_local_batch_size(global_batch: int, mesh: jax.sharding.Mesh) -> int:
   return local_batch_size(sharding_lib.padded_batch_size(global_batch, mesh))
 
 
-def eval_batches(cfg: ml_collections.ConfigDict, source: Source,
+def eval_batches(cfg: ml_collections.ConfigDict, source: ExampleSource,
                  global_batch: int, sharding: jax.sharding.NamedSharding,
                  start: int = 0, view: tuple[str, int] | None = None
                  ) -> Iterator[Batch]:
@@ -495,7 +495,10 @@ def eval_batches(cfg: ml_collections.ConfigDict, source: Source,
   def padded() -> Iterator[Batch]:
     it = ds.as_numpy_iterator()
     for _ in range(num_batches):
-      batch = next(it, None)
+      try:
+        batch = next(it, None)
+      except tf.errors.InvalidArgumentError as e:
+        raise _example_error([source], e) from None
       yield _to_global(_pad(batch, local_batch, template), sharding)
 
   template = ds.element_spec

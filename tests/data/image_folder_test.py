@@ -245,6 +245,23 @@ def test_a_file_broken_inside_is_named_when_training_reads_it(
     next(batches)
 
 
+def test_a_file_broken_inside_is_named_when_eval_reads_it(
+    config, image_tree, tmp_path):
+  root = tmp_path / "images"
+  shutil.copytree(image_tree, root)
+  inside = root / "val" / "dog" / "inside.jpg"
+  inside.write_bytes(_break_inside(root / "val" / "dog" / "0.jpg"))
+  data = config.data.copy_and_resolve_references()
+  data.data_dir = str(root)
+  source = pipeline.open_source(data, "val")  # looks whole: not found yet
+  batches = pipeline.eval_batches(
+      data, source, 16,
+      sharding.batch_sharding(sharding.make_mesh((("data", -1),))))
+  with pytest.raises(errors.RunError, match=(
+      f"^unreadable image {inside} \\(.+\\); replace or remove it")):
+    list(batches)
+
+
 @pytest.mark.slow
 def test_bad_files_through_the_launcher(image_tree, tmp_path):
   root = _copy_with_bad_files(image_tree, tmp_path)

@@ -130,7 +130,8 @@ def test_every_mode_resolves_to_a_runner_and_a_printer():
   for name, mode in modes.MODES.items():
     assert callable(modes.resolve(mode.runner)), name
     assert callable(modes.resolve(mode.printer)), name
-    assert f"{name}: {mode.help} (DIR/{mode.writes})" in modes.help_text()
+    writes = f" (DIR/{mode.writes})" if mode.writes else ""
+    assert f"{name}: {mode.help}{writes}" in modes.help_text()
 
 
 @pytest.mark.parametrize("content,match", [
