@@ -18,6 +18,7 @@ import pytest
 
 from mrl_jax import config_lib
 from mrl_jax import embedding_files
+from mrl_jax import errors
 from mrl_jax import modes
 from mrl_jax import workdir_lock
 
@@ -362,12 +363,15 @@ def test_inference_modes_refuse_without_a_readable_checkpoint(
     with open(path, "r+b") as f:
       f.truncate(os.path.getsize(path) // 3)
   before = listing(workdir)
-  for mode in ("eval", "export", "export_encoder"):
-    proc = launch(workdir, f"--mode={mode}", check=False)
-    assert proc.returncode != 0
-    assert last_line(proc).startswith("mrl_jax: error: no readable "
-                                      "checkpoint in")
-    assert listing(workdir) == before
+  # Through the launcher once (what the user sees), in-process for the rest.
+  proc = launch(workdir, "--mode=eval", check=False)
+  assert proc.returncode != 0
+  assert last_line(proc).startswith("mrl_jax: error: no readable "
+                                    "checkpoint in")
+  for mode in ("export", "export_encoder"):
+    with pytest.raises(errors.RunError, match="^no readable checkpoint in"):
+      run_mode(workdir, mode)
+  assert listing(workdir) == before
   assert not {"embeddings", "encoder"} & set(os.listdir(workdir))
   with open(os.path.join(workdir, "eval_summary.json")) as f:
     assert json.load(f)["step"] == 12
