@@ -226,39 +226,45 @@ def _break_inside(jpeg) -> bytes:
   return bytes(data)
 
 
-def test_a_file_broken_inside_is_named_when_training_reads_it(
-    config, image_tree, tmp_path):
+def _open_with_a_file_broken_inside(config, image_tree, tmp_path, split):
+  """A copy of image_tree whose split has a JPEG broken in the middle (it
+  passes the check done when the split opens); returns (data, source, path).
+  """
   root = tmp_path / "images"
   shutil.copytree(image_tree, root)
-  inside = root / "train" / "cat" / "inside.jpg"
-  inside.write_bytes(_break_inside(root / "train" / "cat" / "0.jpg"))
+  inside = root / split / "cat" / "inside.jpg"
+  inside.write_bytes(_break_inside(root / split / "cat" / "0.jpg"))
   data = config.data.copy_and_resolve_references()
   data.data_dir = str(root)
-  source = pipeline.open_source(data, "train")  # looks whole: not found yet
+  source = pipeline.open_source(data, split)  # looks whole: not found yet
   assert str(inside) in source.split_paths
+  return data, source, inside
+
+
+def _names(path):
+  return f"^unreadable image {path} \\(.+\\); replace or remove it"
+
+
+def test_a_file_broken_inside_is_named_when_training_reads_it(
+    config, image_tree, tmp_path):
+  data, source, inside = _open_with_a_file_broken_inside(
+      config, image_tree, tmp_path, "train")
   data.num_shards = 1
   # A full decode (decode_jpeg_and_inception_crop only decodes a window).
   data.train_preprocess = data.eval_preprocess
   batches = pipeline.process_batches(data, source, 25, 0, 0, 0, 1)  # all
-  with pytest.raises(errors.RunError, match=(
-      f"^unreadable image {inside} \\(.+\\); replace or remove it")):
+  with pytest.raises(errors.RunError, match=_names(inside)):
     next(batches)
 
 
 def test_a_file_broken_inside_is_named_when_eval_reads_it(
     config, image_tree, tmp_path):
-  root = tmp_path / "images"
-  shutil.copytree(image_tree, root)
-  inside = root / "val" / "dog" / "inside.jpg"
-  inside.write_bytes(_break_inside(root / "val" / "dog" / "0.jpg"))
-  data = config.data.copy_and_resolve_references()
-  data.data_dir = str(root)
-  source = pipeline.open_source(data, "val")  # looks whole: not found yet
-  batches = pipeline.eval_batches(
-      data, source, 16,
-      sharding.batch_sharding(sharding.make_mesh((("data", -1),))))
-  with pytest.raises(errors.RunError, match=(
-      f"^unreadable image {inside} \\(.+\\); replace or remove it")):
+  data, source, inside = _open_with_a_file_broken_inside(
+      config, image_tree, tmp_path, "val")
+  mesh = sharding.make_mesh((("data", -1),))
+  batches = pipeline.eval_batches(data, source, 16,
+                                  sharding.batch_sharding(mesh))
+  with pytest.raises(errors.RunError, match=_names(inside)):
     list(batches)
 
 
