@@ -41,12 +41,16 @@ flags.mark_flags_as_required(["config", "workdir"])
 
 
 class _QuietLibraries(pylogging.Filter):
-  """Drops INFO chatter from orbax and tfds; warnings and errors still pass."""
+  """Drops INFO chatter from orbax and tfds, and orbax's warning that our
+  own array handler (checkpointing.py) replaces its default; other warnings
+  and errors still pass."""
 
   def filter(self, record) -> bool:
     noisy = "/orbax/" in record.pathname or "/tensorflow_datasets/" in (
         record.pathname)
-    return record.levelno > pylogging.INFO or not noisy
+    ours = (record.pathname.endswith("type_handler_registry.py")
+            and "overriding" in str(record.msg))
+    return not ours and (record.levelno > pylogging.INFO or not noisy)
 
 
 def main(argv: list[str]) -> None:
