@@ -78,6 +78,32 @@ def test_one_nesting_dim_is_fixed_by_the_nesting_list_it_names(config_module):
   assert train.setup(config).nesting_dims == (2, 4, 7)
 
 
+@pytest.mark.parametrize("arg, dims", [
+    ("min_dim=1", (1, 2, 4, 8, 16, 32, 64, 128)),
+    ("head=mrl_e,min_dim=2", (2, 4, 8, 16, 32, 64, 128)),
+    ("smoke,min_dim=4", (4, 8, 16, 32)),
+])
+def test_default_min_dim_extends_the_halving_nesting(arg, dims,
+                                                     config_module):
+  config = config_module("default").get_config(arg)
+  assert train.setup(config).nesting_dims == dims
+  assert config.baselines.dims == dims  # SVD / random at the same dims
+
+
+def test_default_min_dim_leaves_an_ff_head_as_it_is(config_module):
+  config = config_module("default").get_config("head=ff,min_dim=1")
+  config.mrl.ff_dim = 4
+  assert train.setup(config).nesting_dims == (4,)
+
+
+@pytest.mark.parametrize("arg", ["min_dim=3", "min_dim=128", "min_dim=-1",
+                                 "dim=8,min_dim=8"])
+def test_default_refuses_a_min_dim_off_the_halving_list(arg, config_module):
+  with pytest.raises(ValueError, match=r"^min_dim=-?\d+ is not a halving of "
+                     r"dim=\d+; use one of \(1, 2, 4"):
+    config_module("default").get_config(arg)
+
+
 def test_default_ff_head_takes_any_dim(config_module):
   config = config_module("default").get_config("head=ff,dim=7")
   assert train.setup(config).nesting_dims == (7,)
