@@ -135,11 +135,12 @@ def test_lowdim_section_tables_claims_and_plot(tmp_path):
   assert "| 8 | 50.80 | missing | 48.00 | 20.00 | 51.80 |" in text
   assert ("- MRL above FF-k at [1, 2, 4] dims (linear): FAILS (1: 50.10 vs "
           "60.00 (-9.90), 2: 50.20 vs 40.00 (+10.20)") in text
-  assert ("- MRL above FF-k at [1, 2] dims (100-class pair task, 1-NN): "
-          "holds (1: 20.00 vs 10.00 (+10.00)") in text
-  assert ("- svd on FF-128 far (> 5 points) below MRL at [1, 2, 4] dims "
-          "(linear): FAILS") in text
-  assert ("- random on FF-128 far (> 5 points) below MRL at [1, 2, 4] dims "
+  # From 2 dims: at 1 the normalised evaluators see a constant.
+  assert ("- MRL above FF-k at [2] dims (100-class pair task, 1-NN): "
+          "holds (2: 20.00 vs 10.00 (+10.00))") in text
+  assert ("- svd on FF-128 far (> 5 points) below MRL at [2, 4] dims "
+          "(linear): FAILS (2: 48.00 vs 50.20") in text
+  assert ("- random on FF-128 far (> 5 points) below MRL at [2, 4] dims "
           "(linear): holds") in text
   assert "(vs MRL nested down to 8, linear): FAILS (8: -1.00" in text
   assert "MRL-E vs FF-k" not in text  # nothing measured, nothing claimed
