@@ -6,7 +6,7 @@ r"""Writes Fashion-MNIST as an image folder, for configs/image_folder.py.
 OUT/train/<class>/<i>.png: the first `train_per_class` images of each class
 of the TFDS train split (8k with the default 800); OUT/test/<class>/<i>.png:
 the whole 10k test split. Grayscale 28x28 PNGs, class folders named by the
-TFDS label names. Deterministic (the splits are read in order). The data
+TFDS label names ("/" written as "_"). Deterministic (the splits are read in order). The data
 comes from the offline preparer the default config uses.
 """
 from collections.abc import Sequence
@@ -40,7 +40,8 @@ def write(out: str, train_per_class: int,
     raise ValueError(f"{out} exists; remove it or pass another --out")
   fashion_mnist.prepare(data_dir)
   builder = tfds.builder("fashion_mnist", data_dir=data_dir)
-  names = builder.info.features["label"].names
+  # One folder per class: "T-shirt/top" would be two levels.
+  names = [n.replace("/", "_") for n in builder.info.features["label"].names]
   counts = {}
   for split, per_class in (("train", train_per_class), ("test", None)):
     written = np.zeros(len(names), int)
