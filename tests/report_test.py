@@ -81,6 +81,7 @@ def test_report_table_claims_and_plots(tmp_path):
   assert sorted(p.name for p in out.glob("*.png")) == [
       "accuracy_vs_dim.png", "adaptive_classification.png",
       "adaptive_retrieval.png"]
+  assert not (out / "results_lowdim.md").exists()  # nothing below 8 dims
   assert all(pathlib.Path(p).stat().st_size > 10_000 for p in r["plots"])
   assert json.loads((out / "results.json").read_text())["linear"]["ff"] == {
       "8": 0.9108, "16": 0.9}
@@ -128,8 +129,12 @@ def test_lowdim_section_tables_claims_and_plot(tmp_path):
       **{f"random/linear_top1/d={d}": 0.2 for d in low}})
   report = _load_report()
   r = report.write(str(root), str(out))
-  text = (out / "results.md").read_text()
-  assert "## Low-dim operating point: nesting (1, 2, 4, ..., 128)" in text
+  assert "Low-dim" not in (out / "results.md").read_text()
+  text = (out / "results_lowdim.md").read_text()
+  assert text.startswith("# Fashion-MNIST reproduction: the low-dim "
+                         "operating point, nesting (1, 2, 4, ..., 128)")
+  assert json.loads((out / "results_lowdim.json").read_text())[
+      "linear"]["ff"] == {"1": 0.6, "2": 0.4, "4": 0.4}
   # dim | MRL | FF-k | SVD | Rand. FS | MRL (8-128) (no MRL-E measured)
   assert "| 1 | 50.10 | 60.00 | 48.00 | 20.00 | missing |" in text
   assert "| 8 | 50.80 | missing | 48.00 | 20.00 | 51.80 |" in text
