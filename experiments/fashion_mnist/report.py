@@ -377,10 +377,11 @@ def report_markdown(r: dict[str, Any]) -> str:
 
 def _plot_series(ax, series: dict[str, dict[int, float]], title: str,
                  ticks: Sequence[int] = DIMS) -> None:
-  for label, table in series.items():
+  for i, (label, table) in enumerate(series.items()):
     dims = sorted(table)
-    if dims:
-      ax.plot(dims, [100 * table[d] for d in dims], marker="o", label=label)
+    if dims:  # one colour per series in every panel, measured or not
+      ax.plot(dims, [100 * table[d] for d in dims], marker="o",
+              color=f"C{i}", label=label)
   ax.set_xscale("log", base=2)
   ax.set_xticks(ticks, [str(d) for d in ticks])
   ax.set_xlabel("representation size (dims)")
