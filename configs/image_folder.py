@@ -18,7 +18,8 @@ channels (1 if every peeked file is grayscale, else 3) and the image size
 exists, else the last 10% of `train` (then training uses the first 90%).
 
 The recipe follows the image size (the `size=` argument, else the median
-short side), and is logged (absl INFO) when the config loads:
+short side), and is logged (an absl WARNING line, shown before the flags
+set the log level) when the config loads:
 - below 64 px, small images (MNIST / CIFAR-like): the short side resized to
   `size` (default the short side itself) and the centre square kept, then
   zero-padded by ceil(size / 8) px (4 at 28-32 px) and randomly cropped
@@ -150,7 +151,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     recipe = _small_recipe(arg, short_side, channels, stats, num_train)
   else:
     recipe = _imagenet_recipe(arg, short_side, channels, stats)
-  logging.info("configs/image_folder.py: %s recipe for %s (%dx%d px median, "
+  # WARNING, not INFO: the config loads while flags are parsed, before absl
+  # lowers the threshold to INFO, so an INFO line would be dropped.
+  logging.warning("configs/image_folder.py: %s recipe for %s (%dx%d px median, "
                "%d channel(s)): %s; model %s, batch %d, %d epochs", recipe.name,
                arg.root, height, width, channels, recipe.why, recipe.model,
                recipe.batch, recipe.epochs)
