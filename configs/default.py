@@ -5,7 +5,10 @@ r"""MRL on Fashion-MNIST: the embedded default (real data, no web needed).
 Arguments (comma-separated): `smoke` (tiny, < 1 min), `head=mrl|mrl_e|ff`,
 `dim=D` (representation size, default 128, or 32 with `smoke`; nesting halves
 from D down to 8, so D must halve at least once: `dim=2048` is the paper's
-ResNet-50 width, used by the retrieval benchmark).
+ResNet-50 width, used by the retrieval benchmark), `min_dim=M` (the smallest
+nesting dim, one of D's halvings: `min_dim=1` gives (1, 2, 4, ..., 128), the
+low-dim operating point where 10 classes need more bits than the prefix has;
+the SVD / random-feature baselines then run at the same dims).
 Hardware: 2 CPU cores. Data: TFDS `fashion_mnist`, prepared offline from the
 Debian package `dataset-fashion-mnist` (60k train / 10k test).
 Model: a small CNN (`small_cnn`) with a 128-d representation; nesting
@@ -23,13 +26,16 @@ import ml_collections
 from ml_collections import config_dict
 
 from mrl_jax import config_lib
+from mrl_jax.mrl import nesting
 
 _DIM, _SMOKE_DIM = 128, 32
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  # dim=0: the default width (_DIM, or _SMOKE_DIM with smoke).
-  arg = config_lib.parse_arg(arg, smoke=False, head="mrl", dim=0)
+  # dim=0: the default width (_DIM, or _SMOKE_DIM with smoke); min_dim=0:
+  # the head's default nesting (halving down to 8), left to build_head so
+  # that --config.mrl.nesting_dims can still replace it.
+  arg = config_lib.parse_arg(arg, smoke=False, head="mrl", dim=0, min_dim=0)
   dim = arg.dim or (_SMOKE_DIM if arg.smoke else _DIM)
   config = config_lib.base_config(total_epochs=4, batch_size=128,
                                   eval_batch_size=1000)
@@ -47,9 +53,22 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       "adamw", learning_rate=3e-3, weight_decay=1e-4, warmup_epochs=0.5,
       schedule="cosine")
   _add_offline_modes(config)
+  if arg.min_dim:
+    config.mrl.nesting_dims = _halving_down_to(dim, arg.min_dim)
+    config.baselines.dims = config.mrl.nesting_dims
   if arg.smoke:
     _smoke(config)
   return config
+
+
+def _halving_down_to(dim: int, min_dim: int) -> tuple[int, ...]:
+  """(min_dim, 2 min_dim, ..., dim); min_dim must be one of dim's halvings."""
+  dims = nesting.default_nesting(dim, smallest=max(min_dim, 1))
+  if dims[0] != min_dim or len(dims) < 2:
+    halvings = nesting.default_nesting(dim, smallest=1)[:-1]
+    raise ValueError(f"min_dim={min_dim} is not a halving of dim={dim}; use "
+                     f"one of {halvings}")
+  return dims
 
 
 def _add_offline_modes(config: ml_collections.ConfigDict) -> None:

@@ -11,6 +11,9 @@ nesting dim reported (`--mode=export` writes what they read):
              split, scored on the eval split); settings in config.probe
   baselines  SVD and random-feature baselines from this (FF-full) model's
              embeddings: linear head and 1-NN; settings in config.baselines
+  pairs      1-NN and linear probe on the C^2-class task of ordered class
+             pairs built from the eval split (evaluators/pair_task.py);
+             settings in config.pairs
 
 Writes DIR/<mode>_summary.json (flat, greppable metric names such as
 `knn/top1/d=8`, `retrieval/mAP@10/d=32`, `adaptive/ac_accuracy/d=64`,
@@ -29,6 +32,7 @@ from mrl_jax.evaluators import adaptive_classification
 from mrl_jax.evaluators import baselines as baselines_lib
 from mrl_jax.evaluators import knn as knn_lib
 from mrl_jax.evaluators import linear_probe
+from mrl_jax.evaluators import pair_task
 from mrl_jax.evaluators import retrieval as retrieval_lib
 from mrl_jax.mrl import nesting
 
@@ -141,6 +145,21 @@ def baselines(config: ml_collections.ConfigDict,
       methods=tuple(opts["methods"]), seeds=int(opts["seeds"]),
       l2=float(opts["l2"]), steps=int(opts["steps"]))
   return _write_summary(workdir, "baselines",
+                        {**out, "step": meta["step"], "head": meta.get("head")})
+
+
+def pairs(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+  """--mode=pairs: the ordered-class-pair task, settings in config.pairs."""
+  opts = settings(config, "pairs", pair_task.DEFAULTS)
+  pair_task.check_counts(opts["database_per_pair"], opts["queries_per_pair"])
+  embeddings, labels, meta = embedding_files.load_split(
+      _exported_dir(config, workdir, config.data.eval_split))
+  out = pair_task.evaluate(
+      embeddings, labels, meta["nesting"], config.data.num_classes,
+      database_per_pair=int(opts["database_per_pair"]),
+      queries_per_pair=int(opts["queries_per_pair"]), seed=int(opts["seed"]),
+      l2=float(opts["l2"]), steps=int(opts["steps"]))
+  return _write_summary(workdir, "pairs",
                         {**out, "step": meta["step"], "head": meta.get("head")})
 
 

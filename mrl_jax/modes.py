@@ -63,6 +63,9 @@ MODES: dict[str, Mode] = {
     "baselines": Mode("mrl_jax.embedding_eval:baselines",
                       "baselines_summary.json", _METRICS,
                       "SVD / random features of an FF-full model"),
+    "pairs": Mode("mrl_jax.embedding_eval:pairs", "pairs_summary.json",
+                  _METRICS, "1-NN and linear probe on the 100-class task of "
+                  "ordered pairs of eval-split classes, on the exports"),
     "export_encoder": Mode("mrl_jax.encoder:export_encoder", "encoder/",
                            "mrl_jax.modes:format_encoder",
                            "write the bundle mrl_jax.load_encoder reads"),

@@ -1,6 +1,7 @@
 """Tests for configs/*.py: every config validates; the ImageNet and JFT-style
 configs train end to end in `smoke` mode on mock or generated data."""
 import json
+import logging
 import pathlib
 
 import numpy as np
@@ -11,6 +12,7 @@ from mrl_jax import sharding
 from mrl_jax import train
 from mrl_jax.data import pipeline
 from mrl_jax.mrl import losses
+from conftest import write_image_tree
 
 CONFIG_DIR = pathlib.Path(__file__).resolve().parents[1] / "configs"
 CONFIGS = sorted(p.stem for p in CONFIG_DIR.glob("*.py"))
@@ -76,6 +78,32 @@ def test_one_nesting_dim_is_fixed_by_the_nesting_list_it_names(config_module):
   config = config_module("default").get_config("dim=7")
   config.mrl.nesting_dims = (2, 4, 7)
   assert train.setup(config).nesting_dims == (2, 4, 7)
+
+
+@pytest.mark.parametrize("arg, dims", [
+    ("min_dim=1", (1, 2, 4, 8, 16, 32, 64, 128)),
+    ("head=mrl_e,min_dim=2", (2, 4, 8, 16, 32, 64, 128)),
+    ("smoke,min_dim=4", (4, 8, 16, 32)),
+])
+def test_default_min_dim_extends_the_halving_nesting(arg, dims,
+                                                     config_module):
+  config = config_module("default").get_config(arg)
+  assert train.setup(config).nesting_dims == dims
+  assert config.baselines.dims == dims  # SVD / random at the same dims
+
+
+def test_default_min_dim_leaves_an_ff_head_as_it_is(config_module):
+  config = config_module("default").get_config("head=ff,min_dim=1")
+  config.mrl.ff_dim = 4
+  assert train.setup(config).nesting_dims == (4,)
+
+
+@pytest.mark.parametrize("arg", ["min_dim=3", "min_dim=128", "min_dim=-1",
+                                 "dim=8,min_dim=8"])
+def test_default_refuses_a_min_dim_off_the_halving_list(arg, config_module):
+  with pytest.raises(ValueError, match=r"^min_dim=-?\d+ is not a halving of "
+                     r"dim=\d+; use one of \(1, 2, 4"):
+    config_module("default").get_config(arg)
 
 
 def test_default_ff_head_takes_any_dim(config_module):
@@ -205,3 +233,59 @@ def test_missing_imagenet_error_is_one_line(tmp_path, config_module):
   assert "ILSVRC2012_img_train.tar" in message
   assert "ILSVRC2012_img_val.tar" in message
   assert "config.data.data_dir" in message
+
+
+def test_image_folder_small_images_get_the_small_image_recipe(
+    config_module, tmp_path, caplog):
+  root = write_image_tree(tmp_path, {"train": 8, "val": 2}, size=(28, 28),
+                          gray=True)
+  module = config_module("image_folder")
+  module._SMALL_EXAMPLES = 24 * 10  # 24 train images: 10 epochs
+  with caplog.at_level(logging.INFO):
+    config = module.get_config(f"root={root}")
+  data = config.data
+  fit = "decode(1)|resize_small(28)|central_crop(28)"
+  assert data.train_preprocess == (
+      f"{fit}|pad_and_random_crop(4)|flip_lr|value_range(-1, 1)|"
+      "keep('image', 'label')")
+  assert data.eval_preprocess == (
+      f"{fit}|value_range(-1, 1)|keep('image', 'label')")
+  assert (config.model.name, config.model.kwargs.embed_dim) == ("small_cnn",
+                                                                128)
+  assert (config.total_epochs, config.batch_size) == (10, 128)
+  assert train.setup(config).nesting_dims == (8, 16, 32, 64, 128)
+  assert "small-image recipe" in caplog.text and "28 px < 64 px" in caplog.text
+  # Explicit arguments win; no flip for images whose mirror is another class.
+  config = module.get_config(f"root={root},flip=false,epochs=3,batch=16")
+  assert "flip_lr" not in config.data.train_preprocess
+  assert (config.total_epochs, config.batch_size) == (3, 16)
+  smoke = module.get_config(f"root={root},smoke")
+  assert train.setup(smoke).nesting_dims == (8, 16)  # cnn_mu
+
+
+def test_image_folder_small_recipe_epochs_stay_in_bounds(config_module,
+                                                         tmp_path):
+  root = write_image_tree(tmp_path, {"train": 2}, size=(32, 32))
+  module = config_module("image_folder")
+  assert module.get_config(f"root={root}").total_epochs == 30  # 5 images
+  module._SMALL_EXAMPLES = 1
+  config = module.get_config(f"root={root}")
+  assert config.total_epochs == 4
+  assert "pad_and_random_crop(4)|flip_lr|normalize('imagenet')" in (
+      config.data.train_preprocess)
+
+
+def test_image_folder_large_images_keep_the_imagenet_recipe(
+    config_module, tmp_path, caplog):
+  root = write_image_tree(tmp_path, {"train": 2, "val": 1}, size=(96, 80))
+  with caplog.at_level(logging.INFO):
+    config = config_module("image_folder").get_config(f"root={root}")
+  assert config.data.train_preprocess.startswith(
+      "decode_jpeg_and_inception_crop(80)|flip_lr|")
+  assert "central_crop(80)" in config.data.eval_preprocess
+  assert (config.model.name, config.total_epochs, config.batch_size) == (
+      "resnet18", 30, 64)
+  assert "ImageNet-shaped recipe" in caplog.text
+  # size= picks the recipe too: 28-px crops of these images are small ones.
+  config = config_module("image_folder").get_config(f"root={root},size=28")
+  assert "pad_and_random_crop(4)" in config.data.train_preprocess

@@ -81,6 +81,7 @@ def test_report_table_claims_and_plots(tmp_path):
   assert sorted(p.name for p in out.glob("*.png")) == [
       "accuracy_vs_dim.png", "adaptive_classification.png",
       "adaptive_retrieval.png"]
+  assert not (out / "results_lowdim.md").exists()  # nothing below 8 dims
   assert all(pathlib.Path(p).stat().st_size > 10_000 for p in r["plots"])
   assert json.loads((out / "results.json").read_text())["linear"]["ff"] == {
       "8": 0.9108, "16": 0.9}
@@ -102,3 +103,51 @@ def test_reproduce_script_report_stage(tmp_path):
   assert proc.returncode == 0, proc.stderr[-2000:]
   assert "| 8 | 90.00 | missing |" in proc.stdout
   assert (tmp_path / "out" / "accuracy_vs_dim.png").exists()
+
+
+def test_lowdim_section_tables_claims_and_plot(tmp_path):
+  root, out = tmp_path / "runs", tmp_path / "out"
+  low = (1, 2, 4) + DIMS
+  _write(root, "mrl_min1", "eval", {"top1": {str(d): 0.5 + d / 1000
+                                             for d in low}})
+  _write(root, "mrl_min1", "knn", {f"knn/top1/d={d}": 0.4 for d in low})
+  _write(root, "mrl_min1", "pairs", {
+      **{f"pairs/knn_top1/d={d}": 0.2 for d in low},
+      **{f"pairs/linear_top1/d={d}": 0.3 for d in low}})
+  _write(root, "mrl", "eval", {"top1": {str(d): 0.5 + d / 1000 + 0.01
+                                        for d in DIMS}})
+  # FF-1 above MRL-1 (a failed claim), FF-2 and FF-4 below; no FF-4 pairs.
+  _write(root, "ff1", "eval", {"top1": {"1": 0.6}})
+  _write(root, "ff2", "eval", {"top1": {"2": 0.4}})
+  _write(root, "ff4", "eval", {"top1": {"4": 0.4}})
+  _write(root, "ff1", "pairs", {"pairs/knn_top1/d=1": 0.1,
+                                "pairs/linear_top1/d=1": 0.1})
+  _write(root, "ff2", "pairs", {"pairs/knn_top1/d=2": 0.1,
+                                "pairs/linear_top1/d=2": 0.1})
+  _write(root, "ff128", "baselines", {
+      **{f"svd/linear_top1/d={d}": 0.48 for d in low},
+      **{f"random/linear_top1/d={d}": 0.2 for d in low}})
+  report = _load_report()
+  r = report.write(str(root), str(out))
+  assert "Low-dim" not in (out / "results.md").read_text()
+  text = (out / "results_lowdim.md").read_text()
+  assert text.startswith("# Fashion-MNIST reproduction: the low-dim "
+                         "operating point, nesting (1, 2, 4, ..., 128)")
+  assert json.loads((out / "results_lowdim.json").read_text())[
+      "linear"]["ff"] == {"1": 0.6, "2": 0.4, "4": 0.4}
+  # dim | MRL | FF-k | SVD | Rand. FS | MRL (8-128) (no MRL-E measured)
+  assert "| 1 | 50.10 | 60.00 | 48.00 | 20.00 | missing |" in text
+  assert "| 8 | 50.80 | missing | 48.00 | 20.00 | 51.80 |" in text
+  assert ("- MRL above FF-k at [1, 2, 4] dims (linear): FAILS (1: 50.10 vs "
+          "60.00 (-9.90), 2: 50.20 vs 40.00 (+10.20)") in text
+  # From 2 dims: at 1 the normalised evaluators see a constant.
+  assert ("- MRL above FF-k at [2] dims (100-class pair task, 1-NN): "
+          "holds (2: 20.00 vs 10.00 (+10.00))") in text
+  assert ("- svd on FF-128 far (> 5 points) below MRL at [2, 4] dims "
+          "(linear): FAILS (2: 48.00 vs 50.20") in text
+  assert ("- random on FF-128 far (> 5 points) below MRL at [2, 4] dims "
+          "(linear): holds") in text
+  assert "(vs MRL nested down to 8, linear): FAILS (8: -1.00" in text
+  assert "MRL-E vs FF-k" not in text  # nothing measured, nothing claimed
+  assert (out / "lowdim_accuracy_vs_dim.png").stat().st_size > 10_000
+  assert str(out / "lowdim_accuracy_vs_dim.png") in r["plots"]

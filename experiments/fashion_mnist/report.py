@@ -4,11 +4,14 @@ plots (experiments/fashion_mnist/reproduce.sh runs it last).
   .venv/bin/python experiments/fashion_mnist/report.py --root=workdirs/repro \
       --out=experiments/fashion_mnist
 
-Reads ROOT/<model>/{eval,knn,retrieval,adaptive,probe,baselines}_summary.json
-for the models mrl, mrl_e, ff8..ff128 and OUT/search_bench.json; anything
-missing is reported as missing (never guessed). Writes OUT/results.md,
-OUT/results.json, OUT/accuracy_vs_dim.png, OUT/adaptive_classification.png
-and OUT/adaptive_retrieval.png.
+Reads ROOT/<model>/{eval,knn,retrieval,adaptive,probe,baselines,pairs}_
+summary.json for the models mrl, mrl_e, ff1..ff128 and the low-dim models
+mrl_min1, mrl_e_min1 (nested down to 1 dim), and OUT/search_bench.json;
+anything missing is reported as missing (never guessed). Writes
+OUT/results.md, OUT/results.json, OUT/accuracy_vs_dim.png,
+OUT/adaptive_classification.png and OUT/adaptive_retrieval.png; once a
+model or baseline was measured at 1-4 dims, also OUT/results_lowdim.md,
+OUT/results_lowdim.json and OUT/lowdim_accuracy_vs_dim.png.
 """
 from collections.abc import Sequence
 import json
@@ -32,6 +35,24 @@ def _define_flags() -> None:
 
 DIMS = (8, 16, 32, 64, 128)
 FF = {d: f"ff{d}" for d in DIMS}
+# The low-dim operating point: 10 classes need ~3.3 bits, so the paper's
+# hard regime (ImageNet at 8 dims) is 1-4 dims here.
+LOW_DIMS = (1, 2, 4) + DIMS
+SMALL_DIMS = (1, 2, 4)
+# Every evaluator but the trained heads L2-normalises each prefix (the
+# paper's protocol), and a 1-dim prefix of a post-ReLU embedding normalises
+# to 1 for every image: those comparisons start at 2 dims.
+NORMALISED_SMALL_DIMS = (2, 4)
+NORMALISED_NOTE = (
+    "1-NN, the probes, the pair task and the SVD / random-feature heads "
+    "L2-normalise each prefix (the paper's protocol); a 1-dim prefix of the "
+    "post-ReLU embedding normalises to 1 (or stays 0), so at most one bit "
+    "is left and they are near chance at 1 dim by construction (SVD keeps "
+    "the sign); their claims are checked from 2 dims. The trained heads see "
+    "the raw prefix.")
+# Low-dim section's series -> workdir; "mrl_8" is the standard MRL model
+# (nested down to 8), to show what the extra 1-4 dim heads cost above 8.
+LOW_MODELS = {"mrl": "mrl_min1", "mrl_e": "mrl_e_min1", "mrl_8": "mrl"}
 
 
 def _load(path: str) -> dict[str, Any] | None:
@@ -70,14 +91,59 @@ def collect(root: str, out_dir: str) -> dict[str, Any]:
           "search_bench": _load(os.path.join(out_dir, "search_bench.json"))}
 
 
+def _per_dim(summary: dict[str, Any] | None, key: str,
+             dims: Sequence[int]) -> dict[int, float]:
+  """{d: summary[key.format(d=d)]} for the dims the summary has."""
+  return {d: summary[key.format(d=d)] for d in dims
+          if summary and key.format(d=d) in summary}
+
+
+def collect_lowdim(root: str) -> dict[str, Any]:
+  """The low-dim section: {"linear" | "knn" | "pairs_knn" | "pairs_linear":
+  {series: {dim: top1}}, "adaptive", "probe"} over LOW_DIMS."""
+  summary = lambda name, kind: _load(os.path.join(root, name,
+                                                  f"{kind}_summary.json"))
+  keys = {"linear": "{d}", "knn": "knn/top1/d={d}",
+          "pairs_knn": "pairs/knn_top1/d={d}",
+          "pairs_linear": "pairs/linear_top1/d={d}"}
+
+  def read(name: str, kind: str, dims: Sequence[int]) -> dict[int, float]:
+    if kind == "linear":  # the trained heads, from the training's eval
+      return _per_dim((summary(name, "eval") or {}).get("top1"), keys[kind],
+                      dims)
+    return _per_dim(summary(name, kind.partition("_")[0]), keys[kind], dims)
+
+  r = {kind: {series: read(name, kind, LOW_DIMS)
+              for series, name in LOW_MODELS.items()} for kind in keys}
+  for kind in keys:  # FF-k: dim k of model ffk
+    r[kind]["ff"] = {}
+    for d in LOW_DIMS:
+      r[kind]["ff"].update(read(f"ff{d}", kind, (d,)))
+  base = summary("ff128", "baselines")
+  for method in ("svd", "random"):
+    r["linear"][method] = _per_dim(base, method + "/linear_top1/d={d}",
+                                   LOW_DIMS)
+    r["knn"][method] = _per_dim(base, method + "/knn_top1/d={d}", LOW_DIMS)
+  r["adaptive"] = summary("mrl_min1", "adaptive")
+  r["probe"] = summary("mrl_min1", "probe")
+  return r
+
+
+def has_lowdim(lo: dict[str, Any]) -> bool:
+  """Whether any model or baseline was measured at 1-4 dims."""
+  return any(d in table for kind in ("linear", "knn")
+             for table in lo[kind].values() for d in SMALL_DIMS)
+
+
 def _cell(table: dict[int, float], d: int) -> str:
   return f"{100 * table[d]:.2f}" if d in table else "missing"
 
 
-def _table(rows: dict[str, dict[int, float]], title: str) -> list[str]:
+def _table(rows: dict[str, dict[int, float]], title: str,
+           dims: Sequence[int] = DIMS) -> list[str]:
   lines = [f"### {title}", "", "| dim | " + " | ".join(rows) + " |",
            "|---:|" + "---:|" * len(rows)]
-  for d in DIMS:
+  for d in dims:
     lines.append(f"| {d} | " + " | ".join(_cell(t, d) for t in rows.values())
                  + " |")
   return lines + [""]
@@ -156,6 +222,124 @@ def _retrieval_benches(r: dict[str, Any]) -> list[dict[str, Any]]:
   return (r["search_bench"] or {}).get("adaptive") or []
 
 
+def _adaptive_lines(name: str, ac: dict[str, Any] | None) -> list[str]:
+  """The cascade's table (accuracy and expected dims per cap)."""
+  if not ac:
+    return []
+  lines = [f"### Adaptive classification ({name}, flip-TTA, "
+           f"{len(ac['seeds'])} seeds, thresholds on {ac['num_fit']}, "
+           f"evaluated on {ac['num_eval']})", "",
+           "| cap | accuracy | expected dim | expected cost (cumulative) |",
+           "|---:|---:|---:|---:|"]
+  for cap in ac["accuracy"]:
+    lines.append(f"| {cap} | {100 * ac['accuracy'][cap]:.2f} | "
+                 f"{ac['expected_dim'][cap]:.1f} | "
+                 f"{ac['expected_cost'][cap]:.1f} |")
+  return lines + [""]
+
+
+def _probe_lines(probe: dict[str, Any] | None, model: str) -> list[str]:
+  """The few-shot probe's table (shots per class x dims)."""
+  if not probe:
+    return []
+  lines = [f"### Few-shot linear probe on frozen {model} prefixes "
+           f"(mean of {probe['seeds']} draws)", "",
+           "| shots/class | " + " | ".join(map(str, probe["nesting"]))
+           + " |", "|---:|" + "---:|" * len(probe["nesting"])]
+  for n in probe["shots"]:
+    key = f"top1@{n}shot" if n else "top1@all"
+    lines.append(f"| {n or 'all'} | " + " | ".join(
+        f"{100 * probe[f'probe/{key}/d={d}']:.2f}"
+        for d in probe["nesting"]) + " |")
+  return lines + [""]
+
+
+def lowdim_claims(lo: dict[str, Any]) -> list[str]:
+  """The paper's claims restated at 1-4 dims, each holds / FAILS, with the
+  numbers; only what was measured."""
+  out = []
+  what = {"linear": "linear", "knn": "1-NN",
+          "pairs_knn": "100-class pair task, 1-NN",
+          "pairs_linear": "100-class pair task, linear probe"}
+  for kind, label in what.items():
+    small = SMALL_DIMS if kind == "linear" else NORMALISED_SMALL_DIMS
+    mrl, ff = lo[kind]["mrl"], lo[kind]["ff"]
+    both = [d for d in small if d in mrl and d in ff]
+    if both:
+      gaps = ", ".join(f"{d}: {100 * mrl[d]:.2f} vs {100 * ff[d]:.2f} "
+                       f"({100 * (mrl[d] - ff[d]):+.2f})" for d in both)
+      ok = all(mrl[d] > ff[d] for d in both)
+      out.append(f"- MRL above FF-k at {both} dims ({label}): "
+                 f"{'holds' if ok else 'FAILS'} ({gaps})")
+    mrl_e = lo[kind]["mrl_e"]
+    both = [d for d in small if d in mrl_e and d in ff]
+    if both:
+      out.append(f"- MRL-E vs FF-k at {both} dims ({label}): " + ", ".join(
+          f"{d}: {100 * mrl_e[d]:.2f} vs {100 * ff[d]:.2f} "
+          f"({100 * (mrl_e[d] - ff[d]):+.2f})" for d in both))
+  for kind in ("linear", "knn"):
+    mrl = lo[kind]["mrl"]
+    for method in ("svd", "random"):
+      base = lo[kind][method]  # fitted on normalised prefixes
+      both = [d for d in NORMALISED_SMALL_DIMS if d in mrl and d in base]
+      if both:
+        ok = all(mrl[d] - base[d] > 0.05 for d in both)
+        out.append(
+            f"- {method} on FF-128 far (> 5 points) below MRL at {both} dims "
+            f"({what[kind]}): {'holds' if ok else 'FAILS'} (" + ", ".join(
+                f"{d}: {100 * base[d]:.2f} vs {100 * mrl[d]:.2f}"
+                for d in both) + ")")
+  mrl, mrl_8 = lo["linear"]["mrl"], lo["linear"]["mrl_8"]
+  both = [d for d in DIMS if d in mrl and d in mrl_8]
+  if both:
+    ok = all(mrl[d] - mrl_8[d] >= -0.005 for d in both)
+    out.append(
+        "- Nesting down to 1 costs at most 0.5 points at 8-128 dims (vs MRL "
+        f"nested down to 8, linear): {'holds' if ok else 'FAILS'} (" +
+        ", ".join(f"{d}: {100 * (mrl[d] - mrl_8[d]):+.2f}" for d in both)
+        + ")")
+  ac = lo["adaptive"]
+  if ac:
+    full = ac["dim_accuracy"][str(max(ac["nesting"]))]
+    match = ac["smallest_expected_dim_matching_full_dim"]
+    best = max(ac["accuracy"], key=ac["accuracy"].get)
+    out.append(
+        f"- Adaptive classification from 1 dim up reaches the full-dim "
+        f"accuracy ({100 * full:.2f}, flip-TTA): "
+        + (f"holds at an expected dim of {match:.1f}" if match is not None
+           else f"FAILS; the best cascade (cap {best}) gets "
+           f"{100 * ac['accuracy'][best]:.2f} at an expected dim of "
+           f"{ac['expected_dim'][best]:.1f}"))
+  return out or ["- nothing measured yet"]
+
+
+def lowdim_markdown(lo: dict[str, Any]) -> str:
+  """results_lowdim.md: the low-dim tables and the claims at 1-4 dims."""
+  names = {"mrl": "MRL", "mrl_e": "MRL-E", "ff": "FF-k", "svd": "SVD",
+           "random": "Rand. FS", "mrl_8": "MRL (8-128)"}
+  lines = ["# Fashion-MNIST reproduction: the low-dim operating point, "
+           "nesting (1, 2, 4, ..., 128)", "",
+           "Written by report.py; numbers are top-1 in % on the 10k test "
+           "images.", "",
+           "MRL and MRL-E trained with `min_dim=1`; FF-k one model per k; "
+           "SVD / random features on FF-128; MRL (8-128) is the standard "
+           "MRL model above.", ""]
+  titles = {"linear": "Linear classification, low dims (trained heads)",
+            "knn": "1-NN, low dims (database = 60k train)",
+            "pairs_knn": "100-class pair task, 1-NN (d = per-half prefix)",
+            "pairs_linear": "100-class pair task, linear probe (d = "
+                            "per-half prefix)"}
+  for kind, title in titles.items():
+    rows = {label: lo[kind][k] for k, label in names.items()
+            if lo[kind].get(k)}
+    if rows:
+      lines += _table(rows, title, LOW_DIMS)
+  lines += _adaptive_lines("mrl_min1", lo["adaptive"])
+  lines += _probe_lines(lo["probe"], "MRL (min_dim=1)")
+  return "\n".join(lines + ["## The paper's claims at 1-4 dims", "",
+                            NORMALISED_NOTE, ""] + lowdim_claims(lo) + [""])
+
+
 def report_markdown(r: dict[str, Any]) -> str:
   lines = ["# Fashion-MNIST reproduction: results", "",
            "Written by report.py; numbers are top-1 in % on the 10k test "
@@ -170,30 +354,8 @@ def report_markdown(r: dict[str, Any]) -> str:
                    "Rand. FS": r["knn"]["random"]},
                   "1-NN (database = 60k train, per-prefix L2-normalised)")
   for name, ac in r["adaptive"].items():
-    if not ac:
-      continue
-    lines += [f"### Adaptive classification ({name}, flip-TTA, "
-              f"{len(ac['seeds'])} seeds, thresholds on {ac['num_fit']}, "
-              f"evaluated on {ac['num_eval']})", "",
-              "| cap | accuracy | expected dim | expected cost (cumulative) |",
-              "|---:|---:|---:|---:|"]
-    for cap in ac["accuracy"]:
-      lines.append(f"| {cap} | {100 * ac['accuracy'][cap]:.2f} | "
-                   f"{ac['expected_dim'][cap]:.1f} | "
-                   f"{ac['expected_cost'][cap]:.1f} |")
-    lines.append("")
-  probe = r["probe"]
-  if probe:
-    lines += ["### Few-shot linear probe on frozen MRL prefixes "
-              f"(mean of {probe['seeds']} draws)", "",
-              "| shots/class | " + " | ".join(map(str, probe["nesting"]))
-              + " |", "|---:|" + "---:|" * len(probe["nesting"])]
-    for n in probe["shots"]:
-      key = f"top1@{n}shot" if n else "top1@all"
-      lines.append(f"| {n or 'all'} | " + " | ".join(
-          f"{100 * probe[f'probe/{key}/d={d}']:.2f}"
-          for d in probe["nesting"]) + " |")
-    lines.append("")
+    lines += _adaptive_lines(name, ac)
+  lines += _probe_lines(r["probe"], "MRL")
   for bench in _retrieval_benches(r):
     lines += [f"### Adaptive retrieval ({bench['model']} {bench['head']} "
               f"model, d={bench['dim']}; database {bench['database']}: "
@@ -213,18 +375,21 @@ def report_markdown(r: dict[str, Any]) -> str:
   return "\n".join(lines)
 
 
-def _plot_series(ax, series: dict[str, dict[int, float]], title: str) -> None:
-  for label, table in series.items():
+def _plot_series(ax, series: dict[str, dict[int, float]], title: str,
+                 ticks: Sequence[int] = DIMS) -> None:
+  for i, (label, table) in enumerate(series.items()):
     dims = sorted(table)
-    if dims:
-      ax.plot(dims, [100 * table[d] for d in dims], marker="o", label=label)
+    if dims:  # one colour per series in every panel, measured or not
+      ax.plot(dims, [100 * table[d] for d in dims], marker="o",
+              color=f"C{i}", label=label)
   ax.set_xscale("log", base=2)
-  ax.set_xticks(DIMS, [str(d) for d in DIMS])
+  ax.set_xticks(ticks, [str(d) for d in ticks])
   ax.set_xlabel("representation size (dims)")
   ax.set_ylabel("top-1 (%)")
   ax.set_title(title)
   ax.grid(alpha=0.3)
-  ax.legend()
+  if ax.get_legend_handles_labels()[0]:  # a panel may have no data yet
+    ax.legend()
 
 
 def _save(fig, out_dir: str, name: str) -> str:
@@ -264,6 +429,17 @@ def plot(r: dict[str, Any], out_dir: str) -> list[str]:
     ax.grid(alpha=0.3)
     ax.legend()
     paths.append(_save(fig, out_dir, "adaptive_classification.png"))
+  lo = r["lowdim"]
+  if has_lowdim(lo):
+    names["mrl_8"] = "MRL (8-128)"
+    fig, axes = plt.subplots(2, 2, figsize=(11, 8))
+    titles = {"linear": "linear classification", "knn": "1-NN",
+              "pairs_knn": "100-class pairs, 1-NN",
+              "pairs_linear": "100-class pairs, linear probe"}
+    for ax, (kind, title) in zip(axes.flat, titles.items()):
+      _plot_series(ax, {label: lo[kind].get(k, {})
+                        for k, label in names.items()}, title, LOW_DIMS)
+    paths.append(_save(fig, out_dir, "lowdim_accuracy_vs_dim.png"))
   benches = _retrieval_benches(r)
   if benches:
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
@@ -294,14 +470,26 @@ def plot(r: dict[str, Any], out_dir: str) -> list[str]:
   return paths
 
 
+def _write_text(path: str, text: str) -> None:
+  with open(path, "w") as f:
+    f.write(text)
+
+
 def write(root: str, out_dir: str) -> dict[str, Any]:
-  """collect + results.md + results.json + plots; returns the collection."""
+  """collect + results.md + results.json + plots, and, once a model or
+  baseline was measured at 1-4 dims, results_lowdim.md + .json; returns
+  the collection (the low-dim one under "lowdim")."""
   os.makedirs(out_dir, exist_ok=True)
   r = collect(root, out_dir)
-  with open(os.path.join(out_dir, "results.md"), "w") as f:
-    f.write(report_markdown(r))
-  with open(os.path.join(out_dir, "results.json"), "w") as f:
-    json.dump(r, f, indent=1)
+  _write_text(os.path.join(out_dir, "results.md"), report_markdown(r))
+  _write_text(os.path.join(out_dir, "results.json"),
+              json.dumps(r, indent=1))
+  r["lowdim"] = collect_lowdim(root)
+  if has_lowdim(r["lowdim"]):
+    _write_text(os.path.join(out_dir, "results_lowdim.md"),
+                lowdim_markdown(r["lowdim"]))
+    _write_text(os.path.join(out_dir, "results_lowdim.json"),
+                json.dumps(r["lowdim"], indent=1))
   r["plots"] = plot(r, out_dir)
   return r
 
@@ -310,6 +498,8 @@ def main(argv: Sequence[str]) -> None:
   del argv
   r = write(FLAGS.root, FLAGS.out)
   print(report_markdown(r))
+  if has_lowdim(r["lowdim"]):
+    print(lowdim_markdown(r["lowdim"]))
   print("\n".join(r["plots"]))
 
 

@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Small-scale reproduction of the MRL paper on Fashion-MNIST: trains MRL,
-# MRL-E and FF-k (k = 8..128) with the default recipe, exports embeddings,
+# MRL-E and FF-k (k = 8..128) with the default recipe, plus the low-dim
+# operating point (MRL and MRL-E nested down to 1 dim, `min_dim=1`, and
+# FF-1, FF-2, FF-4), exports embeddings,
 # runs every evaluator and baseline, then writes the table and the plots to
 # experiments/fashion_mnist/ (results.md, results.json, *.png). The search
 # benchmark runs on a 2048-d MRL model (`mrl2048`, the same recipe with
@@ -21,14 +23,18 @@ PY=${PY:-.venv/bin/python}
 ROOT=${MRL_REPRO_ROOT:-workdirs/repro}
 STAGES=${STAGES:-train eval bench report}
 OUT=${MRL_REPRO_OUT:-experiments/fashion_mnist}
-MODELS=${MODELS-mrl mrl_e ff8 ff16 ff32 ff64 ff128 mrl2048}
+MODELS=${MODELS-mrl mrl_e ff8 ff16 ff32 ff64 ff128 mrl_min1 mrl_e_min1 ff1 ff2 ff4 mrl2048}
 
 args() {  # config flags of each model: identical recipe, only the head differs
   case $1 in
     mrl) echo "--config=configs/default.py:head=mrl" ;;
     mrl_e) echo "--config=configs/default.py:head=mrl_e" ;;
+    mrl_min1) echo "--config=configs/default.py:head=mrl,min_dim=1" ;;
+    mrl_e_min1) echo "--config=configs/default.py:head=mrl_e,min_dim=1" ;;
     mrl2048) echo "--config=configs/default.py:dim=2048 --config.export.views.count=16" ;;
-    ff*) echo "--config=configs/default.py:head=ff --config.mrl.ff_dim=${1#ff}" ;;
+    # min_dim=1 leaves an FF-k model as it is and runs FF-128's SVD /
+    # random-feature baselines at 1, 2, 4, ..., 128 dims.
+    ff*) echo "--config=configs/default.py:head=ff,min_dim=1 --config.mrl.ff_dim=${1#ff}" ;;
   esac
 }
 launch() {  # launch MODEL MODE
@@ -44,8 +50,10 @@ for name in $MODELS; do
     launch "$name" export
     [[ $name == mrl2048 ]] && continue  # the search benchmark's database
     launch "$name" knn
+    launch "$name" pairs
     case $name in
       mrl|mrl_e) for mode in retrieval adaptive probe; do launch "$name" $mode; done ;;
+      mrl_min1|mrl_e_min1) for mode in adaptive probe; do launch "$name" $mode; done ;;
       ff128) launch "$name" baselines ;;
     esac
   fi

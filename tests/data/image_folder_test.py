@@ -32,9 +32,10 @@ def test_config_infers_classes_channels_size(config):
   assert (data.name, data.train_split, data.eval_split) == (
       "image_folder", "train", "val")
   assert data.num_classes == 3 and tuple(data.class_names) == CLASSES
-  # 40x48 RGB files: 40 px crops (the short side, a multiple of 8).
-  assert "decode_jpeg_and_inception_crop(40)" in data.train_preprocess
-  assert "decode(3)|resize_small(45)|central_crop(40)" in data.eval_preprocess
+  # 40x48 RGB files: 40 px squares (the short side; below 64 px, the
+  # small-image recipe).
+  assert "central_crop(40)|pad_and_random_crop(5)|" in data.train_preprocess
+  assert "decode(3)|resize_small(40)|central_crop(40)" in data.eval_preprocess
 
 
 def test_config_for_grayscale_folder_without_eval_split(config_module,
@@ -42,12 +43,13 @@ def test_config_for_grayscale_folder_without_eval_split(config_module,
   root = write_image_tree(tmp_path, {"train": 10}, size=(30, 30), gray=True)
   data = config_module("image_folder").get_config(f"root={root}").data
   assert (data.train_split, data.eval_split) == ("train[:90%]", "train[90%:]")
-  assert data.train_preprocess.startswith("decode(1)|inception_crop(24)|")
+  assert data.train_preprocess.startswith(
+      "decode(1)|resize_small(30)|central_crop(30)|pad_and_random_crop(4)|")
   source = pipeline.open_source(data, data.train_split)
   mesh = sharding.make_mesh((("data", -1),))
   batch = next(pipeline.train_batches(data, source, 8, 0, 0,
                                       sharding.batch_sharding(mesh)))
-  assert batch["image"].shape == (8, 24, 24, 1)
+  assert batch["image"].shape == (8, 30, 30, 1)
   assert pipeline.open_source(data, data.eval_split).num_examples == 3
 
 
@@ -307,7 +309,7 @@ def test_smoke_trains_through_the_launcher(image_tree, tmp_path):
   assert proc.returncode == 0, proc.stderr[-3000:]
   summary = json.loads((workdir / "eval_summary.json").read_text())
   assert summary["step"] == 4 and summary["num_examples"] == 9
-  assert summary["nesting"] == [8, 16, 32, 64]
+  assert summary["nesting"] == [8, 16]  # 40x48 px: the small-image cnn_mu
   assert "eval at step 4 on 9 examples" in proc.stdout
   bad = subprocess.run(
       [sys.executable, "-m", "mrl_jax.main",
