@@ -9,6 +9,6 @@ exported encoder without importing the training code.
 def __getattr__(name: str):
   # `mrl_jax.load_encoder` without importing jax at `import mrl_jax`.
   if name == "load_encoder":
-    from mrl_jax.encoder import load_encoder  # pylint: disable=import-outside-toplevel
+    from mrl_jax.export.encoder import load_encoder  # pylint: disable=import-outside-toplevel
     return load_encoder
   raise AttributeError(f"module 'mrl_jax' has no attribute {name!r}")

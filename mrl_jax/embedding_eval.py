@@ -27,7 +27,7 @@ from typing import Any
 import ml_collections
 
 from mrl_jax import atomic_files
-from mrl_jax import embedding_files
+from mrl_jax.export import embedding_files
 from mrl_jax.evaluators import adaptive_classification
 from mrl_jax.evaluators import baselines as baselines_lib
 from mrl_jax.evaluators import knn as knn_lib

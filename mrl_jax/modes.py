@@ -46,7 +46,7 @@ MODES: dict[str, Mode] = {
                   "then evaluate"),
     "eval": Mode("mrl_jax.train:evaluate", "eval_summary.json", _TABLE,
                  "evaluate the latest checkpoint"),
-    "export": Mode("mrl_jax.export:export_embeddings", "embeddings/",
+    "export": Mode("mrl_jax.export.embedding_writer:export_embeddings", "embeddings/",
                    "mrl_jax.modes:format_exported", "write the latest "
                    "checkpoint's embeddings of config.export.splits"),
     "knn": Mode("mrl_jax.embedding_eval:knn", "knn_summary.json", _METRICS,
@@ -66,7 +66,7 @@ MODES: dict[str, Mode] = {
     "pairs": Mode("mrl_jax.embedding_eval:pairs", "pairs_summary.json",
                   _METRICS, "1-NN and linear probe on the 100-class task of "
                   "ordered pairs of eval-split classes, on the exports"),
-    "export_encoder": Mode("mrl_jax.encoder:export_encoder", "encoder/",
+    "export_encoder": Mode("mrl_jax.export.encoder:export_encoder", "encoder/",
                            "mrl_jax.modes:format_encoder",
                            "write the bundle mrl_jax.load_encoder reads"),
     "aot": Mode("mrl_jax.aot:run", "aot_report.json",

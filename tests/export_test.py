@@ -10,15 +10,15 @@ import jax
 import numpy as np
 import pytest
 
-from mrl_jax import embedding_files
-from mrl_jax import export
+from mrl_jax.export import embedding_files
+from mrl_jax.export import embedding_writer
 from mrl_jax import sharding
 
 
 
 
 def test_defaults_and_path_safe_split_names(config_module):
-  settings = export._export_settings(  # pylint: disable=protected-access
+  settings = embedding_writer._export_settings(  # pylint: disable=protected-access
       config_module("default").get_config())
   assert settings == {"splits": ("train", "test"), "dtype": "float16",
                       "examples_per_shard": 20_000,
@@ -43,13 +43,13 @@ def test_bad_export_settings(field, value, match, config_module):
     section = section[key]
   section[name] = value
   with pytest.raises(ValueError, match=match):
-    export._export_settings(config)  # pylint: disable=protected-access
+    embedding_writer._export_settings(config)  # pylint: disable=protected-access
 
 
 def test_reading_and_evaluating_an_export_imports_neither_tf_nor_flax():
   # Downstream evaluation (and the search benchmark on a bare GPU image) reads
   # exports with numpy and jax alone; a fresh interpreter shows what loads.
-  code = ("import sys, mrl_jax.embedding_eval, mrl_jax.embedding_files; "
+  code = ("import sys, mrl_jax.embedding_eval, mrl_jax.export.embedding_files; "
           "print(sorted(m for m in ('tensorflow', 'flax', 'orbax.checkpoint')"
           " if m in sys.modules))")
   out = subprocess.run([sys.executable, "-c", code], check=True,
@@ -114,12 +114,12 @@ def test_weights_digest_changes_with_any_weight_not_with_sharding():
   rng = np.random.default_rng(0)
   weights = {"a": rng.normal(size=(16, 8)).astype(np.float32),
              "b": {"c": rng.normal(size=(8,)).astype(np.float32)}}
-  on_one = export.weights_digest(jax.device_put(weights), mesh)
+  on_one = embedding_writer.weights_digest(jax.device_put(weights), mesh)
   split_rows = jax.device_put(weights["a"], sharding.batch_sharding(mesh))
-  assert export.weights_digest({**weights, "a": split_rows}, mesh) == on_one
+  assert embedding_writer.weights_digest({**weights, "a": split_rows}, mesh) == on_one
   assert len(on_one) == 16
   nudged = weights["a"].copy()
   nudged[5, 3] = np.nextafter(nudged[5, 3], np.float32(np.inf))
   swapped = weights["a"][::-1].copy()  # same values, other places
   for a in (nudged, swapped):
-    assert export.weights_digest({**weights, "a": a}, mesh) != on_one
+    assert embedding_writer.weights_digest({**weights, "a": a}, mesh) != on_one

@@ -44,7 +44,7 @@ import jax
 import numpy as np
 
 from mrl_jax import atomic_files
-from mrl_jax import embedding_files
+from mrl_jax.export import embedding_files
 from mrl_jax import search
 from mrl_jax.evaluators import retrieval
 

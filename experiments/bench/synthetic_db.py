@@ -38,7 +38,7 @@ from typing import Any
 import numpy as np
 
 from mrl_jax import atomic_files
-from mrl_jax import embedding_files
+from mrl_jax.export import embedding_files
 
 _CHUNK = 1 << 15
 _QUERY_STREAM = 1 << 30  # seeds the queries apart from the database chunks

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from mrl_jax import embedding_files
+from mrl_jax.export import embedding_files
 from mrl_jax import search
 from mrl_jax.mrl import metrics
 

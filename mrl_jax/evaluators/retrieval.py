@@ -37,7 +37,7 @@ from typing import Any
 
 import numpy as np
 
-from mrl_jax import embedding_files
+from mrl_jax.export import embedding_files
 from mrl_jax import search as search_lib
 from mrl_jax.search import ann
 from mrl_jax.search import codes

@@ -107,7 +107,7 @@ def test_bad_inputs():
 
 
 def _write_split(directory, embeddings, labels, nesting, step=7):
-  """The layout export.py writes: metadata.json plus npz shards."""
+  """The layout export/embedding_writer.py writes: metadata.json plus npz shards."""
   os.makedirs(directory)
   with open(os.path.join(directory, "metadata.json"), "w") as f:
     json.dump({"model": "toy", "step": step, "nesting": list(nesting),

@@ -1,6 +1,6 @@
 """The ordered-class-pair task on a tiny generated eval split: how the
 composites are drawn, their features, and 1-NN / probe accuracy per prefix;
-plus --mode=pairs's runner on an export laid out as export.py writes it."""
+plus --mode=pairs's runner on an export laid out as export/embedding_writer.py writes it."""
 import json
 import os
 
@@ -95,7 +95,7 @@ def test_accuracy_follows_what_each_prefix_carries():
 
 
 def _write_split(directory, embeddings, labels, nesting):
-  """The layout export.py writes: metadata.json plus npz shards."""
+  """The layout export/embedding_writer.py writes: metadata.json plus npz shards."""
   os.makedirs(directory)
   with open(os.path.join(directory, "metadata.json"), "w") as f:
     json.dump({"model": "toy", "step": 7, "nesting": list(nesting),

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 import mrl_jax
-from mrl_jax import encoder as encoder_lib
+from mrl_jax.export import encoder as encoder_lib
 from mrl_jax import train
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(
@@ -241,7 +241,7 @@ def test_tidy_puts_back_a_bundle_caught_between_renames(tmp_path):
 
 def test_tf_saved_model_gives_the_same_embeddings(bundle, tmp_path):
   import tensorflow as tf  # pylint: disable=import-outside-toplevel
-  from mrl_jax import encoder as encoder_lib  # pylint: disable=import-outside-toplevel
+  from mrl_jax.export import encoder as encoder_lib  # pylint: disable=import-outside-toplevel
   _, _, path = bundle
   encoder = mrl_jax.load_encoder(path)
   saved = encoder_lib.save_tf_saved_model(encoder, str(tmp_path / "sm"))

@@ -8,7 +8,7 @@ import sys
 import numpy as np
 import pytest
 
-from mrl_jax import embedding_files
+from mrl_jax.export import embedding_files
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(
     os.path.abspath(__file__))))

@@ -52,7 +52,7 @@ def test_cli_writes_a_checkpoint_that_eval_and_export_read(tmp_path,
                                                            config_module):
   import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
   # pylint: disable-next=import-outside-toplevel
-  from mrl_jax import embedding_files, export
+  from mrl_jax.export import embedding_files, embedding_writer
   from mrl_jax import train  # pylint: disable=import-outside-toplevel
   torch_model = torch_resnet.build("resnet_mu", "mrl", NESTING_MU, 1000,
                                    seed=4, blurpool=True)
@@ -74,7 +74,7 @@ def test_cli_writes_a_checkpoint_that_eval_and_export_read(tmp_path,
                                              "examples_per_shard": 16})
   with tfds.testing.mock_data(num_examples=32):
     summary = train.evaluate(config, workdir)
-    out = export.export_embeddings(config, workdir)
+    out = embedding_writer.export_embeddings(config, workdir)
     _, state, _ = train.restore_latest(config, workdir)
   assert summary["step"] == 0 and summary["nesting"] == list(NESTING_MU)
   z, _, meta = embedding_files.load_split(out["validation"])

@@ -17,7 +17,7 @@ import orbax.checkpoint as ocp
 import pytest
 
 from mrl_jax import config_lib
-from mrl_jax import embedding_files
+from mrl_jax.export import embedding_files
 from mrl_jax import errors
 from mrl_jax import modes
 from mrl_jax import workdir_lock

@@ -1,5 +1,5 @@
 """Where exported embeddings live and how to read them back (the layout is
-described in export.py, which writes them).
+described in embedding_writer.py, which writes them).
 
 numpy and json only: downstream evaluation, the search benchmark and user
 code read an export without importing the trainer, Flax or TensorFlow.

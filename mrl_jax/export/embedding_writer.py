@@ -29,7 +29,7 @@ that already exist (their data is not even decoded again). Each shard names
 the checkpoint (step and a digest of the weights) that wrote it: a rerun from
 another checkpoint removes metadata.json before touching a shard and redoes
 the split, and readers refuse a split whose shards come from different
-checkpoints. Read an export back with `mrl_jax.embedding_files` (numpy only,
+checkpoints. Read an export back with `mrl_jax.export.embedding_files` (numpy only,
 no trainer or TensorFlow).
 """
 import functools
@@ -47,7 +47,7 @@ import ml_collections
 import numpy as np
 
 from mrl_jax import atomic_files
-from mrl_jax import embedding_files
+from mrl_jax.export import embedding_files
 from mrl_jax import sharding
 from mrl_jax import train
 from mrl_jax.data import pipeline

@@ -1,0 +1,11 @@
+"""What leaves the trainer: embeddings on disk and encoder bundles.
+
+  embedding_writer.py  --mode=export: a checkpoint's embeddings (and per-dim
+                       logits) of TFDS splits, in resumable shards that record
+                       the checkpoint they come from
+  embedding_files.py   export paths and readers, numpy and json only (no
+                       TensorFlow, no Flax): what evaluators and users import
+  encoder.py           --mode=export_encoder bundles and `load_encoder`
+
+This file imports nothing, so `mrl_jax.export.embedding_files` stays light.
+"""
