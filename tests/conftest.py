@@ -76,3 +76,22 @@ def fixture_image_tree(tmp_path_factory):
   """A tiny RGB image folder: train 3 classes x 8, val 3 classes x 3."""
   return write_image_tree(tmp_path_factory.mktemp("images"),
                           {"train": 8, "val": 3})
+
+
+BAD_FILES = ("cut.png", "cut.jpg", "noise.jpg")
+
+
+def copy_with_bad_files(tree, tmp_path):
+  """A copy of the tree whose train/cat holds a PNG and a JPEG cut in half
+  and a file of random bytes (BAD_FILES); returns the copy's root."""
+  import shutil  # pylint: disable=import-outside-toplevel
+  import numpy as np  # pylint: disable=import-outside-toplevel
+  root = tmp_path / "images"
+  shutil.copytree(tree, root)
+  cat = root / "train" / "cat"
+  for bad, good in (("cut.png", "1.png"), ("cut.jpg", "0.jpg")):
+    data = (cat / good).read_bytes()
+    (cat / bad).write_bytes(data[:len(data) // 2])
+  (cat / "noise.jpg").write_bytes(
+      np.random.default_rng(0).integers(0, 256, 3000, np.uint8).tobytes())
+  return root

@@ -1,15 +1,14 @@
-"""Image folders root/<split>/<class>/*: source, config inference, errors, and
-a smoke run through the launcher."""
-import json
+"""Image folders root/<split>/<class>/*: source, config inference, errors and
+unreadable files (the launcher runs are in tests/integration/)."""
 import os
 import shutil
-import subprocess
-import sys
 
 import jax
 import numpy as np
 import pytest
 
+from conftest import BAD_FILES
+from conftest import copy_with_bad_files
 from conftest import write_image_tree
 from mrl_jax import errors
 from mrl_jax import sharding
@@ -151,27 +150,10 @@ def test_bad_source_settings_are_errors(config, change, split, match):
     pipeline.open_source(data, split)
 
 
-BAD_FILES = ("cut.png", "cut.jpg", "noise.jpg")
-
-
-def _copy_with_bad_files(tree, tmp_path):
-  """A copy of the tree whose train/cat holds a PNG and a JPEG cut in half
-  and a file of random bytes."""
-  root = tmp_path / "images"
-  shutil.copytree(tree, root)
-  cat = root / "train" / "cat"
-  for bad, good in (("cut.png", "1.png"), ("cut.jpg", "0.jpg")):
-    data = (cat / good).read_bytes()
-    (cat / bad).write_bytes(data[:len(data) // 2])
-  (cat / "noise.jpg").write_bytes(
-      np.random.default_rng(0).integers(0, 256, 3000, np.uint8).tobytes())
-  return root
-
-
 def test_unreadable_files_are_named_before_any_batch(config, image_tree,
                                                      tmp_path):
   data = config.data.copy_and_resolve_references()
-  data.data_dir = str(_copy_with_bad_files(image_tree, tmp_path))
+  data.data_dir = str(copy_with_bad_files(image_tree, tmp_path))
   with pytest.raises(errors.RunError, match=(
       r"unreadable image .*/train/cat/(cut|noise)\.\w+ \(.+\) and 2 more in "
       "split 'train'; replace or remove it, or set config.data.skip_bad_"
@@ -184,7 +166,7 @@ def test_unreadable_files_are_named_before_any_batch(config, image_tree,
 def test_skip_bad_files_leaves_them_out_and_logs_each(config, image_tree,
                                                       tmp_path, caplog):
   data = config.data.copy_and_resolve_references()
-  data.data_dir = str(_copy_with_bad_files(image_tree, tmp_path))
+  data.data_dir = str(copy_with_bad_files(image_tree, tmp_path))
   data.skip_bad_files = True
   source = pipeline.open_source(data, "train")
   assert source.total_examples == 24
@@ -197,7 +179,7 @@ def test_skip_bad_files_leaves_them_out_and_logs_each(config, image_tree,
 
 
 def test_check_data_decodes_every_file(config, image_tree, tmp_path, caplog):
-  root = _copy_with_bad_files(image_tree, tmp_path)
+  root = copy_with_bad_files(image_tree, tmp_path)
   # Whole at both ends, broken inside: only a full decode finds it.
   (root / "val" / "dog" / "inside.jpg").write_bytes(
       _break_inside(root / "val" / "dog" / "0.jpg"))
@@ -270,51 +252,6 @@ def test_a_file_broken_inside_is_named_when_eval_reads_it(
     list(batches)
 
 
-@pytest.mark.slow
-def test_bad_files_through_the_launcher(image_tree, tmp_path):
-  root = _copy_with_bad_files(image_tree, tmp_path)
-  runs = {mode: subprocess.run(
-      [sys.executable, "-m", "mrl_jax.main",
-       f"--config=configs/image_folder.py:root={root},smoke",
-       f"--workdir={tmp_path / 'work'}", f"--mode={mode}"],
-      cwd=REPO, capture_output=True, text=True, timeout=300, check=False)
-          for mode in ("check_data", "train")}
-  for proc in runs.values():
-    assert proc.returncode == 1
-  listed = runs["check_data"].stderr
-  assert all(f"unreadable image {root}/train/cat/{name}" in listed
-             for name in BAD_FILES)
-  assert listed.strip().splitlines()[-1].startswith(
-      "mrl_jax: error: 3 unreadable image(s) in ")
-  last = runs["train"].stderr.strip().splitlines()[-1]
-  assert last.startswith("mrl_jax: error: unreadable image ")
-  checkpoints = tmp_path / "work" / "checkpoints"
-  assert not checkpoints.exists() or not os.listdir(checkpoints)  # no step
-
-
 def test_config_needs_root(config_module):
   with pytest.raises(ValueError, match="needs root=<dir>"):
     config_module("image_folder").get_config("smoke")
-
-
-@pytest.mark.slow
-def test_smoke_trains_through_the_launcher(image_tree, tmp_path):
-  # The README's command, with `smoke`.
-  workdir = tmp_path / "work"
-  proc = subprocess.run(
-      [sys.executable, "-m", "mrl_jax.main",
-       f"--config=configs/image_folder.py:root={image_tree},smoke",
-       f"--workdir={workdir}"],
-      cwd=REPO, capture_output=True, text=True, timeout=300, check=False)
-  assert proc.returncode == 0, proc.stderr[-3000:]
-  summary = json.loads((workdir / "eval_summary.json").read_text())
-  assert summary["step"] == 4 and summary["num_examples"] == 9
-  assert summary["nesting"] == [8, 16]  # 40x48 px: the small-image cnn_mu
-  assert "eval at step 4 on 9 examples" in proc.stdout
-  bad = subprocess.run(
-      [sys.executable, "-m", "mrl_jax.main",
-       f"--config=configs/image_folder.py:root={tmp_path}/none,smoke",
-       f"--workdir={workdir}"],
-      cwd=REPO, capture_output=True, text=True, timeout=300, check=False)
-  assert bad.returncode != 0
-  assert "none' does not exist" in bad.stderr
