@@ -28,11 +28,7 @@ def load_config(spec: str) -> ml_collections.ConfigDict:
     raise ValueError(f"config file {path} does not exist; pass "
                      "--config=path/to/config.py[:arg], e.g. "
                      "--config=configs/default.py:smoke")
-  module_spec = importlib.util.spec_from_file_location(
-      f"mrl_jax_config_{os.path.basename(path)[:-3]}", path)
-  module = importlib.util.module_from_spec(module_spec)
-  module_spec.loader.exec_module(module)
-  return module.get_config(arg or None)
+  return load_module(path).get_config(arg or None)
 
 
 def _fields(config: ml_collections.ConfigDict,

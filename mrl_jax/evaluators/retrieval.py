@@ -56,7 +56,8 @@ PAPER_CLASS_SIZE = 1300
 # sub-quantisers). codes: none | int8 | binary, an exhaustive scan of
 # quantised prefix codes instead (with shortlist=exact only).
 DEFAULTS = {"ks": (10, 25, 50, 100), "shortlist": "exact",
-            "dim_shortlist": 16, "k_shortlist": 200, "hnsw_m": 32, "ef_construction": 40, "ef_search": 200,
+            "dim_shortlist": 16, "k_shortlist": 200, "hnsw_m": 32,
+            "ef_construction": 40, "ef_search": 200,
             "ivf_nlist": 0, "ivf_nprobe": 16, "ivf_pq_m": 0, "codes": "none"}
 SHORTLISTS = ("exact",) + ann.KINDS
 CODES = ("none",) + codes.KINDS
@@ -288,16 +289,16 @@ def evaluate_exported(train_dir: str, eval_dir: str,
   database, db_labels, queries, q_labels, meta = (
       embedding_files.load_database_and_queries(train_dir, eval_dir))
   dims = meta["nesting"]
-  full, ds, kk = database.shape[1], opts["dim_shortlist"], opts["k_shortlist"]
+  full, ds = database.shape[1], opts["dim_shortlist"]
+  kk = min(opts["k_shortlist"], len(database))
   ks = tuple(k for k in opts["ks"] if k <= len(database))
-  ann.check_stages(min(kk, len(database)), [(full, max(ks))], ds, full)
+  stages = [(full, max(ks))]
+  ann.check_stages(kk, stages, ds, full)
   index = search_lib.build_index(database, boundaries=sorted({*dims, ds}),
                                  normalize=True)
   queries = queries.astype(np.float32)
   out = evaluate_per_dim(index, queries, q_labels, db_labels, dims, ks,
                          protocol=Protocol.BOTH)
-  kk = min(kk, len(database))
-  stages = [(full, max(ks))]
   _, exact_shortlist = search_lib.search(index, queries, ds, kk)
   _, exact = ann.rerank_shortlist(index, queries, exact_shortlist, stages)
   results = {f"Ds={ds},K={kk},Dr={full}": exact}
