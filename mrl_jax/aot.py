@@ -13,7 +13,7 @@ report (DIR/aot_report.json and DIR/aot_report.txt) gives per-chip memory
 much), compiled FLOPs per step, their ratio to the analytic model FLOPs
 (6 x forward multiply-adds x global batch, model_flops.py) and the step time
 implied at the chip's peak bf16 rate. Nothing is read from the dataset: the
-input shape comes from tracing the config's train preprocessing.
+input shapes come from tracing the config's train preprocessing.
 """
 import dataclasses
 import importlib.util
@@ -29,9 +29,9 @@ import tensorflow as tf
 
 from mrl_jax import atomic_files
 from mrl_jax import config_lib
-from mrl_jax import model_flops
 from mrl_jax import optim
 from mrl_jax import sharding
+from mrl_jax import tasks
 from mrl_jax import train
 from mrl_jax.data import preprocess
 from mrl_jax.data import resolution
@@ -106,17 +106,12 @@ def example_spec(config: ml_collections.ConfigDict
                  ) -> dict[str, jax.ShapeDtypeStruct]:
   """One preprocessed training example's shapes, from the config alone.
 
-  Traces config.data.train_preprocess on a symbolic raw example (an encoded
-  image when data.skip_decode, else uint8 [H, W, C]; class ids [n] for the
-  sigmoid loss, an id [] otherwise), so no dataset is needed. Under a
-  resolution schedule it is the largest scheduled size (the memory peak).
+  Traces config.data.train_preprocess on the task's symbolic raw example
+  (`Task.raw_example_spec`: e.g. an encoded image or uint8 [H, W, C] and a
+  label; token ids [L]), so no dataset is needed. Under a resolution
+  schedule it is the largest scheduled size (the memory peak).
   """
   data = config.data
-  channels = data.get("channels", 3)
-  image = (tf.TensorSpec([], tf.string) if data.get("skip_decode", False)
-           else tf.TensorSpec([None, None, channels], tf.uint8))
-  label = tf.TensorSpec([None] if config.loss.name == "sigmoid" else [],
-                        tf.int64)
   spec_str = data.train_preprocess
   if data.get("resolution"):  # progressive resizing: the largest size
     spec_str = spec_str.replace(resolution.PLACEHOLDER, str(
@@ -124,15 +119,15 @@ def example_spec(config: ml_collections.ConfigDict
   fn = preprocess.build(spec_str)
   traced = tf.function(lambda ex: fn(ex, tf.constant([0, 0], tf.int64)))
   out = traced.get_concrete_function(
-      {"image": image, "label": label}).structured_outputs
+      tasks.get(config).raw_example_spec(config)).structured_outputs
   spec = {}
-  for key in ("image", "label"):
-    shape = tuple(out[key].shape)
+  for key, value in out.items():
+    shape = tuple(value.shape)
     if None in shape:
       raise ValueError(f"config.data.train_preprocess gives {key} of shape "
                        f"{shape}; --mode=aot needs a fixed size (end with a "
                        "crop or resize op)")
-    dtype = jax.dtypes.canonicalize_dtype(out[key].dtype.as_numpy_dtype)
+    dtype = jax.dtypes.canonicalize_dtype(value.dtype.as_numpy_dtype)
     spec[key] = jax.ShapeDtypeStruct(shape, dtype)
   return spec
 
@@ -159,8 +154,7 @@ def compile_train_step(config: ml_collections.ConfigDict,
   total = config_lib.steps("total", config, 1)
   tx = optim.build_optimizer(config.optimizer, total, 1)
   spec = example_spec(config)
-  _, _, target = train.abstract_train_state(run_setup, config, tx,
-                                            spec["image"].shape)
+  _, _, target = train.abstract_train_state(run_setup, config, tx, spec)
   shardings = jax.tree.map(lambda t: t.sharding, target)
   step = train.jit_train_step(run_setup, tx, shardings, config.seed)
   batch = _batch(spec, config.batch_size, run_setup.mesh)
@@ -173,9 +167,9 @@ def compile_train_step(config: ml_collections.ConfigDict,
   facts = {
       "mesh": dict(run_setup.mesh.shape),
       "global_batch": config.batch_size,
-      "image_shape": list(spec["image"].shape),
-      "forward_macs_per_example": model_flops.model_macs(
-          run_setup.model, variables, spec["image"].shape),
+      "example_shapes": {k: list(v.shape) for k, v in spec.items()},
+      "forward_macs_per_example": run_setup.task.forward_macs(
+          run_setup.model, variables, spec),
       "params": sum(int(np.prod(x.shape))
                     for x in jax.tree.leaves(target.params)),
   }
@@ -231,8 +225,9 @@ def format_report(report: dict[str, Any]) -> str:
              else f"DOES NOT FIT by {gib(-mem['headroom']).strip()}")
   lines = [
       f"topology {report['topology']} ({report['chips']} chips), mesh "
-      f"{report['mesh']}, global batch {report['global_batch']}, image "
-      f"{tuple(report['image_shape'])}, {report['params'] / 1e6:.1f}M params",
+      f"{report['mesh']}, global batch {report['global_batch']}, "
+      f"{_shapes(report['example_shapes'])}, {report['params'] / 1e6:.1f}M "
+      "params",
       "memory per chip:",
       *(f"  {name:<15}{gib(mem[name])}" for name in
         ("arguments", "outputs", "aliased", "temporaries", "generated_code")),
@@ -249,6 +244,13 @@ def format_report(report: dict[str, Any]) -> str:
       f"chip; {report['examples_per_second_at_peak']:,.0f} examples/s)",
   ]
   return "\n".join(lines)
+
+
+def _shapes(example_shapes: dict[str, list[int]]) -> str:
+  """E.g. "image (224, 224, 3)" or "input_ids (128,), masked_ids (20,)"."""
+  return ", ".join(f"{k} {tuple(v)}" for k, v in example_shapes.items()
+                   if k not in ("label", "segment_ids", "input_mask",
+                                "masked_positions", "masked_weights"))
 
 
 def run(config: ml_collections.ConfigDict, workdir: str,

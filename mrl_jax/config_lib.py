@@ -260,7 +260,7 @@ def base_config(*, batch_size: int, eval_batch_size: int,
   return config
 
 
-def data_section(name: str, *, num_classes: int, eval_split: str,
+def data_section(name: str, *, num_classes: int | None, eval_split: str,
                  train_preprocess: str, eval_preprocess: str,
                  shuffle_buffer: int, cache: bool,
                  train_split: str = "train", data_dir: str | None = None,
@@ -273,7 +273,7 @@ def data_section(name: str, *, num_classes: int, eval_split: str,
 
   Args:
     name: TFDS name (or image_folder.NAME).
-    num_classes: C.
+    num_classes: C (None: a task without classes, e.g. mlm).
     eval_split: TFDS split (slicing allowed) scored by evaluation.
     train_preprocess: the training preprocess string (data/preprocess.py).
     eval_preprocess: the evaluation preprocess string.
@@ -310,6 +310,54 @@ def imagenet_data_section(train_preprocess: str, eval_preprocess: str,
       "imagenet2012", num_classes=1000, eval_split="validation",
       train_preprocess=train_preprocess, eval_preprocess=eval_preprocess,
       shuffle_buffer=50_000, cache=False, skip_decode=True, **extra)
+
+
+def text_corpus_section(name: str | None = None, *,
+                        sources: tuple[str, ...] = ("wordnet", "gcide"),
+                        seq_len: int = 128, vocab_size: int = 8192,
+                        **extra: Any) -> ml_collections.ConfigDict:
+  """config.data.corpus: the packed MLM corpus (data/text_corpus.py).
+
+  Args:
+    name: a named corpus ("debian_128", "debian_512"), or None for one
+      described by the other fields (prepared under a name hashed from them).
+    sources: documents to read: wordnet, gcide (Debian packages), folder
+      (`folder=<root>` of .txt / .jsonl files), tfds (`tfds_name=`,
+      `tfds_split=`, `text_key=`).
+    seq_len: tokens per packed sequence, [CLS] and [SEP] included.
+    vocab_size: pieces of the tokenizer trained on the train documents.
+    **extra: folder, tokenizer_path (a sentencepiece .model to use instead
+      of training one), tfds_name, tfds_split, text_key, max_documents.
+  """
+  corpus = {"name": name, "sources": tuple(sources), "seq_len": seq_len,
+            "vocab_size": vocab_size, "folder": None, "tokenizer_path": None,
+            "max_documents": None, **extra}
+  return ml_collections.ConfigDict(corpus)
+
+
+def mlm_data_section(corpus: ml_collections.ConfigDict, *,
+                     vocab_size: int, max_predictions: int,
+                     mask_rate: float = 0.15, cache: bool = True,
+                     data_dir: str | None = None
+                     ) -> ml_collections.ConfigDict:
+  """config.data of the mlm task: the corpus, masked by `mlm_mask` (15% of
+  the tokens, at most `max_predictions` per sequence, 80/10/10); the
+  validation split is masked with fixed seeds.
+
+  Args:
+    corpus: `text_corpus_section(...)`.
+    vocab_size: the model's vocabulary (random replacements come from it).
+    max_predictions: P, prediction slots per sequence (BERT: 20 at 128
+      tokens, 80 at 512).
+    mask_rate: share of the tokens to predict.
+    cache: keep the packed corpus in host memory.
+    data_dir: TFDS data_dir; None leaves a placeholder (TFDS's default).
+  """
+  mask = f"mlm_mask({vocab_size}, {max_predictions}, {mask_rate})"
+  return data_section("mrl_text_corpus", num_classes=None,
+                      eval_split="validation", train_preprocess=mask,
+                      eval_preprocess=mask, shuffle_buffer=10_000,
+                      cache=cache, data_dir=data_dir, corpus=corpus)
 
 
 def loss_section(name: str,

@@ -37,7 +37,7 @@ class Mode:
   distributed: bool = True
 
 
-_TABLE = "mrl_jax.evaluators.classification:format_table"
+_TABLE = "mrl_jax.tasks:format_summary"
 _METRICS = "mrl_jax.embedding_eval:format_result"
 
 MODES: dict[str, Mode] = {

@@ -4,7 +4,6 @@ Callable from the launcher, tests and notebooks. Everything the config can get
 wrong is checked in `setup` before any dataset is opened or anything compiled.
 """
 import dataclasses
-import functools
 import json
 import os
 import time
@@ -23,12 +22,12 @@ from mrl_jax import metric_writer
 from mrl_jax import optim
 from mrl_jax import sharding
 from mrl_jax import sharding_rules
+from mrl_jax import tasks
 from mrl_jax import train_step as step_lib
 from mrl_jax import workdir_lock
 from mrl_jax.data import pipeline
 from mrl_jax.evaluators import class_subsets
 from mrl_jax.evaluators import classification
-from mrl_jax.models import classifier
 from mrl_jax.mrl import losses
 from mrl_jax.mrl import nesting
 
@@ -36,10 +35,11 @@ from mrl_jax.mrl import nesting
 @dataclasses.dataclass(frozen=True)
 class Setup:
   """What the config describes, validated, before any I/O or compilation."""
-  model: classifier.MRLClassifier
+  task: tasks.Task
+  model: Any  # the task's model, e.g. classifier.MRLClassifier
   nesting_dims: tuple[int, ...]
   relative_importance: tuple[float, ...]
-  loss_fn: losses.NestedLossFn
+  loss_fn: losses.NestedLossFn | None  # None: the task's objective has one
   mesh: jax.sharding.Mesh
   fingerprint: dict[str, Any]
   sharding_rules: tuple[Any, ...]  # compiled config.sharding
@@ -55,13 +55,14 @@ def setup(config: ml_collections.ConfigDict,
     devices: the mesh's devices; None: all devices (`--mode=aot` passes
       compile-only TPU devices).
   """
-  model = classifier.build_model(config)
-  dims = model.head.nesting_dims
+  task = tasks.get(config)
+  model = task.build_model(config)
+  dims = task.nesting_dims(model)
   weights = nesting.validate_relative_importance(
       config.mrl.relative_importance, len(dims))
-  loss_fn = losses.get_loss_fn(config.loss.name,
-                               config.loss.get("label_smoothing", 0.0))
+  loss_fn = task.loss_fn(config)
   pipeline.validate(config.data)
+  task.validate(config, model)
   mesh = sharding.make_train_mesh(config.mesh, devices)
   sharding.check_batch_size(config.batch_size, mesh, "batch_size")
   _check_eval_batch_size(config.eval_batch_size, mesh)
@@ -70,29 +71,29 @@ def setup(config: ml_collections.ConfigDict,
   rules = sharding_rules.from_config(config.get("sharding"))
   _check_grad_accum(config, mesh)
   optim.build_optimizer(config.optimizer, 1, 1)  # validates optimizer fields
-  return Setup(model, dims, weights, loss_fn, mesh, _fingerprint(config, dims),
-               rules, config.get("grad_accum_steps", 1))
+  return Setup(task, model, dims, weights, loss_fn, mesh,
+               _fingerprint(config, task, dims), rules,
+               config.get("grad_accum_steps", 1))
 
 
-def _fingerprint(config: ml_collections.ConfigDict,
+def _fingerprint(config: ml_collections.ConfigDict, task: tasks.Task,
                  dims: tuple[int, ...]) -> dict[str, Any]:
   """What a checkpoint must share with the config to be resumed or read.
 
   The optimizer's name and state dtype decide what its state holds (the
-  restore also compares the whole state tree); class names decide which
-  label each logit means (an image folder's classes, sorted).
+  restore also compares the whole state tree); the task adds what its
+  outputs mean (e.g. class names, the corpus).
   """
   fingerprint = {"model": config.model.name,
                  "model_kwargs": dict(config.model.get("kwargs", {})),
                  "head": config.mrl.head, "nesting_dims": list(dims),
-                 "num_classes": config.data.num_classes,
                  "dataset": config.data.name,
                  "optimizer": {"name": config.optimizer.name,
                                "state_dtype": config.optimizer.get(
                                    "state_dtype", "float32")}}
-  if config.data.get("class_names"):
-    fingerprint["class_names"] = list(config.data.class_names)
-  return fingerprint
+  if task.name != "classification":
+    fingerprint["task"] = task.name
+  return {**fingerprint, **task.fingerprint(config)}
 
 
 def _check_eval_batch_size(eval_batch: Any, mesh: jax.sharding.Mesh) -> None:
@@ -144,16 +145,21 @@ def train_state_shardings(abstract_state: step_lib.TrainState,
 
 def abstract_train_state(run_setup: Setup, config: ml_collections.ConfigDict,
                          tx: optax.GradientTransformation,
-                         image_shape: tuple[int, ...]):
+                         example: dict[str, jax.ShapeDtypeStruct]):
   """The train state as shapes, dtypes and shardings, without any arrays.
 
+  Args:
+    example: one preprocessed example's shapes (`pipeline.example_spec`),
+      which the task's model is initialised on.
   Returns:
     (init, rng, target): `init(rng)` creates the state; `target` is a
     TrainState of `jax.ShapeDtypeStruct`s carrying the state's shardings
     (the restore target, and what `--mode=aot` compiles against).
   """
-  init = functools.partial(step_lib.create_train_state, run_setup.model, tx,
-                           image_shape=image_shape)
+  def init(rng):
+    variables = run_setup.task.init_variables(run_setup.model, rng, example)
+    return step_lib.state_from_variables(variables, tx)
+
   # threefry init compiles slowly on CPU (seconds per kernel shape); rbg is
   # as good for initialisation and compiles in a fraction of the time.
   rng = jax.random.key(config.seed, impl="rbg")
@@ -167,9 +173,9 @@ def abstract_train_state(run_setup: Setup, config: ml_collections.ConfigDict,
 
 def _init_or_restore(run_setup: Setup, config: ml_collections.ConfigDict,
                      tx: optax.GradientTransformation,
-                     ckpt: checkpointing.Checkpointer, image_shape):
+                     ckpt: checkpointing.Checkpointer, example):
   """Resumes from the newest readable checkpoint, else initialises (train)."""
-  init, rng, target = abstract_train_state(run_setup, config, tx, image_shape)
+  init, rng, target = abstract_train_state(run_setup, config, tx, example)
   shardings = jax.tree.map(lambda t: t.sharding, target)
   restored = ckpt.restore_latest(target)
   if restored is not None:
@@ -196,9 +202,8 @@ def _raise_if_nonfinite(state: step_lib.TrainState,
 
 def jit_train_step(run_setup: Setup, tx, state_shardings, seed: int):
   """The sharded, jitted train step (also what `--mode=aot` compiles)."""
-  step = step_lib.make_train_step(run_setup.model, tx, run_setup.loss_fn,
-                                  run_setup.relative_importance, seed,
-                                  run_setup.grad_accum_steps)
+  step = step_lib.make_step(run_setup.task.objective(run_setup), tx, seed,
+                            run_setup.grad_accum_steps)
   return jax.jit(
       sharding.traced_under_mesh(step, run_setup.mesh),
       in_shardings=(state_shardings, sharding.batch_sharding(run_setup.mesh)),
@@ -207,8 +212,7 @@ def jit_train_step(run_setup: Setup, tx, state_shardings, seed: int):
 
 
 def _jit_eval_step(run_setup: Setup, state_shardings, class_subset=None):
-  step = step_lib.make_eval_step(run_setup.model, run_setup.loss_fn,
-                                 class_subset)
+  step = run_setup.task.eval_step(run_setup, class_subset)
   return jax.jit(sharding.traced_under_mesh(step, run_setup.mesh),
                  in_shardings=(state_shardings,
                                sharding.batch_sharding(run_setup.mesh)),
@@ -216,12 +220,14 @@ def _jit_eval_step(run_setup: Setup, state_shardings, class_subset=None):
 
 
 def _train_scalars(sums: dict[str, Any], count: int,
-                   dims: tuple[int, ...]) -> dict[str, float]:
+                   run_setup: Setup) -> dict[str, float]:
   out = {"train/loss": float(sums["loss"]) / count,
          "train/grad_norm": float(sums["grad_norm"]) / count}
-  for d, loss, top1 in zip(dims, sums["loss_per_dim"], sums["top1_per_dim"]):
+  accuracy = run_setup.task.accuracy_name
+  for d, loss, acc in zip(run_setup.nesting_dims, sums["loss_per_dim"],
+                          sums["accuracy_per_dim"]):
     out[f"train/loss/d={d}"] = float(loss) / count
-    out[f"train/top1/d={d}"] = float(top1) / count
+    out[f"train/{accuracy}/d={d}"] = float(acc) / count
   return out
 
 
@@ -245,8 +251,9 @@ def _run_eval(config, run_setup: Setup, eval_step, state,
   source = pipeline.open_source(data_cfg, data_cfg.eval_split)
   batches = pipeline.eval_batches(data_cfg, source, config.eval_batch_size,
                                   sharding.batch_sharding(run_setup.mesh))
-  return classification.evaluate(eval_step, state, batches,
-                                 run_setup.nesting_dims)
+  totals = classification.sum_over_batches(eval_step, state, batches)
+  return run_setup.task.summarize(totals, int(state.step),
+                                  run_setup.nesting_dims)
 
 
 def _finish(config, run_setup: Setup, eval_step, state, workdir: str,
@@ -258,7 +265,7 @@ def _finish(config, run_setup: Setup, eval_step, state, workdir: str,
   """
   summary = _run_eval(config, run_setup, eval_step, state)
   if writer is not None:
-    writer.write(summary["step"], classification.as_scalars(summary, "val"))
+    writer.write(summary["step"], run_setup.task.as_scalars(summary, "val"))
   # Eval-only sets (ImageNet-V2/R/A/Sketch), R and A scored on their classes.
   for label, data_cfg in pipeline.extra_eval_sets(config.data).items():
     subset = class_subsets.get(data_cfg.class_subset)
@@ -266,7 +273,7 @@ def _finish(config, run_setup: Setup, eval_step, state, workdir: str,
                       _jit_eval_step(run_setup, state_sh, subset), state,
                       data_cfg)
     if writer is not None:
-      writer.write(extra["step"], classification.as_scalars(extra, label))
+      writer.write(extra["step"], run_setup.task.as_scalars(extra, label))
     summary.setdefault("extra_eval", {})[label] = extra
   if jax.process_index() == 0:
     _write_summary(workdir, summary, must=writer is not None)
@@ -330,6 +337,8 @@ def _train(config: ml_collections.ConfigDict, run_setup: Setup,
            ckpt: checkpointing.Checkpointer, workdir: str) -> dict[str, Any]:
   ckpt.check_compatible()
   source = pipeline.open_source(config.data, config.data.train_split)
+  run_setup.task.bind_data(config, source, workdir,
+                           writer=jax.process_index() == 0)
   # Fail before training on a missing or unreadable eval split too.
   pipeline.open_source(config.data, config.data.eval_split)
   for data_cfg in pipeline.extra_eval_sets(config.data).values():
@@ -342,7 +351,7 @@ def _train(config: ml_collections.ConfigDict, run_setup: Setup,
   total = config_lib.steps("total", config, per_epoch)
   tx = optim.build_optimizer(config.optimizer, total, per_epoch)
   state, state_sh = _init_or_restore(run_setup, config, tx, ckpt,
-                                     pipeline.image_shape(config.data, source))
+                                     pipeline.example_spec(config.data, source))
   train_step = jit_train_step(run_setup, tx, state_sh, config.seed)
   eval_step = _jit_eval_step(run_setup, state_sh)
   start = int(state.step)
@@ -361,10 +370,10 @@ def _train(config: ml_collections.ConfigDict, run_setup: Setup,
     count += 1
     if step % config.log_every_steps == 0 or step == total:
       _raise_if_nonfinite(state, ckpt)
-      scalars = {**_train_scalars(sums, count, run_setup.nesting_dims),
-                 **progress.update(step),
-                 # The size the step saw (config.data.resolution schedule).
-                 "train/image_size": batch["image"].shape[1]}
+      scalars = {**_train_scalars(sums, count, run_setup),
+                 **progress.update(step)}
+      if "image" in batch:  # the size config.data.resolution scheduled
+        scalars["train/image_size"] = batch["image"].shape[1]
       writer.write(step, scalars)
       logging.info("step %d/%d loss %.4f, %.0f ex/s, ETA %.1f min", step,
                    total, scalars["train/loss"], scalars["examples_per_sec"],
@@ -376,7 +385,7 @@ def _train(config: ml_collections.ConfigDict, run_setup: Setup,
     if config.eval_every_steps and step % config.eval_every_steps == 0 \
         and step != total:
       summary = _run_eval(config, run_setup, eval_step, state)
-      writer.write(step, classification.as_scalars(summary, "val"))
+      writer.write(step, run_setup.task.as_scalars(summary, "val"))
   ckpt.wait()
   summary = _finish(config, run_setup, eval_step, state, workdir, writer,
                     state_sh)
@@ -407,11 +416,12 @@ def restore_latest(config: ml_collections.ConfigDict, workdir: str
                           "(--mode=train) or fix --workdir")
   ckpt.check_compatible()
   source = pipeline.open_source(config.data, config.data.eval_split)
+  run_setup.task.bind_data(config, source, workdir, writer=False)
   # The optimizer state is restored too (one checkpoint format); its schedule
   # does not matter here.
   tx = optim.build_optimizer(config.optimizer, 1, 1)
   _, _, target = abstract_train_state(
-      run_setup, config, tx, pipeline.image_shape(config.data, source))
+      run_setup, config, tx, pipeline.example_spec(config.data, source))
   restored = ckpt.restore_latest(target)
   ckpt.close()
   if restored is None:

@@ -28,7 +28,7 @@ JFT_CLASSES = 1000
 
 def test_all_configs_are_tested():
   assert {"default", "image_folder", "resnet50_imagenet", "vit_b16_imagenet",
-          "vit_b16_jft"} <= set(CONFIGS)
+          "vit_b16_jft", "text_mlm"} <= set(CONFIGS)
 
 
 @pytest.mark.parametrize("arg", [None, "smoke", "head=mrl_e", "smoke,head=ff"])
@@ -119,7 +119,12 @@ def test_every_config_has_the_shared_fields(name, config_module, image_tree):
   for field in ("seed", "grad_accum_steps", "mesh", "sharding.strategy",
                 "keep_checkpoints", "eval_every_steps", "data.num_shards",
                 "data.data_dir", "optimizer.state_dtype", "model.remat",
-                "mrl.nesting_dims", "loss.label_smoothing"):
+                "mrl.nesting_dims"):
+    section, _, key = field.rpartition(".")
+    assert key in (config[section] if section else config), field
+  task_fields = {"classification": ("loss.label_smoothing",),
+                 "mlm": ("data.corpus.seq_len", "mrl.prefix_norm")}
+  for field in task_fields[config.get("task", "classification")]:
     section, _, key = field.rpartition(".")
     assert key in (config[section] if section else config), field
 

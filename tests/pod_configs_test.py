@@ -76,7 +76,7 @@ def fixture_smoke(config_module):
   tx = optim.build_optimizer(config.optimizer, 1, 1)
   source = pipeline.open_source(config.data, "test[:100]")
   init, rng, target = train.abstract_train_state(
-      s, config, tx, pipeline.image_shape(config.data, source))
+      s, config, tx, pipeline.example_spec(config.data, source))
   shardings = jax.tree.map(lambda t: t.sharding, target)
   state = jax.jit(init, out_shardings=shardings)(rng)
   eval_step = train._jit_eval_step(s, shardings)  # pylint: disable=protected-access

@@ -36,7 +36,7 @@ def test_train_step_updates_and_reports_every_dim(dtype):
   new, metrics = step(state, batch)
   assert int(new.step) == 1 and int(new.nonfinite_step) == -1
   assert metrics["loss_per_dim"].shape == (3,)
-  assert metrics["top1_per_dim"].shape == (3,)
+  assert metrics["accuracy_per_dim"].shape == (3,)
   np.testing.assert_allclose(metrics["loss"], metrics["loss_per_dim"].sum(),
                              rtol=1e-6)
   # Master weights stay float32 under bf16 compute.

@@ -6,7 +6,9 @@ chosen uniformly; each chosen token becomes [MASK] with probability 0.8, a
 uniformly random ordinary token with 0.1, and stays itself with 0.1 (Devlin
 et al. 2019, section 3.1 and appendix A.1). The choice is a function of the
 token ids and a [2] seed only, so with the pipeline's per-example seed
-(seed, index in the epoch) a resumed run sees the same batches.
+(seed, index in the epoch) a resumed run sees the same batches. In a
+preprocess spec this is the op `mlm_mask(vocab_size, max_predictions, rate)`;
+evaluation masks the validation split with the fixed seeds (0, index).
 
 Output per example (P = max_predictions):
   input_ids [L] int32 (corrupted), segment_ids [L] int32 (zeros),
@@ -18,6 +20,7 @@ from collections.abc import Callable
 
 import tensorflow as tf
 
+from mrl_jax.data import preprocess as preprocess_lib
 from mrl_jax.data import tokenizer as tok
 
 MASK_PROB, RANDOM_PROB = 0.8, 0.1  # the rest stay unchanged
@@ -95,6 +98,14 @@ def make_preprocess(vocab_size: int, max_predictions: int, rate: float = 0.15
     return mask_tokens(example["input_ids"], seed, vocab_size=vocab_size,
                        max_predictions=max_predictions, rate=rate)
   return preprocess
+
+
+@preprocess_lib.register
+def mlm_mask(vocab_size: int, max_predictions: int,
+             rate: float = 0.15) -> preprocess_lib.Op:
+  """The preprocess op `mlm_mask(vocab_size, max_predictions[, rate])` of
+  config.data.train_preprocess / eval_preprocess (`make_preprocess`)."""
+  return make_preprocess(vocab_size, max_predictions, rate)
 
 
 def mask_dataset(ds: tf.data.Dataset, seed: int, vocab_size: int,

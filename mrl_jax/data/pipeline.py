@@ -45,6 +45,8 @@ from mrl_jax import sharding as sharding_lib
 from mrl_jax.data import fashion_mnist
 from mrl_jax.data import image_folder
 from mrl_jax.data import mixup as mixup_lib
+from mrl_jax.data import mlm_masking  # registers the mlm_mask op
+from mrl_jax.data import text_corpus
 from mrl_jax.data import preprocess as preprocess_lib
 from mrl_jax.data import resolution
 from mrl_jax.evaluators import class_subsets
@@ -137,17 +139,22 @@ def open_source(cfg: ml_collections.ConfigDict,
   """Opens `split` of dataset `cfg.name` in `cfg.data_dir` for this process.
 
   `cfg.name` is a TFDS name (registered, or any dataset prepared in
-  data_dir), or "image_folder" for a folder tree at data_dir (see
-  image_folder.py). Both have the same reading interface.
+  data_dir), "image_folder" for a folder tree at data_dir (see
+  image_folder.py), or "mrl_text_corpus" for the packed MLM corpus that
+  `cfg.corpus` describes (prepared offline on first use, text_corpus.py).
+  All have the same reading interface.
 
   Raises:
     ValueError: if the dataset is not prepared, with where and how to get it.
   """
   if cfg.name == image_folder.NAME:
     return image_folder.open_source(cfg, split)
-  if cfg.name in _OFFLINE_PREPARERS:
-    _OFFLINE_PREPARERS[cfg.name](cfg.get("data_dir"))
-  builder = tfds.builder(cfg.name, data_dir=cfg.get("data_dir"))
+  if cfg.name == text_corpus.NAME:
+    builder = text_corpus.open_builder(cfg.corpus, cfg.get("data_dir"))
+  else:
+    if cfg.name in _OFFLINE_PREPARERS:
+      _OFFLINE_PREPARERS[cfg.name](cfg.get("data_dir"))
+    builder = tfds.builder(cfg.name, data_dir=cfg.get("data_dir"))
   process_split = tfds.split_for_jax_process(split)
   if not builder.is_prepared():
     try:  # tfds.testing.mock_data serves builders that are not prepared.
@@ -460,10 +467,17 @@ def _eval_dataset(cfg: ml_collections.ConfigDict, source: ExampleSource,
                 num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
 
 
+def example_spec(cfg: ml_collections.ConfigDict, source: ExampleSource
+                 ) -> dict[str, jax.ShapeDtypeStruct]:
+  """One eval-preprocessed example's shapes and dtypes (reads no data)."""
+  return {k: jax.ShapeDtypeStruct(tuple(v.shape), v.dtype.as_numpy_dtype)
+          for k, v in _eval_dataset(cfg, source).element_spec.items()}
+
+
 def image_shape(cfg: ml_collections.ConfigDict,
                 source: ExampleSource) -> tuple[int, ...]:
   """Per-example model input shape after eval preprocessing (reads no data)."""
-  return tuple(_eval_dataset(cfg, source).element_spec["image"].shape)
+  return example_spec(cfg, source)["image"].shape
 
 
 def eval_local_batch_size(global_batch: int, mesh: jax.sharding.Mesh) -> int:

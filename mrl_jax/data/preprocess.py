@@ -79,6 +79,26 @@ def build(spec: str) -> PreprocessFn:
       spec, tuple(_make_op(n, spec, known) for n in [node] + nodes))
 
 
+def op_arguments(spec: str, name: str) -> dict[str, Any] | None:
+  """The arguments (defaults filled in) of the first op `name` in a valid
+  spec, e.g. ("mlm_mask(8192, 20)", "mlm_mask") -> {"vocab_size": 8192,
+  "max_predictions": 20, "rate": 0.15}; None if the spec has no such op."""
+  build(spec)  # a one-line ValueError for a bad spec
+  for part in spec.split("|"):
+    node = ast.parse(part.strip(), mode="eval").body
+    func = node.func if isinstance(node, ast.Call) else node
+    if func.id != name:
+      continue
+    args = kwargs = ()
+    if isinstance(node, ast.Call):
+      args = [ast.literal_eval(a) for a in node.args]
+      kwargs = {k.arg: ast.literal_eval(k.value) for k in node.keywords}
+    bound = inspect.signature(_OPS[name]).bind(*args, **dict(kwargs))
+    bound.apply_defaults()
+    return dict(bound.arguments)
+  return None
+
+
 def _make_op(node: ast.expr, spec: str, known: str) -> Op:
   """Turns one `name` or `name(args)` node into an op, checking the args."""
   func = node.func if isinstance(node, ast.Call) else node

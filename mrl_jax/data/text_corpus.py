@@ -25,6 +25,7 @@ small test corpus.
 """
 from collections.abc import Iterable, Iterator, Sequence
 import dataclasses
+import hashlib
 import itertools
 import pathlib
 
@@ -228,3 +229,25 @@ class WordnetLexnames(tfds.core.GeneratorBasedBuilder):
     for g in glosses:
       if text_sources.split_of(g.id, self._validation_fraction) == split:
         yield g.id, {"text": g.gloss, "label": g.label, "id": g.id}
+
+
+NAME = "mrl_text_corpus"
+
+
+def open_builder(corpus, data_dir: str | None) -> tfds.core.DatasetBuilder:
+  """The prepared corpus `corpus` describes (prepared here if needed)."""
+  fields = dict(corpus)
+  name, folder = fields.pop("name", None), fields.pop("folder", None)
+  tokenizer_path = fields.pop("tokenizer_path", None)
+  if name:
+    builder = MrlTextCorpus(config=name, data_dir=data_dir, folder=folder,
+                            tokenizer_path=tokenizer_path)
+  else:
+    fields["sources"] = tuple(fields["sources"])
+    digest = hashlib.sha256(repr(sorted(fields.items())).encode()).hexdigest()
+    config = TextCorpusConfig(name=f"custom_{digest[:10]}", **fields)
+    builder = MrlTextCorpus(config=config, data_dir=data_dir, folder=folder,
+                            tokenizer_path=tokenizer_path)
+  if not builder.is_prepared():
+    builder.download_and_prepare()
+  return builder

@@ -8,25 +8,39 @@ import numpy as np
 Batch = dict[str, jax.Array]
 
 
-def evaluate(eval_step: Callable[[Any, Batch], Batch], state: Any,
-             batches: Iterable[Batch],
-             nesting_dims: Sequence[int]) -> dict[str, Any]:
-  """Runs `eval_step` over `batches` and turns the sums into fractions.
-
-  Returns:
-    {"step", "nesting", "num_examples", "top1": {"<dim>": fraction},
-     "top5": {...}, "loss": {...}}; the format of eval_summary.json.
-  """
+def sum_over_batches(eval_step: Callable[[Any, Batch], Batch], state: Any,
+                     batches: Iterable[Batch]) -> dict[str, np.ndarray]:
+  """Runs `eval_step` over `batches`; its outputs summed, as float64."""
   totals = None
   for batch in batches:
     sums = eval_step(state, batch)
     totals = sums if totals is None else jax.tree.map(lambda a, b: a + b,
                                                          totals, sums)
-  totals = jax.tree.map(lambda x: np.asarray(x, np.float64), totals)
+  return jax.tree.map(lambda x: np.asarray(x, np.float64), totals)
+
+
+def evaluate(eval_step: Callable[[Any, Batch], Batch], state: Any,
+             batches: Iterable[Batch],
+             nesting_dims: Sequence[int]) -> dict[str, Any]:
+  """Runs `eval_step` over `batches` and turns the sums into fractions
+  (`summarize`)."""
+  return summarize(sum_over_batches(eval_step, state, batches),
+                   int(state.step), nesting_dims)
+
+
+def summarize(totals: dict[str, np.ndarray], step: int,
+              nesting_dims: Sequence[int]) -> dict[str, Any]:
+  """Summed eval-step outputs -> fractions per dim.
+
+  Returns:
+    {"task", "step", "nesting", "num_examples", "top1": {"<dim>": fraction},
+     "top5": {...}, "loss": {...}}; the format of eval_summary.json.
+  """
   count = max(float(totals["count"]), 1.0)
   per_dim = lambda key: {str(d): float(v / count)
                          for d, v in zip(nesting_dims, totals[key])}
-  return {"step": int(state.step), "nesting": [int(d) for d in nesting_dims],
+  return {"task": "classification", "step": step,
+          "nesting": [int(d) for d in nesting_dims],
           "num_examples": int(totals["count"]), "top1": per_dim("top1"),
           "top5": per_dim("top5"), "loss": per_dim("loss")}
 

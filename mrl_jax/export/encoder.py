@@ -25,7 +25,6 @@ d. Any 1 <= m <= d works, but only the nesting dims were trained.
 `save_tf_saved_model(encoder, path)` converts a loaded bundle with jax2tf for
 TensorFlow serving stacks (raw embeddings; truncate and normalise there).
 """
-import ast
 import functools
 import json
 import os
@@ -52,17 +51,13 @@ def _normalisation(spec: str) -> dict[str, Any] | None:
   """The pixel normalisation of a preprocess spec's `normalize` op."""
   # Export time only: loading a bundle must not need TensorFlow.
   from mrl_jax.data import preprocess  # pylint: disable=import-outside-toplevel
-  for part in spec.split("|"):
-    node = ast.parse(part.strip(), mode="eval").body
-    if isinstance(node, ast.Call) and getattr(node.func, "id", "") == (
-        "normalize"):
-      mean, std = preprocess.normalization_stats(
-          *[ast.literal_eval(a) for a in node.args],
-          **{k.arg: ast.literal_eval(k.value) for k in node.keywords})
-      return {"formula": "(pixel / 255 - mean) / std",
-              "mean": np.atleast_1d(mean).tolist(),
-              "std": np.atleast_1d(std).tolist()}
-  return None
+  args = preprocess.op_arguments(spec, "normalize")
+  if args is None:
+    return None
+  mean, std = preprocess.normalization_stats(**args)
+  return {"formula": "(pixel / 255 - mean) / std",
+          "mean": np.atleast_1d(mean).tolist(),
+          "std": np.atleast_1d(std).tolist()}
 
 
 def _tidy(out: str) -> None:

@@ -1,5 +1,6 @@
 """The MRL classifier: a registered backbone plus a nested head."""
 import dataclasses
+from collections.abc import Callable
 from typing import Any
 
 import flax.linen as nn
@@ -32,22 +33,7 @@ def build_model(config: ml_collections.ConfigDict) -> MRLClassifier:
     ValueError: for an unknown model, dtype, remat, head or a bad nesting list
       (one line each, before anything is compiled).
   """
-  if config.model.dtype not in DTYPES:
-    raise ValueError(f"unknown dtype {config.model.dtype!r}; set "
-                     f"config.model.dtype to one of {sorted(DTYPES)}")
-  kwargs: dict[str, Any] = dict(config.model.get("kwargs", {}))
-  backbone = registry.build_backbone(
-      config.model.name, dtype=DTYPES[config.model.dtype], **kwargs)
-  remat = config.model.get("remat", "none")
-  if remat not in vit.REMAT_POLICIES:
-    raise ValueError(f"unknown remat {remat!r}; set config.model.remat to one "
-                     f"of {', '.join(vit.REMAT_POLICIES)}")
-  if remat != "none":
-    if "remat" not in {f.name for f in dataclasses.fields(backbone)}:
-      raise ValueError(f"config.model.remat={remat!r} is supported by ViT "
-                       f"backbones only; set it to 'none' for "
-                       f"{config.model.name}")
-    backbone = backbone.clone(remat=remat)
+  backbone = configured_backbone(config, registry.build_backbone)
   nesting = config.mrl.nesting_dims
   head = heads.build_head(
       config.mrl.head, backbone.embedding_dim, config.data.num_classes,
@@ -55,3 +41,32 @@ def build_model(config: ml_collections.ConfigDict) -> MRLClassifier:
       ff_dim=config.mrl.get("ff_dim"),
       implementation=config.mrl.get("implementation", "fused"))
   return MRLClassifier(backbone=backbone, head=head)
+
+
+def configured_backbone(config: ml_collections.ConfigDict,
+                        build: Callable[..., nn.Module]) -> nn.Module:
+  """build(config.model.name, dtype=..., **config.model.kwargs), with
+  config.model.remat applied; `build` is a registry builder (image
+  backbones or text encoders).
+
+  Raises:
+    ValueError: unknown model, dtype or remat, or remat on a model without
+      it (one line each).
+  """
+  if config.model.dtype not in DTYPES:
+    raise ValueError(f"unknown dtype {config.model.dtype!r}; set "
+                     f"config.model.dtype to one of {sorted(DTYPES)}")
+  kwargs: dict[str, Any] = dict(config.model.get("kwargs", {}))
+  backbone = build(config.model.name, dtype=DTYPES[config.model.dtype],
+                   **kwargs)
+  remat = config.model.get("remat", "none")
+  if remat not in vit.REMAT_POLICIES:
+    raise ValueError(f"unknown remat {remat!r}; set config.model.remat to one "
+                     f"of {', '.join(vit.REMAT_POLICIES)}")
+  if remat != "none":
+    if "remat" not in {f.name for f in dataclasses.fields(backbone)}:
+      raise ValueError(f"config.model.remat={remat!r} is supported by ViT "
+                       f"and BERT models only; set it to 'none' for "
+                       f"{config.model.name}")
+    backbone = backbone.clone(remat=remat)
+  return backbone

@@ -31,7 +31,7 @@ def test_launcher_compiles_tiny_resnet_for_v5e_2x2(tmp_path):
     report = json.load(f)
   assert report["topology"] == "v5e:2x2" and report["chips"] == 4
   assert report["mesh"] == {"data": 4, "fsdp": 1, "model": 1}
-  assert report["global_batch"] == 16 and report["image_shape"] == [64, 64, 3]
+  assert report["global_batch"] == 16 and report["example_shapes"]["image"] == [64, 64, 3]
   mem = report["memory_per_chip_bytes"]
   assert mem["hbm"] == 16 * 2**30
   assert all(mem[k] > 0 for k in ("arguments", "outputs", "generated_code"))

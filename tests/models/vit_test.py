@@ -228,5 +228,5 @@ def test_remat_config_errors(config_module):
   assert classifier.build_model(config).backbone.remat == "full"
   config = config_module("resnet50_imagenet").get_config("smoke")
   config.model.remat = "full"
-  with pytest.raises(ValueError, match="supported by ViT backbones only"):
+  with pytest.raises(ValueError, match="supported by ViT and BERT models only"):
     classifier.build_model(config)
