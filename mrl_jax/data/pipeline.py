@@ -45,7 +45,7 @@ from mrl_jax import sharding as sharding_lib
 from mrl_jax.data import fashion_mnist
 from mrl_jax.data import image_folder
 from mrl_jax.data import mixup as mixup_lib
-from mrl_jax.data import mlm_masking  # registers the mlm_mask op
+from mrl_jax.data import mlm_masking  # noqa: F401 (registers mlm_mask)
 from mrl_jax.data import text_corpus
 from mrl_jax.data import preprocess as preprocess_lib
 from mrl_jax.data import resolution
