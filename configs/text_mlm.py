@@ -14,7 +14,8 @@ which scripts/setup.sh installs), a sentencepiece tokenizer of 8192 pieces
 trained on the train documents, 128-token packed sequences, 2% of the
 documents held out; prepared offline on first use.
 Model: BERT-Tiny (2 blocks, 128 wide, 2 heads), nesting (8, 16, ..., 128),
-mean-pooled sentence embeddings; batch 64, 15% of the tokens masked (at
+mean-pooled sentence embeddings; 600 steps of batch 32, 15% of the tokens
+masked (at
 most 20 per sequence), AdamW at 1e-3 with warm-up and linear decay.
 Prints MLM accuracy and loss per nesting dim on the validation split.
 
@@ -33,8 +34,8 @@ _VOCAB = 8192
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   arg = config_lib.parse_arg(arg, smoke=False, head="mrl_e", ff_dim=0,
-                             prefix_norm=False, model="bert_tiny", steps=1500)
-  config = config_lib.base_config(total_steps=arg.steps, batch_size=64,
+                             prefix_norm=False, model="bert_tiny", steps=600)
+  config = config_lib.base_config(total_steps=arg.steps, batch_size=32,
                                   eval_batch_size=256, log_every_steps=50,
                                   checkpoint_every_steps=500)
   config.task = "mlm"
