@@ -27,7 +27,6 @@ from mrl_jax import train_step as step_lib
 from mrl_jax import workdir_lock
 from mrl_jax.data import pipeline
 from mrl_jax.evaluators import class_subsets
-from mrl_jax.evaluators import classification
 from mrl_jax.mrl import losses
 from mrl_jax.mrl import nesting
 
@@ -251,9 +250,8 @@ def _run_eval(config, run_setup: Setup, eval_step, state,
   source = pipeline.open_source(data_cfg, data_cfg.eval_split)
   batches = pipeline.eval_batches(data_cfg, source, config.eval_batch_size,
                                   sharding.batch_sharding(run_setup.mesh))
-  totals = classification.sum_over_batches(eval_step, state, batches)
-  return run_setup.task.summarize(totals, int(state.step),
-                                  run_setup.nesting_dims)
+  return run_setup.task.evaluate(eval_step, state, batches,
+                                 run_setup.nesting_dims)
 
 
 def _finish(config, run_setup: Setup, eval_step, state, workdir: str,

@@ -62,9 +62,10 @@ class Task(Protocol):
   def eval_step(self, run_setup: Any, class_subset: Any = None):
     """step(state, batch) -> per-dim sums over the batch's real rows."""
 
-  def summarize(self, totals: dict[str, Any], step: int,
-                nesting_dims: tuple[int, ...]) -> dict[str, Any]:
-    """Summed eval-step outputs -> the eval summary (eval_summary.json)."""
+  def evaluate(self, eval_step: Any, state: Any, batches: Any,
+               nesting_dims: tuple[int, ...]) -> dict[str, Any]:
+    """Runs the eval step over the batches -> the eval summary
+    (eval_summary.json), with "task" and "step"."""
 
   def as_scalars(self, summary: dict[str, Any],
                  split: str) -> dict[str, float]:

@@ -19,7 +19,7 @@ class Classification:
 
   name = "classification"
   accuracy_name = "top1"
-  summarize = staticmethod(evaluator.summarize)
+  evaluate = staticmethod(evaluator.evaluate)
   as_scalars = staticmethod(evaluator.as_scalars)
   format_table = staticmethod(evaluator.format_table)
 

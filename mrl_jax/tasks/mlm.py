@@ -47,7 +47,7 @@ class MaskedLanguageModelling:
 
   name = "mlm"
   accuracy_name = "mlm_accuracy"
-  summarize = staticmethod(evaluator.summarize)
+  evaluate = staticmethod(evaluator.evaluate)
   as_scalars = staticmethod(evaluator.as_scalars)
   format_table = staticmethod(evaluator.format_table)
 
