@@ -17,6 +17,7 @@ from mrl_jax import train
 from mrl_jax.data import pipeline
 from mrl_jax.data import text_corpus
 from mrl_jax.data import tokenizer as tok
+from mrl_jax.evaluators import mlm as mlm_eval
 from mrl_jax.tasks import mlm as mlm_task
 
 _WORDS = ("river stone light water small large animal plant moves quickly "
@@ -116,8 +117,8 @@ def test_eval_step_counts_only_real_predictions_of_real_rows(folder_config):
   for key in ("loss", "correct", "predictions", "count"):
     np.testing.assert_allclose(step(state, half)[key], step(state, first)[key],
                                rtol=1e-5)
-  summary = s.task.summarize(jax.tree.map(np.asarray, whole), 0,
-                             s.nesting_dims)
+  summary = mlm_eval.summarize(jax.tree.map(np.asarray, whole), 0,
+                               s.nesting_dims)
   assert summary["task"] == "mlm" and summary["nesting"] == [8, 16, 32]
   assert all(0 <= a <= 1 for a in summary["mlm_accuracy"].values())
   # Untrained: the loss is about log(vocab) at every dim.
