@@ -62,8 +62,8 @@ class Task(Protocol):
   def eval_step(self, run_setup: Any, class_subset: Any = None):
     """step(state, batch) -> per-dim sums over the batch's real rows."""
 
-  def evaluate(self, eval_step: Any, state: Any, batches: Any,
-               nesting_dims: tuple[int, ...]) -> dict[str, Any]:
+  def evaluate(self, run_setup: Any, eval_step: Any, state: Any,
+               batches: Any) -> dict[str, Any]:
     """Runs the eval step over the batches -> the eval summary
     (eval_summary.json), with "task" and "step"."""
 

@@ -47,7 +47,7 @@ class MaskedLanguageModelling:
 
   name = "mlm"
   accuracy_name = "mlm_accuracy"
-  evaluate = staticmethod(evaluator.evaluate)
+
   as_scalars = staticmethod(evaluator.as_scalars)
   format_table = staticmethod(evaluator.format_table)
 
@@ -58,7 +58,7 @@ class MaskedLanguageModelling:
     decoders) or ff (FF-k: the tied decoder at the one dim config.mrl.ff_dim,
     default the hidden size); config.mrl.prefix_norm: LayerNorm each prefix
     on its own."""
-    encoder = classifier.configured_backbone(config,
+    encoder = classifier.configured_backbone(config.model,
                                              registry.build_text_encoder)
     hidden, head = encoder.hidden, config.mrl.head
     if head == "ff":
@@ -127,6 +127,11 @@ class MaskedLanguageModelling:
           decoder, batch["masked_ids"], batch["masked_weights"], weights)
       return total, (metrics["loss"], metrics["accuracy"], batch_stats)
     return objective
+
+  def evaluate(self, run_setup: Any, eval_step: Any, state: Any,
+               batches: Any) -> dict[str, Any]:
+    return evaluator.evaluate(eval_step, state, batches,
+                              run_setup.nesting_dims)
 
   def eval_step(self, run_setup: Any, class_subset: Any = None):
     """step(state, batch) -> "loss", "correct" [G] and "predictions" []
