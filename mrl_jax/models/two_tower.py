@@ -17,6 +17,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from mrl_jax.mrl import contrastive
+
 Dtype = Any
 _INIT = nn.initializers.truncated_normal(0.02)
 
@@ -58,3 +60,38 @@ class TwoTower(nn.Module):
                train: bool) -> tuple[jax.Array, jax.Array]:
     return (self.encode_image(images, train=train),
             self.encode_text(input_ids, input_mask, train=train))
+
+
+class ContrastiveTwoTower(nn.Module):
+  """TwoTower plus the contrastive loss's learnable scalars.
+
+  Returns (z_image [B, d], z_text [B, d], loss_params) with loss_params
+  {"log_temperature": [] or [G]} (+ {"bias"} for the sigmoid loss),
+  initialised as ALIGN / SigLIP do (`mrl.contrastive.initial_params`).
+
+  Attributes:
+    towers: the TwoTower.
+    kind: "softmax" (ALIGN) or "sigmoid" (SigLIP).
+    num_temperatures: None for one temperature shared by every nesting dim
+      (ALIGN), G for one per dim.
+  """
+  towers: TwoTower
+  kind: str = "softmax"
+  num_temperatures: int | None = None
+
+  @nn.compact
+  def __call__(self, images: jax.Array, input_ids: jax.Array,
+               input_mask: jax.Array, *, train: bool):
+    z_image, z_text = self.towers(images, input_ids, input_mask, train=train)
+    init = contrastive.initial_params(self.kind, self.num_temperatures)
+    loss_params = {name: self.param(
+                       name, lambda _, v=value: jnp.asarray(v, jnp.float32))
+                   for name, value in init.items()}
+    return z_image, z_text, loss_params
+
+  def encode_image(self, images: jax.Array, *, train: bool) -> jax.Array:
+    return self.towers.encode_image(images, train=train)
+
+  def encode_text(self, input_ids: jax.Array, input_mask: jax.Array, *,
+                  train: bool) -> jax.Array:
+    return self.towers.encode_text(input_ids, input_mask, train=train)

@@ -6,18 +6,14 @@ Batches are {"input_ids", "segment_ids", "input_mask" [B, L],
 `mlm_mask` preprocess op (data/mlm_masking.py); the model is a registered
 text encoder with `mrl.mlm.NestedMlmModel`'s head.
 """
-import os
 from typing import Any
 
-from absl import logging
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
 import tensorflow as tf
 
-from mrl_jax import atomic_files
-from mrl_jax import errors
 from mrl_jax import model_flops
 from mrl_jax import train_step as step_lib
 from mrl_jax.data import preprocess as preprocess_lib
@@ -27,10 +23,8 @@ from mrl_jax.models import classifier
 from mrl_jax.models import registry
 from mrl_jax.mrl import mlm
 from mrl_jax.mrl import nesting
+from mrl_jax.tasks import workdir_tokenizer
 
-# A trainer keeps the tokenizer it trained with here: the workdir alone says
-# which vocabulary its checkpoints speak.
-TOKENIZER_FILE = "tokenizer.model"
 _INPUTS = ("input_ids", "segment_ids", "input_mask", "masked_positions")
 
 
@@ -162,33 +156,12 @@ class MaskedLanguageModelling:
   def bind_data(self, config: ml_collections.ConfigDict, source: Any,
                 workdir: str, *, writer: bool) -> None:
     """The corpus's tokenizer must fit the model and be the one the
-    workdir's checkpoints were trained with (kept as DIR/tokenizer.model).
-
-    Raises:
-      ValueError: the tokenizer has more pieces than the model's vocabulary.
-      errors.RunError: the workdir was trained with another tokenizer.
-    """
-    tokenizer = text_corpus.load_tokenizer(source.builder)
-    vocab = config.model.kwargs.get("vocab_size")
-    if vocab is not None and tokenizer.vocab_size > vocab:
-      raise ValueError(
-          f"the corpus's tokenizer has {tokenizer.vocab_size} pieces but "
-          f"config.model.kwargs.vocab_size={vocab}; set it to "
-          f"{tokenizer.vocab_size} or more")
-    path = os.path.join(workdir, TOKENIZER_FILE)
-    if os.path.exists(path):
-      with open(path, "rb") as f:
-        if f.read() != tokenizer.model_proto:
-          raise errors.RunError(
-              f"{path}, the tokenizer this workdir was trained with, differs "
-              f"from the corpus's ({source.builder.data_dir}); point "
-              "config.data at the corpus it was trained on, or use a new "
-              "--workdir")
-    elif writer:
-      os.makedirs(workdir, exist_ok=True)
-      atomic_files.write_bytes(path, tokenizer.model_proto)
-      logging.info("tokenizer: %d pieces, kept as %s", tokenizer.vocab_size,
-                   path)
+    workdir's checkpoints were trained with (workdir_tokenizer.py)."""
+    workdir_tokenizer.bind(
+        text_corpus.load_tokenizer(source.builder),
+        config.model.kwargs.get("vocab_size"),
+        "config.model.kwargs.vocab_size", workdir, source.builder.data_dir,
+        writer=writer)
 
 
 TASK = MaskedLanguageModelling()

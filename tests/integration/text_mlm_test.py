@@ -13,7 +13,7 @@ import pytest
 from mrl_jax import config_lib
 from mrl_jax import modes
 from mrl_jax import train
-from mrl_jax.tasks import mlm as mlm_task
+from mrl_jax.tasks import workdir_tokenizer
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(
     os.path.abspath(__file__))))
@@ -61,7 +61,7 @@ def test_launcher_trains_and_prints_mlm_accuracy_per_dim(reference):
   assert set(summary["mlm_accuracy"]) == {"8", "16", "32"}
   assert summary["num_predictions"] > summary["num_examples"] > 0
   assert "MLM acc" in stdout and "Traceback" not in stderr
-  assert os.path.exists(os.path.join(workdir, mlm_task.TOKENIZER_FILE))
+  assert os.path.exists(os.path.join(workdir, workdir_tokenizer.FILE))
   with open(os.path.join(workdir, "metrics.jsonl")) as f:
     names = set().union(*(json.loads(line) for line in f))
   assert {"train/mlm_accuracy/d=8", "val/mlm_accuracy/d=32"} <= names

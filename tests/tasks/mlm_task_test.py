@@ -18,7 +18,7 @@ from mrl_jax.data import pipeline
 from mrl_jax.data import text_corpus
 from mrl_jax.data import tokenizer as tok
 from mrl_jax.evaluators import mlm as mlm_eval
-from mrl_jax.tasks import mlm as mlm_task
+from mrl_jax.tasks import workdir_tokenizer
 
 _WORDS = ("river stone light water small large animal plant moves quickly "
           "green red bird flies over under the a of and which is has with "
@@ -133,13 +133,13 @@ def test_workdir_keeps_the_tokenizer_and_refuses_another(folder_config,
   source = pipeline.open_source(config.data, config.data.train_split)
   task = tasks.get(config)
   task.bind_data(config, source, str(tmp_path), writer=False)
-  assert not os.path.exists(tmp_path / mlm_task.TOKENIZER_FILE)
+  assert not os.path.exists(tmp_path / workdir_tokenizer.FILE)
   task.bind_data(config, source, str(tmp_path), writer=True)
-  kept = (tmp_path / mlm_task.TOKENIZER_FILE).read_bytes()
+  kept = (tmp_path / workdir_tokenizer.FILE).read_bytes()
   assert kept == text_corpus.load_tokenizer(source.builder).model_proto
   other = tok.train([" ".join(_WORDS)] * 50, 60)
-  (tmp_path / mlm_task.TOKENIZER_FILE).write_bytes(other.model_proto)
-  with pytest.raises(errors.RunError, match="differs from the corpus"):
+  (tmp_path / workdir_tokenizer.FILE).write_bytes(other.model_proto)
+  with pytest.raises(errors.RunError, match="differs from the dataset"):
     task.bind_data(config, source, str(tmp_path), writer=True)
 
 
