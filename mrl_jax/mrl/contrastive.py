@@ -273,3 +273,64 @@ def nested_contrastive_loss(
   targets = jnp.arange(img.shape[0], dtype=jnp.int32)
   per_row = _per_row(img, txt, img, txt, scale, bias, targets, dims, kind, eps)
   return _reduce(per_row, weights, scale)
+
+
+def _local_rows(img, txt, scale, bias, *, axes, dims, kind, eps):
+  """One device's per-row pieces [G, n], its rows scored against all rows."""
+  img_all = jax.lax.all_gather(img, axes, axis=0, tiled=True)
+  txt_all = jax.lax.all_gather(txt, axes, axis=0, tiled=True)
+  rows = img.shape[0]
+  first = jax.lax.axis_index(axes).astype(jnp.int32) * rows
+  targets = first + jnp.arange(rows, dtype=jnp.int32)
+  # Varying copies of the replicated parameters: their per-device gradients
+  # are then summed over the devices by the transpose (a psum).
+  scale, bias = (jax.lax.pcast(x, axes, to="varying") for x in (scale, bias))
+  return _per_row(img, txt, img_all, txt_all, scale, bias, targets, dims,
+                  kind, eps)
+
+
+def sharded_nested_contrastive_loss(
+    img: jax.Array, txt: jax.Array, nesting_dims: Sequence[int], *,
+    log_temperature: jax.Array | float,
+    relative_importance: Sequence[float] | None = None,
+    label_smoothing: float | None = None, kind: Kind = "softmax",
+    bias: jax.Array | float | None = None,
+    mesh: Mesh | AbstractMesh | None = None,
+) -> tuple[jax.Array, dict[str, jax.Array]]:
+  """`nested_contrastive_loss` with the batch split over the mesh's batch axes.
+
+  For use inside a jitted step: img and txt [B, d] are split by rows over
+  `sharding.batch_axes(mesh)` (as `sharding.batch_sharding` lays out a
+  batch); every device gathers both towers' embeddings [B, d] and scores its
+  own rows against the whole batch in both directions. Other mesh axes
+  (model) stay automatic. Same arguments and results as
+  `nested_contrastive_loss`, plus:
+
+  Args:
+    mesh: the training mesh; None takes the context mesh, set by
+      `sharding.traced_under_mesh`.
+  Raises:
+    ValueError: as `nested_contrastive_loss`, no mesh with batch axes, or B
+      not divisible by the batch shards.
+  """
+  dims, weights, scale, bias, eps = _check_inputs(
+      img, txt, nesting_dims, log_temperature, relative_importance,
+      label_smoothing, kind, bias)
+  mesh = jax.sharding.get_abstract_mesh() if mesh is None else mesh
+  axes = () if mesh.empty else sharding.batch_axes(mesh)
+  if not axes:
+    raise ValueError("the sharded contrastive loss needs a mesh with batch "
+                     f"axes {sharding.BATCH_AXES}; pass mesh= or trace the "
+                     "step with sharding.traced_under_mesh")
+  shards = math.prod(mesh.shape[a] for a in axes)
+  if img.shape[0] % shards:
+    raise ValueError(f"contrastive batch {img.shape[0]} is not divisible by "
+                     f"the {shards} batch shards of the mesh; use a multiple "
+                     f"of {shards}")
+  local = functools.partial(_local_rows, axes=axes, dims=dims, kind=kind,
+                            eps=eps)
+  per_row = jax.shard_map(local, mesh=mesh,
+                          in_specs=(P(axes), P(axes), P(), P()),
+                          out_specs=P(None, axes),
+                          axis_names=frozenset(axes))(img, txt, scale, bias)
+  return _reduce(per_row, weights, scale)

@@ -13,6 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from mrl_jax import sharding
 from mrl_jax.mrl import contrastive
 
 B, D = 6, 8
@@ -200,3 +201,15 @@ def test_bad_input_raises_one_line(change, match):
   with pytest.raises(ValueError, match=match) as error:
     contrastive.nested_contrastive_loss(**kwargs)
   assert "\n" not in str(error.value)
+
+
+def test_sharded_loss_checks_the_mesh_before_tracing():
+  mesh = sharding.make_train_mesh((("data", 2), ("fsdp", 2), ("model", 2)))
+  kwargs = {"nesting_dims": DIMS, "log_temperature": 0.0}
+  with pytest.raises(ValueError, match="contrastive batch 6 is not divisible "
+                     "by the 4 batch shards of the mesh; use a multiple of 4"):
+    contrastive.sharded_nested_contrastive_loss(
+        np.ones((B, D)), np.ones((B, D)), mesh=mesh, **kwargs)
+  with pytest.raises(ValueError, match="needs a mesh with batch axes"):
+    contrastive.sharded_nested_contrastive_loss(
+        np.ones((B, D)), np.ones((B, D)), **kwargs)
