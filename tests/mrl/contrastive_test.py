@@ -213,3 +213,26 @@ def test_sharded_loss_checks_the_mesh_before_tracing():
   with pytest.raises(ValueError, match="needs a mesh with batch axes"):
     contrastive.sharded_nested_contrastive_loss(
         np.ones((B, D)), np.ones((B, D)), **kwargs)
+
+
+@pytest.mark.parametrize("kind", ["softmax", "sigmoid"])
+def test_one_dims_scores_alive_at_a_time(kind):
+  """Compiled temporaries of value_and_grad stay below G [B, B] blocks.
+
+  The loss needs 1 block per dim and direction, and unrolled dims (even
+  each under its own custom VJP or `jax.checkpoint`) leave XLA free to keep
+  them all (about 4 G blocks on XLA:CPU); one dim at a time needs about 6
+  blocks for softmax and 4 for sigmoid, whatever G is.
+  """
+  b, d, dims = 512, 128, (1, 2, 4, 8, 16, 32, 64, 128)
+
+  def loss(img, txt, log_t, bias):
+    return contrastive.nested_contrastive_loss(
+        img, txt, dims, log_temperature=log_t, kind=kind,
+        bias=bias if kind == "sigmoid" else None)[0]
+
+  x = jax.ShapeDtypeStruct((b, d), jnp.float32)
+  s = jax.ShapeDtypeStruct((), jnp.float32)
+  stats = jax.jit(jax.grad(loss, argnums=(0, 1, 2, 3))).lower(
+      x, x, s, s).compile().memory_analysis()
+  assert stats.temp_size_in_bytes < len(dims) * b * b * 4
