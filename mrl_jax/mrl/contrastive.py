@@ -318,8 +318,7 @@ def sharded_nested_contrastive_loss(
   For use inside a jitted step: img and txt [B, d] are split by rows over
   `sharding.batch_axes(mesh)` (as `sharding.batch_sharding` lays out a
   batch); every device gathers both towers' embeddings [B, d] and scores its
-  own rows against the whole batch in both directions. Other mesh axes
-  (model) stay automatic. Same arguments and results as
+  own rows against the whole batch in both directions. Same arguments and results as
   `nested_contrastive_loss`, plus:
 
   Args:
@@ -345,8 +344,10 @@ def sharded_nested_contrastive_loss(
                      f"of {shards}")
   local = functools.partial(_local_rows, axes=axes, dims=dims, kind=kind,
                             eps=eps)
+  # Manual over every mesh axis: the loss has no tensor-parallel work, so
+  # model-axis replicas compute the same rows (embeddings whose features
+  # are split over model are gathered over model first, [n, d] each).
   per_row = jax.shard_map(local, mesh=mesh,
                           in_specs=(P(axes), P(axes), P(), P()),
-                          out_specs=P(None, axes),
-                          axis_names=frozenset(axes))(img, txt, scale, bias)
+                          out_specs=P(None, axes))(img, txt, scale, bias)
   return _reduce(per_row, weights, scale)

@@ -139,6 +139,23 @@ def test_align_sums_both_directions():
   np.testing.assert_allclose(total, ce(logits) + ce(logits.T), rtol=1e-5)
 
 
+def test_bfloat16_towers_get_bfloat16_gradients():
+  img, txt = (jnp.asarray(x, jnp.float32) for x in _case(3))
+
+  def loss(img, txt):
+    return contrastive.nested_contrastive_loss(img, txt, DIMS,
+                                               log_temperature=-0.5)[0]
+
+  want, want_grads = jax.value_and_grad(loss, argnums=(0, 1))(img, txt)
+  got, grads = jax.value_and_grad(loss, argnums=(0, 1))(
+      img.astype(jnp.bfloat16), txt.astype(jnp.bfloat16))
+  assert got.dtype == jnp.float32  # scores and loss are float32
+  np.testing.assert_allclose(got, want, rtol=1e-2)
+  for grad, want_grad in zip(grads, want_grads):
+    assert grad.dtype == jnp.bfloat16
+    np.testing.assert_allclose(grad.astype(jnp.float32), want_grad, atol=2e-2)
+
+
 def test_temperature_is_clipped_below():
   img, txt = (jnp.asarray(x, jnp.float32) for x in _case(2))
 
