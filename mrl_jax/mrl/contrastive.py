@@ -106,7 +106,7 @@ def _per_dim_param(value: jax.Array | float, num_dims: int,
 
 def _check_inputs(img, txt, nesting_dims, log_temperature, relative_importance,
                   label_smoothing, kind, bias):
-  """Validates everything before tracing the loss.
+  """Validates the arguments before any score is computed.
 
   Returns:
     (dims, weights c_m, logit scale 1 / temperature [G], bias [G], eps).
@@ -293,6 +293,7 @@ def nested_contrastive_loss(
 
 def _local_rows(img, txt, scale, bias, *, axes, dims, kind, eps):
   """One device's per-row pieces [G, n], its rows scored against all rows."""
+  # The sigmoid loss reads no image columns; XLA drops that gather.
   img_all = jax.lax.all_gather(img, axes, axis=0, tiled=True)
   txt_all = jax.lax.all_gather(txt, axes, axis=0, tiled=True)
   rows = img.shape[0]
@@ -317,9 +318,9 @@ def sharded_nested_contrastive_loss(
 
   For use inside a jitted step: img and txt [B, d] are split by rows over
   `sharding.batch_axes(mesh)` (as `sharding.batch_sharding` lays out a
-  batch); every device gathers both towers' embeddings [B, d] and scores its
-  own rows against the whole batch in both directions. Same arguments and results as
-  `nested_contrastive_loss`, plus:
+  batch); every device gathers the embeddings [B, d] and scores its own rows
+  against the whole batch (both directions for softmax). Same arguments and
+  results as `nested_contrastive_loss`, plus:
 
   Args:
     mesh: the training mesh; None takes the context mesh, set by
