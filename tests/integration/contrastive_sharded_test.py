@@ -8,6 +8,7 @@ import re
 
 import jax
 import jax.numpy as jnp
+from jax.sharding import NamedSharding, PartitionSpec as P
 import numpy as np
 import pytest
 
@@ -40,21 +41,28 @@ def _value_and_grad(loss_fn, kind):
   return jax.value_and_grad(objective, argnums=(0, 1, 2, 3), has_aux=True)
 
 
-def _sharded_step(mesh, kind):
-  batch = sharding.batch_sharding(mesh)
+def _sharded_step(mesh, kind, features_split=False):
+  """The jitted sharded value_and_grad; embeddings split by rows over the
+  batch axes, and their features over `model` if features_split (a
+  tensor-parallel projection's output)."""
+  embeddings = sharding.batch_sharding(mesh)
+  if features_split:
+    embeddings = NamedSharding(mesh, P(sharding.batch_axes(mesh), "model"))
   return jax.jit(sharding.traced_under_mesh(
       _value_and_grad(contrastive.sharded_nested_contrastive_loss, kind),
-      mesh), in_shardings=(batch, batch, None, None))
+      mesh), in_shardings=(embeddings, embeddings, None, None))
 
 
 @pytest.mark.parametrize("kind", ["softmax", "sigmoid"])
-@pytest.mark.parametrize("mesh_name", list(MESHES))
-def test_loss_metrics_and_gradients_equal_one_device(mesh_name, kind):
+@pytest.mark.parametrize("mesh_name,features_split", [
+    ("dp", False), ("data_fsdp_model", False), ("data_fsdp_model", True)])
+def test_loss_metrics_and_gradients_equal_one_device(mesh_name,
+                                                     features_split, kind):
   args = _args(kind)
   (want, want_metrics), want_grads = jax.jit(_value_and_grad(
       contrastive.nested_contrastive_loss, kind))(*args)
   mesh = sharding.make_train_mesh(MESHES[mesh_name])
-  (got, metrics), grads = _sharded_step(mesh, kind)(*args)
+  (got, metrics), grads = _sharded_step(mesh, kind, features_split)(*args)
   np.testing.assert_allclose(got, want, rtol=1e-6)
   for name, value in want_metrics.items():
     np.testing.assert_allclose(metrics[name], value, rtol=1e-6, atol=1e-7)
@@ -64,14 +72,22 @@ def test_loss_metrics_and_gradients_equal_one_device(mesh_name, kind):
   assert np.abs(grads[0]).max() > 0 and np.abs(grads[2]).max() > 0
 
 
-@pytest.mark.parametrize("kind,gathers", [("softmax", 2), ("sigmoid", 1)])
-def test_only_embeddings_are_gathered(kind, gathers):
+@pytest.mark.parametrize("features_split", [False, True])
+@pytest.mark.parametrize("kind,towers", [("softmax", 2), ("sigmoid", 1)])
+def test_only_embeddings_are_gathered(kind, towers, features_split):
   """The compiled step all-gathers [B, d] embeddings, one per tower it needs
   as columns (sigmoid scores image rows against text columns only), and
-  nothing else: gathering scores or gradients would add all-gathers."""
+  nothing else: gathering scores or gradients would add all-gathers.
+  Features split over model are first gathered over model, [B / 4, d] per
+  tower (the rows of every batch shard)."""
   mesh = sharding.make_train_mesh(MESHES["data_fsdp_model"])
-  hlo = _sharded_step(mesh, kind).lower(*_args(kind)).compile().as_text()
-  shapes = re.findall(r"= (\S+) all-gather\(", hlo)
-  assert shapes == [f"f32[{B},{D}]{{1,0}}"] * gathers
+  step = _sharded_step(mesh, kind, features_split)
+  hlo = step.lower(*_args(kind)).compile().as_text()
+  shapes = re.findall(r"= (f32\[[\d,]*\])\S* all-gather\(", hlo)
+  assert len(re.findall(r"all-gather\(", hlo)) == len(shapes)
+  want = [f"f32[{B},{D}]"] * towers
+  if features_split:
+    want = [f"f32[{B // 4},{D}]"] * 2 + want
+  assert sorted(shapes) == sorted(want)
   # The gathered embeddings' gradients go back as a reduce-scatter.
   assert re.search(rf"= f32\[{B // 4},{D}\]\S* reduce-scatter\(", hlo)

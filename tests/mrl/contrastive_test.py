@@ -139,6 +139,23 @@ def test_align_sums_both_directions():
   np.testing.assert_allclose(total, ce(logits) + ce(logits.T), rtol=1e-5)
 
 
+def test_bfloat16_towers_get_bfloat16_gradients():
+  img, txt = (jnp.asarray(x, jnp.float32) for x in _case(3))
+
+  def loss(img, txt):
+    return contrastive.nested_contrastive_loss(img, txt, DIMS,
+                                               log_temperature=-0.5)[0]
+
+  want, want_grads = jax.value_and_grad(loss, argnums=(0, 1))(img, txt)
+  got, grads = jax.value_and_grad(loss, argnums=(0, 1))(
+      img.astype(jnp.bfloat16), txt.astype(jnp.bfloat16))
+  assert got.dtype == jnp.float32  # scores and loss are float32
+  np.testing.assert_allclose(got, want, rtol=1e-2)
+  for grad, want_grad in zip(grads, want_grads):
+    assert grad.dtype == jnp.bfloat16
+    np.testing.assert_allclose(grad.astype(jnp.float32), want_grad, atol=2e-2)
+
+
 def test_temperature_is_clipped_below():
   img, txt = (jnp.asarray(x, jnp.float32) for x in _case(2))
 
@@ -213,3 +230,26 @@ def test_sharded_loss_checks_the_mesh_before_tracing():
   with pytest.raises(ValueError, match="needs a mesh with batch axes"):
     contrastive.sharded_nested_contrastive_loss(
         np.ones((B, D)), np.ones((B, D)), **kwargs)
+
+
+@pytest.mark.parametrize("kind", ["softmax", "sigmoid"])
+def test_one_dims_scores_alive_at_a_time(kind):
+  """Compiled temporaries of value_and_grad stay below G [B, B] blocks.
+
+  The loss needs 1 block per dim and direction, and unrolled dims (even
+  each under its own custom VJP or `jax.checkpoint`) leave XLA free to keep
+  them all (about 4 G blocks on XLA:CPU); one dim at a time needs about 6
+  blocks for softmax and 4 for sigmoid, whatever G is.
+  """
+  b, d, dims = 512, 128, (1, 2, 4, 8, 16, 32, 64, 128)
+
+  def loss(img, txt, log_t, bias):
+    return contrastive.nested_contrastive_loss(
+        img, txt, dims, log_temperature=log_t, kind=kind,
+        bias=bias if kind == "sigmoid" else None)[0]
+
+  x = jax.ShapeDtypeStruct((b, d), jnp.float32)
+  s = jax.ShapeDtypeStruct((), jnp.float32)
+  stats = jax.jit(jax.grad(loss, argnums=(0, 1, 2, 3))).lower(
+      x, x, s, s).compile().memory_analysis()
+  assert stats.temp_size_in_bytes < len(dims) * b * b * 4
