@@ -5,8 +5,10 @@
    and GCIDE entries from Debian packages, or a user's text folder);
 2. a document-level train / validation split by a hash of each document id;
 3. a tokenizer: a sentencepiece model trained on the train documents only
-   (or a user's `.model` file), stored as `tokenizer.model` in the prepared
-   dataset's directory (`load_tokenizer(builder)` reads it back);
+   (a hash-chosen sample of about TOKENIZER_SAMPLE_CHARS characters of them
+   when there are more), or a user's `.model` file, stored as
+   `tokenizer.model` in the prepared dataset's directory
+   (`load_tokenizer(builder)` reads it back);
 4. fixed-length sequences packed across documents, in source order:
    [CLS] tokens... [SEP], documents separated by [SEP], [PAD] after the last
    sequence's end. Features: {"input_ids": int32 [seq_len]}.
@@ -39,6 +41,10 @@ TOKENIZER_FILE = "tokenizer.model"
 VALIDATION_FRACTION = 0.02
 SOURCES = ("wordnet", "gcide", "folder")
 _ENCODE_CHUNK = 1000  # documents per sentencepiece batch call
+# Sentencepiece's training time grows with the text it sees, while its
+# vocabulary hardly changes beyond a few million characters, so a large
+# corpus trains the tokenizer on a fixed-size sample.
+TOKENIZER_SAMPLE_CHARS = 10_000_000
 
 
 def pack_sequences(documents: Iterable[Sequence[int]], seq_len: int
@@ -70,6 +76,19 @@ def pack_sequences(documents: Iterable[Sequence[int]], seq_len: int
   row = _row(buffer, seq_len)
   if row is not None:
     yield row
+
+
+def tokenizer_sample(docs: Sequence[text_sources.Document],
+                     max_chars: int = TOKENIZER_SAMPLE_CHARS) -> list[str]:
+  """Texts of a share of `docs`, chosen by a hash of each id, holding about
+  `max_chars` characters (all of them when they hold fewer), in order."""
+  total = sum(len(d.text) for d in docs)
+  if total <= max_chars:
+    return [d.text for d in docs]
+  fraction = max_chars / total
+  # Salted, so that the sample does not follow the validation split's hash.
+  return [d.text for d in docs
+          if text_sources.hash_bucket(f"tokenizer:{d.id}") < fraction]
 
 
 def _row(chunk: list[int], seq_len: int) -> np.ndarray | None:
@@ -105,7 +124,11 @@ class TextCorpusConfig(tfds.core.BuilderConfig):
 class MrlTextCorpus(tfds.core.GeneratorBasedBuilder):
   """Packed, pre-tokenized sequences for masked language modelling."""
 
-  VERSION = tfds.core.Version("1.0.0")
+  VERSION = tfds.core.Version("1.1.0")
+  RELEASE_NOTES = {
+      "1.1.0": "The tokenizer trains on a sample of at most "
+               "TOKENIZER_SAMPLE_CHARS characters of the train documents.",
+  }
   BUILDER_CONFIGS = [
       TextCorpusConfig(name="debian_128", seq_len=128,
                        description="WordNet glosses + GCIDE, 128 tokens"),
@@ -171,7 +194,7 @@ class MrlTextCorpus(tfds.core.GeneratorBasedBuilder):
     if self._tokenizer_path:
       tokenizer = tok.load(self._tokenizer_path)
     else:
-      tokenizer = tok.train((d.text for d in splits["train"]),
+      tokenizer = tok.train(tokenizer_sample(splits["train"]),
                             config.vocab_size)
     # data_path is the dataset's temporary directory until the preparation
     # succeeds, so the tokenizer appears together with the data.

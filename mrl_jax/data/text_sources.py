@@ -58,11 +58,16 @@ class Gloss:
   label: int  # index into LEXNAMES
 
 
+def hash_bucket(key: str) -> float:
+  """A stable number in [0, 1) from the sha256 of `key`."""
+  digest = hashlib.sha256(key.encode("utf-8")).digest()
+  return int.from_bytes(digest[:8], "big") / 2**64
+
+
 def split_of(doc_id: str, validation_fraction: float) -> str:
   """'train' or 'validation', from a hash of the document id alone."""
-  digest = hashlib.sha256(doc_id.encode("utf-8")).digest()
-  bucket = int.from_bytes(digest[:8], "big") / 2**64
-  return "validation" if bucket < validation_fraction else "train"
+  return ("validation" if hash_bucket(doc_id) < validation_fraction
+          else "train")
 
 
 def _require(path: pathlib.Path, package: str) -> None:
