@@ -172,7 +172,8 @@ class MrlTextCorpus(tfds.core.GeneratorBasedBuilder):
   VERSION = tfds.core.Version("1.1.0")
   RELEASE_NOTES = {
       "1.1.0": "The tokenizer trains on a sample of at most "
-               "TOKENIZER_SAMPLE_CHARS characters of the train documents.",
+               "TOKENIZER_SAMPLE_CHARS characters of the train documents, "
+               "from fewer seed pieces.",
   }
   BUILDER_CONFIGS = [
       TextCorpusConfig(name="debian_128", seq_len=128,

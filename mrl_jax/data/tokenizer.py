@@ -113,13 +113,15 @@ def load(path: str | os.PathLike) -> Tokenizer:
 
 
 def train(texts: Iterable[str], vocab_size: int,
-          seed_sentencepiece_size: int = 200_000) -> Tokenizer:
+          seed_sentencepiece_size: int | None = None) -> Tokenizer:
   """Trains a unigram sentencepiece model on `texts` (one document each).
 
   Args:
     texts: training documents; newlines inside one are spaces.
     vocab_size: pieces including the 5 special ones.
-    seed_sentencepiece_size: candidate pieces before pruning.
+    seed_sentencepiece_size: candidate pieces before pruning (default:
+      max(50_000, 4 * vocab_size)). The EM rounds over the most candidates
+      take most of the training time; a few times the vocabulary suffices.
   Returns:
     The trained Tokenizer (its `model_proto` is what to store).
   Raises:
@@ -129,6 +131,8 @@ def train(texts: Iterable[str], vocab_size: int,
   if vocab_size <= NUM_SPECIAL + 1:
     raise ValueError(f"tokenizer vocab_size={vocab_size} is too small; use "
                      "at least a few hundred (e.g. 8192)")
+  if seed_sentencepiece_size is None:
+    seed_sentencepiece_size = max(50_000, 4 * vocab_size)
   model = io.BytesIO()
   try:
     spm.SentencePieceTrainer.Train(
