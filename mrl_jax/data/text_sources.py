@@ -209,8 +209,9 @@ def folder_documents(root: str | pathlib.Path) -> Iterator[Document]:
 
 def tfds_text_builder(name: str, split: str, text_key: str,
                       data_dir: str | None) -> tfds.core.DatasetBuilder:
-  """The prepared TFDS dataset `name`, checked to have `split` and a text
-  feature `text_key`.
+  """The prepared TFDS dataset `name`, checked to have `split` (a split
+  name, or a slice of one such as "train[:10000]") and a text feature
+  `text_key`.
 
   Raises:
     RunError: the dataset is unknown or not prepared in data_dir.
@@ -227,7 +228,7 @@ def tfds_text_builder(name: str, split: str, text_key: str,
   if not builder.is_prepared():
     raise RunError(f"TFDS dataset {name} is not prepared in "
                    f"{builder.data_dir_root}; {fix}")
-  if split not in builder.info.splits:
+  if split.split("[")[0] not in builder.info.splits:
     raise ValueError(f"TFDS dataset {name} has no split {split!r}; its "
                      f"splits: {sorted(builder.info.splits)}")
   texts = sorted(key for key, feature in builder.info.features.items()

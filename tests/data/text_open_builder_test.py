@@ -173,6 +173,11 @@ def test_a_tfds_text_corpus(tfds_dir):
   titles = text_corpus.open_builder({**corpus, "text_key": "title"},
                                     str(tfds_dir))
   assert titles.data_dir != builder.data_dir
+  half = text_corpus.open_builder({**corpus, "tfds_split": "train[:25]"},
+                                  str(tfds_dir))
+  assert half.data_dir != builder.data_dir
+  assert 0 < half.info.splits["train"].num_examples < (
+      builder.info.splits["train"].num_examples)
 
 
 def _bad_tokenizer(tmp_path: pathlib.Path) -> str:
