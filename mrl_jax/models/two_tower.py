@@ -74,10 +74,13 @@ class ContrastiveTwoTower(nn.Module):
     kind: "softmax" (ALIGN) or "sigmoid" (SigLIP).
     num_temperatures: None for one temperature shared by every nesting dim
       (ALIGN), G for one per dim.
+    nesting_dims: the dims the loss scores (the model itself is the same
+      for any list).
   """
   towers: TwoTower
   kind: str = "softmax"
   num_temperatures: int | None = None
+  nesting_dims: tuple[int, ...] = ()
 
   @nn.compact
   def __call__(self, images: jax.Array, input_ids: jax.Array,
