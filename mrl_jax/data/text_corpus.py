@@ -42,11 +42,11 @@ import os
 import pathlib
 from typing import Any
 
-from absl import logging
 import numpy as np
 import tensorflow_datasets as tfds
 
 from mrl_jax.data import text_sources
+from mrl_jax.data import tfds_prepare
 from mrl_jax.data import tokenizer as tok
 
 NAME = "mrl_text_corpus"
@@ -334,6 +334,7 @@ def open_builder(corpus: Mapping[str, Any], data_dir: str | None = None
     raise ValueError("text corpus source 'folder' and folder=<root of .txt / "
                      f".jsonl files> go together (sources={fields['sources']}"
                      f", folder={fields['folder']!r}); set both or neither")
+  tfds_prepare.silence_config_notices()
   if fields["name"] is None:
     config = _custom_config(fields, data_dir)
   else:
@@ -342,11 +343,9 @@ def open_builder(corpus: Mapping[str, Any], data_dir: str | None = None
       config=config, data_dir=data_dir, folder=fields["folder"],
       tokenizer_path=fields["tokenizer_path"], tfds_data_dir=data_dir)
   if not builder.is_prepared():
-    logging.info("Preparing the text corpus %s (%s) in %s", config.name,
-                 config.description, builder.data_dir)
     builder.read_sources()
-    builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
-        try_download_gcs=False))
+    tfds_prepare.prepare(builder, f"the text corpus {config.name} "
+                         f"({config.description})")
   return builder
 
 
