@@ -10,12 +10,16 @@ import pathlib
 import shutil
 
 from absl import logging
+import ml_collections
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
 from mrl_jax.data import captioned_images
+from mrl_jax.data import image_text
 from mrl_jax.data import openclipart
+from mrl_jax.data import pipeline
+from mrl_jax.data import preprocess
 from mrl_jax.data import tokenizer as tok
 from mrl_jax.errors import RunError
 
@@ -291,6 +295,50 @@ def test_builder_logs_every_skipped_file(svg_tree, tmp_path, monkeypatch):
              for w in warnings)
   assert any("skipped 1 of 25 drawings without a caption" in w
              for w in warnings)
+
+
+def _data_config(data_dir, **fields) -> ml_collections.ConfigDict:
+  return ml_collections.ConfigDict({
+      "name": "openclipart", "data_dir": str(data_dir),
+      "image_text": image_text.section(**fields)})
+
+
+def test_open_image_text_default_and_custom_configs(svg_tree, tmp_path,
+                                                    monkeypatch):
+  monkeypatch.setattr(openclipart, "check_sources", lambda svg_dir: None)
+  default, _ = image_text._builder(_data_config(tmp_path))
+  assert default.builder_config.name == "rgb64"
+  custom, _ = image_text._builder(_data_config(tmp_path, image_size=32))
+  other, _ = image_text._builder(_data_config(tmp_path, svg_dir=svg_tree))
+  names = {b.builder_config.name for b in (default, custom, other)}
+  assert len(names) == 3 and custom.builder_config.image_size == 32
+
+
+def test_open_image_text_without_package_writes_nothing(tmp_path):
+  data_dir = tmp_path / "tfds"
+  with pytest.raises(RunError, match="openclipart-svg"):
+    image_text.open_image_text(_data_config(data_dir,
+                                            svg_dir=tmp_path / "none"))
+  assert not data_dir.exists()
+
+
+@needs_rsvg
+def test_pipeline_source_examples(svg_tree, tmp_path):
+  cfg = _data_config(tmp_path, svg_dir=str(svg_tree), image_size=16,
+                     vocab_size=60, seq_len=16, validation_fraction=0.3,
+                     test_fraction=0.3)
+  source = pipeline.open_source(cfg, "train")
+  assert source.class_names == openclipart.CATEGORIES
+  spec = "caption_tokens|keep('image', 'input_ids', 'input_mask', 'label')"
+  examples = [preprocess.build(spec)(ex, [0, i])
+              for i, ex in enumerate(source.read())]
+  assert len(examples) == source.total_examples
+  for ex in examples:
+    assert ex["image"].shape == (16, 16, 3) and ex["image"].dtype == np.uint8
+    assert ex["input_ids"].shape == ex["input_mask"].shape == (16,)
+    assert 0 <= ex["label"] < 22
+  tokenizer = image_text.load_tokenizer(image_text.open_image_text(cfg))
+  assert tokenizer.vocab_size <= 60
 
 
 @pytest.mark.slow
