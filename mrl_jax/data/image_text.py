@@ -37,6 +37,7 @@ _CONFIG_FIELDS = {openclipart.NAME: _BOTH + ("image_size", "max_per_title"),
                   image_text_folder.NAME: _BOTH}
 _BUILDER_FIELDS = {openclipart.NAME: ("svg_dir", "processes"),
                    image_text_folder.NAME: ("folder",)}
+_DEFAULT = openclipart.Openclipart.BUILDER_CONFIGS[0]
 
 
 def section(**fields: Any) -> ml_collections.ConfigDict:
@@ -45,13 +46,14 @@ def section(**fields: Any) -> ml_collections.ConfigDict:
   Fields: seq_len (L, caption tokens), vocab_size (of the tokenizer trained
   on the train captions), validation_fraction, test_fraction,
   tokenizer_path (a sentencepiece .model to use instead of training one);
-  openclipart: image_size, max_per_title, svg_dir, processes; a folder:
-  folder (its root).
+  openclipart: image_size, max_per_title, svg_dir (default: the Debian
+  package's), processes (rsvg-convert processes); a folder: folder (its
+  root).
   """
-  defaults = {"seq_len": 32, "vocab_size": 2048, "validation_fraction": 0.1,
-              "test_fraction": 0.1, "tokenizer_path": None,
-              "image_size": 64, "max_per_title": 20, "svg_dir": None,
-              "processes": 2, "folder": None}
+  defaults = {k: getattr(_DEFAULT, k)
+              for k in _CONFIG_FIELDS[openclipart.NAME]}
+  defaults.update(tokenizer_path=None, svg_dir=None, processes=2,
+                  folder=None)
   unknown = sorted(set(fields) - set(defaults))
   if unknown:
     raise ValueError(f"unknown image_text field(s) {unknown}; known: "
@@ -63,78 +65,75 @@ def _digest(*parts: Any) -> str:
   return hashlib.sha256(repr(parts).encode()).hexdigest()[:12]
 
 
-def _builder(cfg: ml_collections.ConfigDict) -> tuple[
-    captioned_images.CaptionedImages, list[image_text_folder.Row] | None]:
-  """The builder config.data names (not prepared), and for a folder that
-  is not prepared yet its checked rows.
+def make_builder(cfg: ml_collections.ConfigDict
+                 ) -> captioned_images.CaptionedImages:
+  """The builder config.data (`cfg`) names, not prepared; its config name
+  is a hash of everything that shapes the data (for a folder, its content
+  too), so other options or a changed folder prepare another dataset.
 
   Raises:
-    ValueError: unknown name, bad options or a bad folder (one line).
-    RunError: a missing Debian package, or an image that does not decode.
+    ValueError: unknown name or options, no folder or caption file (one
+      line).
+    RunError: tokenizer_path is not a tokenizer.
   """
+  if cfg.name not in NAMES:
+    raise ValueError(f"config.data.name={cfg.name!r} is not an image-text "
+                     f"source; use one of {NAMES}")
   options = dict(section(**dict(cfg.get("image_text") or {})))
-  config_fields = {k: options[k] for k in _CONFIG_FIELDS[cfg.name]}
+  fields = {k: options[k] for k in _CONFIG_FIELDS[cfg.name]}
   kwargs = {k: options[k] for k in _BUILDER_FIELDS[cfg.name]}
   tokenizer_path = options["tokenizer_path"]
-  if tokenizer_path:
-    tok.load(tokenizer_path)  # checks it now; its bytes name the config
-    tokenizer_path = str(tokenizer_path)
-  token_bytes = (pathlib.Path(tokenizer_path).read_bytes()
-                 if tokenizer_path else b"")
-  data_dir = cfg.get("data_dir")
+  tokenizer = tok.load(tokenizer_path).model_proto if tokenizer_path else b""
+  common = {"data_dir": cfg.get("data_dir"),
+            "tokenizer_path": str(tokenizer_path) if tokenizer_path else None}
   if cfg.name == openclipart.NAME:
-    openclipart.check_sources(kwargs["svg_dir"] or openclipart.SVG_DIR)
-    default = openclipart.Openclipart.BUILDER_CONFIGS[0]
-    config = default.name
-    if (config_fields != {k: getattr(default, k) for k in config_fields}
-        or kwargs["svg_dir"] or tokenizer_path):
+    config = _DEFAULT.name
+    if (fields != {k: getattr(_DEFAULT, k) for k in fields}
+        or kwargs["svg_dir"] or tokenizer):
       config = openclipart.OpenclipartConfig(
-          name="custom_" + _digest(sorted(config_fields.items()),
-                                   kwargs["svg_dir"], token_bytes),
-          **config_fields)
-    return openclipart.Openclipart(
-        config=config, data_dir=data_dir, tokenizer_path=tokenizer_path,
-        **kwargs), None
+          name="custom_" + _digest(sorted(fields.items()), kwargs["svg_dir"],
+                                   tokenizer), **fields)
+    return openclipart.Openclipart(config=config, **common, **kwargs)
   folder = kwargs["folder"]
   if not folder:
     raise ValueError("config.data.name='image_text_folder' needs "
                      "config.data.image_text.folder=<root> (images with "
                      "captions.jsonl or captions.csv)")
   skip = bool(cfg.get("skip_bad_files", False))
-  name = "folder_" + _digest(sorted(config_fields.items()), skip, token_bytes,
+  name = "folder_" + _digest(sorted(fields.items()), skip, tokenizer,
                              image_text_folder.fingerprint(folder))
   config = image_text_folder.ImageTextFolderConfig(
-      name=name, skip_bad_files=skip, **config_fields)
-  builder = image_text_folder.ImageTextFolder(
-      config=config, data_dir=data_dir, tokenizer_path=tokenizer_path,
-      folder=folder)
-  rows = (None if builder.is_prepared() else
-          image_text_folder.read_rows_checked(folder, skip))
-  return builder, rows
+      name=name, skip_bad_files=skip, **fields)
+  return image_text_folder.ImageTextFolder(config=config, folder=folder,
+                                           **common)
 
 
 def open_image_text(cfg: ml_collections.ConfigDict
                     ) -> captioned_images.CaptionedImages:
   """The prepared builder of config.data (`cfg`), prepared here on first
-  use; several processes on one host prepare it once.
+  use; several processes on one host prepare it once. Once prepared, it
+  opens without its sources (Debian packages, folder checks).
 
   Raises:
     ValueError: unknown name, bad options or a bad folder (one line, before
       anything is written).
-    RunError: a missing Debian package, or an image that does not decode.
+    RunError: a missing Debian package or rsvg-convert, or an image that
+      does not decode.
   """
-  if cfg.name not in NAMES:
-    raise ValueError(f"config.data.name={cfg.name!r} is not an image-text "
-                     f"source; use one of {NAMES}")
-  builder, rows = _builder(cfg)
+  builder = make_builder(cfg)
   if builder.is_prepared():
     return builder
+  if isinstance(builder, image_text_folder.ImageTextFolder):
+    # Checked (images decoded) here, before anything is written, and only
+    # once: the builder takes the checked rows.
+    builder.use_rows(image_text_folder.read_rows_checked(
+        builder.folder, builder.builder_config.skip_bad_files))
+  else:
+    openclipart.check_sources(builder.svg_dir)
   root = pathlib.Path(builder.data_dir_root)
   root.mkdir(parents=True, exist_ok=True)
   with open(root / f".{builder.name}.lock", "w") as lock:
     fcntl.flock(lock, fcntl.LOCK_EX)
     if not builder.is_prepared():
-      if rows is not None:
-        builder.use_rows(rows)  # checked above: not read again
       builder.download_and_prepare()
   return builder

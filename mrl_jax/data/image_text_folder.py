@@ -17,9 +17,9 @@ refuse the folder, or, with skip_bad_files, are left out, each logged, with
 a count (as image_folder.py does).
 
 `ImageTextFolder` (tfds name `image_text_folder`) is prepared per folder
-content: `open_builder` names its config by a hash of the caption file, the
-image files' sizes and times, and the options, so a changed folder is
-prepared again. Labels are -1. See captioned_images.py for the features.
+content: `image_text.make_builder` names its config by a hash of the caption
+file, the image files' sizes and times, and the options, so a changed folder
+is prepared again. Labels are -1. See captioned_images.py for the features.
 """
 import csv
 import dataclasses
@@ -247,6 +247,10 @@ class ImageTextFolder(captioned_images.CaptionedImages):
     self._folder = folder
     self._rows = None
     super().__init__(**kwargs)
+
+  @property
+  def folder(self) -> pathlib.Path | None:
+    return None if self._folder is None else pathlib.Path(self._folder)
 
   def use_rows(self, rows: list[Row]) -> None:
     """Prepares from `rows`, already checked by `read_rows_checked`, so

@@ -154,9 +154,12 @@ def read_drawings(svg_dir: str | os.PathLike,
   each logged.
   """
   root = pathlib.Path(svg_dir)
-  paths = sorted(p for p in root.rglob("*.svg") if not p.is_symlink())
+  paths = sorted(root.rglob("*.svg"))
   drawings, skipped, left_out = [], {}, collections.Counter()
   for path in paths:
+    if path.is_symlink():
+      left_out["links"] += 1
+      continue
     rel = path.relative_to(root).as_posix()
     category = rel.split("/")[0] if "/" in rel else ""
     if any(rel.startswith(folder + "/") for folder in excluded):
@@ -292,6 +295,10 @@ class Openclipart(captioned_images.CaptionedImages):
     self._svg_dir = pathlib.Path(svg_dir or SVG_DIR)
     self._processes = processes
     super().__init__(**kwargs)
+
+  @property
+  def svg_dir(self) -> pathlib.Path:
+    return self._svg_dir
 
   def _image_feature(self) -> tfds.features.Image:
     size = self.builder_config.image_size

@@ -277,3 +277,32 @@ def test_unknown_options_and_missing_folder(tmp_path):
   with pytest.raises(ValueError, match="is not an image-text source"):
     image_text.open_image_text(cfg)
   assert not os.listdir(tmp_path)
+
+
+def test_train_batches_shard_and_resume(prepared):
+  cfg, _ = prepared
+  cfg = cfg.copy_and_resolve_references()
+  cfg.update({"num_shards": 2, "shuffle_buffer": 8, "cache": False,
+              "train_preprocess": "caption_tokens|resize(8)|keep('image', "
+                                  "'input_ids', 'input_mask', 'label')"})
+  source = pipeline.open_source(cfg, "train")
+
+  def batches(start, process, processes, n):
+    stream = pipeline.process_batches(cfg, source, 4, 7, start, process,
+                                      processes)
+    return [next(stream) for _ in range(n)]
+
+  per_epoch = pipeline.steps_per_epoch(source, 4, 2)
+  whole = batches(0, 0, 1, per_epoch + 2)
+  resumed = batches(per_epoch - 1, 0, 1, 3)
+  halves = zip(batches(0, 0, 2, per_epoch + 2),
+               batches(0, 1, 2, per_epoch + 2))
+  for a, b in zip(whole[per_epoch - 1:], resumed):
+    for key in a:
+      np.testing.assert_array_equal(a[key], b[key])
+  for a, (first, second) in zip(whole, halves):
+    for key in a:
+      np.testing.assert_array_equal(
+          a[key], np.concatenate([first[key], second[key]]))
+  assert whole[0]["input_ids"].shape == (4, 10)
+  assert whole[0]["image"].shape == (4, 8, 8, 3)

@@ -279,6 +279,19 @@ def test_no_caption_or_title_in_two_splits(builder):
     assert not keys[a] & keys[b], (a, b)
 
 
+def test_prepare_is_deterministic(builder, svg_tree, tmp_path):
+  again = openclipart.Openclipart(config=_small_config(), svg_dir=svg_tree,
+                                  data_dir=tmp_path, processes=1)
+  again.download_and_prepare()
+  assert (captioned_images.load_tokenizer(again).model_proto ==
+          captioned_images.load_tokenizer(builder).model_proto)
+  for split in captioned_images.SPLITS:
+    for a, b in zip(_examples(builder, split), _examples(again, split),
+                    strict=True):
+      for key in a:
+        np.testing.assert_array_equal(a[key], b[key])
+
+
 def test_builder_logs_every_skipped_file(svg_tree, tmp_path, monkeypatch):
   if shutil.which("rsvg-convert") is None:
     pytest.skip("rsvg-convert (librsvg2-bin) missing")
@@ -303,13 +316,11 @@ def _data_config(data_dir, **fields) -> ml_collections.ConfigDict:
       "image_text": image_text.section(**fields)})
 
 
-def test_open_image_text_default_and_custom_configs(svg_tree, tmp_path,
-                                                    monkeypatch):
-  monkeypatch.setattr(openclipart, "check_sources", lambda svg_dir: None)
-  default, _ = image_text._builder(_data_config(tmp_path))
+def test_make_builder_default_and_custom_configs(svg_tree, tmp_path):
+  default = image_text.make_builder(_data_config(tmp_path))
   assert default.builder_config.name == "rgb64"
-  custom, _ = image_text._builder(_data_config(tmp_path, image_size=32))
-  other, _ = image_text._builder(_data_config(tmp_path, svg_dir=svg_tree))
+  custom = image_text.make_builder(_data_config(tmp_path, image_size=32))
+  other = image_text.make_builder(_data_config(tmp_path, svg_dir=svg_tree))
   names = {b.builder_config.name for b in (default, custom, other)}
   assert len(names) == 3 and custom.builder_config.image_size == 32
 
@@ -323,7 +334,7 @@ def test_open_image_text_without_package_writes_nothing(tmp_path):
 
 
 @needs_rsvg
-def test_pipeline_source_examples(svg_tree, tmp_path):
+def test_pipeline_source_examples(svg_tree, tmp_path, monkeypatch):
   cfg = _data_config(tmp_path, svg_dir=str(svg_tree), image_size=16,
                      vocab_size=60, seq_len=16, validation_fraction=0.3,
                      test_fraction=0.3)
@@ -337,6 +348,8 @@ def test_pipeline_source_examples(svg_tree, tmp_path):
     assert ex["image"].shape == (16, 16, 3) and ex["image"].dtype == np.uint8
     assert ex["input_ids"].shape == ex["input_mask"].shape == (16,)
     assert 0 <= ex["label"] < 22
+  # Once prepared, it opens without rsvg-convert.
+  monkeypatch.setattr(shutil, "which", lambda name: None)
   tokenizer = image_text.load_tokenizer(image_text.open_image_text(cfg))
   assert tokenizer.vocab_size <= 60
 
