@@ -21,7 +21,6 @@ import pathlib
 from typing import Any
 
 import ml_collections
-import tensorflow_datasets as tfds
 
 from mrl_jax.data import captioned_images
 from mrl_jax.data import image_text_folder

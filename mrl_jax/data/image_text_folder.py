@@ -28,12 +28,10 @@ import json
 import os
 import pathlib
 
-from absl import logging
 import tensorflow_datasets as tfds
 
 from mrl_jax.data import captioned_images
 from mrl_jax.data import image_folder
-from mrl_jax.errors import RunError
 
 NAME = "image_text_folder"
 CAPTION_FILES = ("captions.jsonl", "captions.csv")
@@ -159,11 +157,12 @@ def _check_matching(root: pathlib.Path, path: pathlib.Path, rows: list[Row],
                      f"{'/'.join(image_folder.EXTENSIONS)} files; add the "
                      f"images that {path.name} names")
   present = set(images)
+  kinds = "/".join(image_folder.EXTENSIONS)
   for row in rows:
     if row.image not in present:
       raise ValueError(f"{path} line {row.line}: image {row.image} is not "
-                       f"in {root} (or is not {'/'.join(image_folder.EXTENSIONS)}"
-                       "); add the file or remove the line")
+                       f"in {root} (or is not {kinds}); add the file or "
+                       "remove the line")
   captioned = {row.image for row in rows}
   orphans = [image for image in images if image not in captioned]
   if orphans:
@@ -178,28 +177,15 @@ def _drop_unreadable(root: pathlib.Path, rows: list[Row],
   """The rows whose images decode; see the module docstring.
 
   Raises:
-    RunError: naming the first image that does not decode (unless
+    errors.RunError: naming the first image that does not decode (unless
       skip_bad_files), or every image does not.
   """
   images = sorted({row.image for row in rows})
   bad = dict(image_folder.unreadable([str(root / i) for i in images],
                                      thorough=True))
-  if not bad:
-    return rows
-  if not skip_bad_files:
-    path, reason = next(iter(bad.items()))
-    more = f" and {len(bad) - 1} more" if len(bad) > 1 else ""
-    raise RunError(f"unreadable image {path} ({reason}){more}; replace or "
-                   "remove it, or set config.data.skip_bad_files=True to "
-                   "leave unreadable images out")
-  for path, reason in bad.items():
-    logging.warning("skipping unreadable image %s (%s)", path, reason)
-  logging.warning("image-text folder %s: skipped %d unreadable of %d images "
-                  "(config.data.skip_bad_files)", root, len(bad), len(images))
-  kept = [row for row in rows if str(root / row.image) not in bad]
-  if not kept:
-    raise RunError(f"every image in {root} is unreadable")
-  return kept
+  image_folder.refuse_or_skip(bad, len(images), f"image-text folder {root}",
+                              skip_bad_files)
+  return [row for row in rows if str(root / row.image) not in bad]
 
 
 def read_rows_checked(root: str | os.PathLike,
@@ -209,7 +195,7 @@ def read_rows_checked(root: str | os.PathLike,
 
   Raises:
     ValueError: a bad folder or caption file (one line, with the fix).
-    RunError: an image does not decode (see `_drop_unreadable`).
+    errors.RunError: an image does not decode (see `_drop_unreadable`).
   """
   root = pathlib.Path(root)
   path = caption_file(root)

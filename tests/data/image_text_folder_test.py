@@ -18,7 +18,8 @@ from mrl_jax.data import preprocess
 from mrl_jax.data import tokenizer as tok
 from mrl_jax.errors import RunError
 
-_WORDS = "a red blue green small large dog cat bird house tree car on the".split()
+_WORDS = ("a red blue green small large dog cat bird house tree car on "
+          "the").split()
 
 
 def _write_image(path: pathlib.Path, seed: int, size=(20, 16),
@@ -190,7 +191,7 @@ def test_corrupt_image_refused_or_skipped_with_count(folder, monkeypatch):
   rows = image_text_folder.read_rows_checked(folder, skip_bad_files=True)
   assert len(rows) == 24 and "img_02.png" not in {r.image for r in rows}
   assert any("img_02.png" in w for w in warnings)
-  assert any("skipped 1 unreadable of 24 images" in w for w in warnings)
+  assert any("skipped 1 unreadable of 24 files" in w for w in warnings)
 
 
 def test_bad_folder_writes_nothing(folder, tmp_path):

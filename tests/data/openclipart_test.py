@@ -35,7 +35,9 @@ _SVG = """<?xml version="1.0" encoding="UTF-8" standalone="no"?>
      xmlns="http://www.w3.org/2000/svg"
      width="{width}" height="{height}" id="svg2" version="1.0">
   <metadata>
-    <rdf:RDF xmlns:cc="http://web.resource.org/cc/" xmlns:dc="http://purl.org/dc/elements/1.1/" xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#">
+    <rdf:RDF xmlns:cc="http://web.resource.org/cc/"
+        xmlns:dc="http://purl.org/dc/elements/1.1/"
+        xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#">
       <cc:Work rdf:about="">
         <dc:title>{title}</dc:title>
         <dc:description>{description}</dc:description>
