@@ -12,7 +12,7 @@ dc:title, dc:description and dc:subject/rdf:Bag/rdf:li keywords.
   several rsvg-convert processes run at once (`processes`). Files that do
   not parse or render, and renders that come out blank, are skipped, each
   logged with its reason, and counted;
-* caption, CAPTION_TEMPLATE:
+* caption:
     "{title}. keywords: {k1}, {k2}, .... {description}"
   title without a "Clipart by <author> - " prefix and with "_" as spaces;
   keywords cleaned (no empty, "unsorted", "hash(...)" or numeric ones, none
@@ -58,7 +58,6 @@ CATEGORIES = (
     "office", "people", "plants", "recreation", "science", "shapes",
     "signs_and_symbols", "special", "tools", "transportation", "unsorted")
 EXCLUDED = ("computer/icons",)
-CAPTION_TEMPLATE = "{title}. keywords: {keywords}. {description}"
 RENDER_TIMEOUT_S = 60
 _DC = "{http://purl.org/dc/elements/1.1/}"
 _RDF = "{http://www.w3.org/1999/02/22-rdf-syntax-ns#}"
@@ -110,6 +109,12 @@ def title_key(title: str) -> str:
   return " ".join(re.sub(r"[^a-z]+", " ", clean_title(title).lower()).split())
 
 
+def split_key(drawing: Drawing) -> str:
+  """What decides the split: the title's key, or for a title without
+  letters the caption; equal captions always share it."""
+  return title_key(drawing.title) or caption(drawing)
+
+
 def clean_keywords(keywords: Iterable[str], title: str) -> list[str]:
   """Keywords worth reading, "_" as spaces, in order, without repeats."""
   seen, out = {title.lower()}, []
@@ -125,7 +130,7 @@ def clean_keywords(keywords: Iterable[str], title: str) -> list[str]:
 
 
 def caption(drawing: Drawing) -> str:
-  """The caption of `drawing` (CAPTION_TEMPLATE, empty parts left out)."""
+  """The caption of `drawing` (the module docstring's template)."""
   title = clean_title(drawing.title)
   keywords = clean_keywords(drawing.keywords, title)
   parts = [title] if title else []
@@ -203,7 +208,7 @@ def at_most_per_title(drawings: Sequence[Drawing], limit: int | None
                    key=lambda d: hashlib.sha256(d.path.encode()).digest())
   counts, kept = collections.Counter(), set()
   for d in by_hash:
-    key = title_key(d.title) or caption(d)
+    key = split_key(d)
     counts[key] += 1
     if counts[key] <= limit:
       kept.add(d.path)
@@ -317,7 +322,7 @@ class Openclipart(captioned_images.CaptionedImages):
     return [captioned_images.Pair(
                 key=d.path, id=d.path, image=image, caption=caption(d),
                 label=CATEGORIES.index(d.category),
-                split_key=title_key(d.title) or caption(d))
+                split_key=split_key(d))
             for d, image in zip(drawings, images) if image is not None]
 
 

@@ -366,10 +366,10 @@ def test_real_package(tmp_path):
   splits = builder.info.splits
   assert sum(splits[s].num_examples for s in splits) > 3000
   assert splits["validation"].num_examples > 200
-  train = {ex["caption"] for ex in builder.as_dataset(
-      split="train").as_numpy_iterator()}
-  test = {ex["caption"] for ex in builder.as_dataset(
-      split="test").as_numpy_iterator()}
-  assert not train & test
+  captions = {split: {ex["caption"] for ex in builder.as_dataset(
+      split=split).as_numpy_iterator()} for split in captioned_images.SPLITS}
+  assert not captions["train"] & captions["validation"]
+  assert not captions["train"] & captions["test"]
+  assert not captions["validation"] & captions["test"]
   assert captioned_images.load_tokenizer(builder).vocab_size > 1000
   assert isinstance(builder.info.features["label"], tfds.features.ClassLabel)
