@@ -25,6 +25,7 @@ import ml_collections
 from mrl_jax.data import captioned_images
 from mrl_jax.data import image_text_folder
 from mrl_jax.data import openclipart
+from mrl_jax.data import tfds_prepare
 from mrl_jax.data import tokenizer as tok
 
 NAMES = (openclipart.NAME, image_text_folder.NAME)
@@ -119,6 +120,7 @@ def open_image_text(cfg: ml_collections.ConfigDict
     RunError: a missing Debian package or rsvg-convert, or an image that
       does not decode.
   """
+  tfds_prepare.silence_config_notices()
   builder = make_builder(cfg)
   if builder.is_prepared():
     return builder
@@ -134,5 +136,6 @@ def open_image_text(cfg: ml_collections.ConfigDict
   with open(root / f".{builder.name}.lock", "w") as lock:
     fcntl.flock(lock, fcntl.LOCK_EX)
     if not builder.is_prepared():
-      builder.download_and_prepare()
+      tfds_prepare.prepare(builder, f"the image-text dataset {builder.name}/"
+                           f"{builder.builder_config.name}")
   return builder

@@ -143,11 +143,12 @@ def caption(drawing: Drawing) -> str:
 
 
 def _log_skipped(what: str, skipped: dict[str, str], total: int) -> None:
+  """Each skipped file at INFO (in the log file), the count as a WARNING."""
   for path, reason in skipped.items():
-    logging.warning("openclipart: skipping %s (%s)", path, reason)
+    logging.info("openclipart: skipping %s (%s)", path, reason)
   if skipped:
-    logging.warning("openclipart: skipped %d of %d %s", len(skipped), total,
-                    what)
+    logging.warning("openclipart: skipped %d of %d %s (each file is named "
+                    "in the INFO log)", len(skipped), total, what)
 
 
 def read_drawings(svg_dir: str | os.PathLike,

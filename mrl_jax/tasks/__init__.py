@@ -9,6 +9,9 @@ inputs; the trainer (train.py) runs any of them the same way.
 * mlm: packed token sequences -> a BERT encoder with the nested masked-LM
   head (mrl/mlm.py, MRL-E through the tied word embeddings); MLM accuracy
   and loss per dim (evaluators/mlm.py).
+* contrastive: image-text pairs -> two towers with the nested contrastive
+  loss (mrl/contrastive.py, each prefix normalised on its own); cross-modal
+  recall, zero-shot and cosine span per dim (evaluators/cross_modal.py).
 """
 from typing import Any, Protocol
 
@@ -19,6 +22,7 @@ import tensorflow as tf
 
 from mrl_jax import train_step as step_lib
 from mrl_jax.tasks import classification
+from mrl_jax.tasks import contrastive
 from mrl_jax.tasks import mlm
 
 Batch = dict[str, jax.Array]
@@ -86,7 +90,7 @@ class Task(Protocol):
 
 
 TASKS: dict[str, Task] = {"classification": classification.TASK,
-                          "mlm": mlm.TASK}
+                          "mlm": mlm.TASK, "contrastive": contrastive.TASK}
 
 
 def get(config: ml_collections.ConfigDict) -> Task:

@@ -178,9 +178,10 @@ def test_at_most_per_title_keeps_a_hashed_choice():
 
 
 def test_read_drawings_skips_and_logs(svg_tree, monkeypatch):
-  warnings = []
-  monkeypatch.setattr(logging, "warning",
-                      lambda msg, *args: warnings.append(msg % args))
+  warnings = []  # every skip line: per file (INFO) and the count (WARNING)
+  for level in ("info", "warning"):
+    monkeypatch.setattr(logging, level,
+                        lambda msg, *args: warnings.append(msg % args))
   drawings = openclipart.read_drawings(svg_tree)
   paths = {d.path for d in drawings}
   assert "animals/mammals/dog_01.svg" in paths
@@ -297,9 +298,10 @@ def test_prepare_is_deterministic(builder, svg_tree, tmp_path):
 def test_builder_logs_every_skipped_file(svg_tree, tmp_path, monkeypatch):
   if shutil.which("rsvg-convert") is None:
     pytest.skip("rsvg-convert (librsvg2-bin) missing")
-  warnings = []
-  monkeypatch.setattr(logging, "warning",
-                      lambda msg, *args: warnings.append(msg % args))
+  warnings = []  # every skip line: per file (INFO) and the count (WARNING)
+  for level in ("info", "warning"):
+    monkeypatch.setattr(logging, level,
+                        lambda msg, *args: warnings.append(msg % args))
   openclipart.Openclipart(config=_small_config(), svg_dir=svg_tree,
                           data_dir=tmp_path).download_and_prepare()
   for path, reason in _NOT_READ.items():
