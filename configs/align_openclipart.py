@@ -14,8 +14,8 @@ prepared offline on first use from the Debian package openclipart-svg
 rendered at 64x64 with their titles, keywords and descriptions as
 captions (32 tokens, a 2048-piece tokenizer trained on the train
 captions), 22 categories, split by normalised title.
-Model: a small CNN image tower and BERT-Tiny text tower (mean-pooled), each
-projected to d = 128, nesting (8, 16, ..., 128); one learnable temperature
+Model: a small CNN image tower on the drawings resized to 32x32 and a
+BERT-Tiny text tower (mean-pooled), each projected to d = 128, nesting (8, 16, ..., 128); one learnable temperature
 (initialised at 1, ALIGN); batch 128, AdamW at 1e-3 with cosine decay.
 Prints per dim on the validation split: image->text and text->image
 Recall@1, zero-shot top-1 over the 22 categories (prompt ensemble of
@@ -27,6 +27,7 @@ from mrl_jax import config_lib
 from mrl_jax.data import image_text
 
 _VOCAB, _TEXT_LEN = 2048, 32
+_IMAGE = 32  # pixels: the 64-px drawings resized for the 2-core budget
 _KEEP = "keep('image', 'input_ids', 'input_mask', 'label')"
 
 
@@ -40,11 +41,13 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.data = config_lib.data_section(
       "openclipart", num_classes=len(image_text.openclipart.CATEGORIES),
       eval_split="validation", cache=True, shuffle_buffer=4096,
-      train_preprocess=f"caption_tokens|flip_lr|value_range(-1, 1)|{_KEEP}",
-      eval_preprocess=f"caption_tokens|value_range(-1, 1)|{_KEEP}",
+      train_preprocess=(f"caption_tokens|resize({_IMAGE})|flip_lr|"
+                        f"value_range(-1, 1)|{_KEEP}"),
+      eval_preprocess=(f"caption_tokens|resize({_IMAGE})|value_range(-1, 1)|"
+                       f"{_KEEP}"),
       image_text=image_text.section(seq_len=_TEXT_LEN, vocab_size=_VOCAB))
   config.model = config_lib.model_section("small_cnn", "float32",
-                                          widths=(32, 64, 128),
+                                          widths=(16, 32, 64),
                                           embed_dim=256)
   config.text_model = config_lib.model_section(
       "bert_tiny", "float32", vocab_size=_VOCAB, max_len=_TEXT_LEN,

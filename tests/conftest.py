@@ -11,9 +11,12 @@ benchmark scripts). Every integration test is marked `slow`, so
   compile time dominates (the flax examples' tests do the same).
 """
 import importlib.util
+import json
 import os
 import pathlib
 
+import numpy as np
+from PIL import Image
 import pytest  # does not import jax
 
 os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
@@ -95,3 +98,37 @@ def copy_with_bad_files(tree, tmp_path):
   (cat / "noise.jpg").write_bytes(
       np.random.default_rng(0).integers(0, 256, 3000, np.uint8).tobytes())
   return root
+
+
+_WORDS = ("a red blue green small large dog cat bird house tree car on "
+          "the").split()
+
+
+def _write_image(path: pathlib.Path, seed: int, size=(20, 16),
+                 mode="RGB") -> None:
+  rng = np.random.default_rng(seed)
+  path.parent.mkdir(parents=True, exist_ok=True)
+  pixels = rng.integers(0, 256, (size[1], size[0], 3), np.uint8)
+  Image.fromarray(pixels).convert(mode).save(path)
+
+
+def _caption(i: int) -> str:
+  rng = np.random.default_rng(i)
+  return " ".join(rng.choice(_WORDS, 5))
+
+
+def write_image_text_folder(root: pathlib.Path, count: int = 24,
+                 rows: list[dict] | None = None) -> list[dict]:
+  """`count` images (PNG and JPEG, some in a subfolder, one grayscale) and
+  captions.jsonl with one row each, two for image 0; returns the rows."""
+  for i in range(count):
+    name = f"sub/img_{i:02d}.jpg" if i % 3 == 0 else f"img_{i:02d}.png"
+    _write_image(root / name, i, mode="L" if i == 1 else "RGB")
+  if rows is None:
+    rows = [{"image": f"sub/img_{i:02d}.jpg" if i % 3 == 0
+             else f"img_{i:02d}.png", "caption": _caption(i)}
+            for i in range(count)]
+    rows.append({"image": "sub/img_00.jpg", "caption": "a second caption"})
+  (root / "captions.jsonl").write_text(
+      "".join(json.dumps(r) + "\n" for r in rows))
+  return rows

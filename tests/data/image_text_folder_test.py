@@ -1,6 +1,5 @@
 """A user's image-caption folder: checks of bad input, splits, the builder
 through image_text.open_image_text and pipeline.open_source."""
-import json
 import os
 import pathlib
 
@@ -17,45 +16,12 @@ from mrl_jax.data import pipeline
 from mrl_jax.data import preprocess
 from mrl_jax.data import tokenizer as tok
 from mrl_jax.errors import RunError
-
-_WORDS = ("a red blue green small large dog cat bird house tree car on "
-          "the").split()
-
-
-def _write_image(path: pathlib.Path, seed: int, size=(20, 16),
-                 mode="RGB") -> None:
-  rng = np.random.default_rng(seed)
-  path.parent.mkdir(parents=True, exist_ok=True)
-  pixels = rng.integers(0, 256, (size[1], size[0], 3), np.uint8)
-  Image.fromarray(pixels).convert(mode).save(path)
-
-
-def _caption(i: int) -> str:
-  rng = np.random.default_rng(i)
-  return " ".join(rng.choice(_WORDS, 5))
-
-
-def write_folder(root: pathlib.Path, count: int = 24,
-                 rows: list[dict] | None = None) -> list[dict]:
-  """`count` images (PNG and JPEG, some in a subfolder, one grayscale) and
-  captions.jsonl with one row each, two for image 0; returns the rows."""
-  for i in range(count):
-    name = f"sub/img_{i:02d}.jpg" if i % 3 == 0 else f"img_{i:02d}.png"
-    _write_image(root / name, i, mode="L" if i == 1 else "RGB")
-  if rows is None:
-    rows = [{"image": f"sub/img_{i:02d}.jpg" if i % 3 == 0
-             else f"img_{i:02d}.png", "caption": _caption(i)}
-            for i in range(count)]
-    rows.append({"image": "sub/img_00.jpg", "caption": "a second caption"})
-  (root / "captions.jsonl").write_text(
-      "".join(json.dumps(r) + "\n" for r in rows))
-  return rows
-
+from conftest import write_image_text_folder
 
 @pytest.fixture(name="folder")
 def fixture_folder(tmp_path) -> pathlib.Path:
   root = tmp_path / "pairs"
-  write_folder(root)
+  write_image_text_folder(root)
   return root
 
 
@@ -135,7 +101,7 @@ def test_bad_csv(folder, text, message):
 
 def test_csv_with_given_splits(tmp_path):
   root = tmp_path / "pairs"
-  write_folder(root, count=3, rows=[])
+  write_image_text_folder(root, count=3, rows=[])
   (root / "captions.jsonl").unlink()
   (root / "captions.csv").write_text(
       "image,caption,split\n"

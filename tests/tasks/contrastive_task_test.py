@@ -1,0 +1,102 @@
+"""The contrastive task on a user image-caption folder
+(configs/image_text_folder.py): config checks, the sharded train step equal
+to one device's, and the per-dim evaluation."""
+import jax
+import numpy as np
+import pytest
+
+from mrl_jax import optim
+from mrl_jax import train
+from mrl_jax.data import pipeline
+from conftest import write_image_text_folder
+
+
+@pytest.fixture(name="folder_config", scope="module")
+def fixture_folder_config(tmp_path_factory, config_module):
+  """config(arg) of configs/image_text_folder.py over a generated folder."""
+  root = tmp_path_factory.mktemp("pairs")
+  write_image_text_folder(root, count=60)
+  data_dir = tmp_path_factory.mktemp("tfds")
+  module = config_module("image_text_folder")
+  return lambda arg="": module.get_config(
+      f"root={root},data_dir={data_dir},smoke,vocab=64,seq_len=12"
+      + (f",{arg}" if arg else ""))
+
+
+def _setup_error(config) -> str:
+  with pytest.raises(ValueError) as e:
+    train.setup(config)
+  assert "\n" not in str(e.value)
+  return str(e.value)
+
+
+def test_folder_config_needs_a_root(config_module):
+  with pytest.raises(ValueError, match="needs root=<dir>"):
+    config_module("image_text_folder").get_config("smoke")
+
+
+def test_config_checks(folder_config):
+  assert train.setup(folder_config()).nesting_dims == (8, 16, 32)
+  assert train.setup(folder_config("head=ff")).nesting_dims == (32,)
+  config = folder_config()
+  config.mrl.head = "mrl_e"
+  assert "heads mrl, ff" in _setup_error(config)
+  config = folder_config()
+  config.mrl.nesting_dims = (8, 64)
+  assert "64" in _setup_error(config)
+  config = folder_config()
+  config.text_model.kwargs.max_len = 8
+  assert "--config.text_model.kwargs.max_len=12" in _setup_error(config)
+  config = folder_config()
+  config.contrastive.loss = "triplet"
+  assert "softmax, sigmoid" in _setup_error(config)
+
+
+def _one_step(config, devices, batch):
+  s = train.setup(config, devices)
+  tx = optim.build_optimizer(config.optimizer, 10, 10)
+  example = {k: jax.ShapeDtypeStruct(v.shape[1:], v.dtype)
+             for k, v in batch.items()}
+  init, rng, target = train.abstract_train_state(s, config, tx, example)
+  shardings = jax.tree.map(lambda t: t.sharding, target)
+  state = jax.jit(init, out_shardings=shardings)(rng)
+  state, metrics = train.jit_train_step(s, tx, shardings, 0)(state, batch)
+  return jax.device_get((state.params, metrics))
+
+
+@pytest.mark.parametrize("loss", ["softmax", "sigmoid"])
+def test_sharded_step_equals_one_device(folder_config, loss):
+  config = folder_config(f"loss={loss}")
+  rng = np.random.default_rng(0)
+  batch = {"image": rng.uniform(-1, 1, (32, 32, 32, 3)).astype(np.float32),
+           "input_ids": rng.integers(5, 64, (32, 12)).astype(np.int32),
+           "input_mask": np.ones((32, 12), np.int32),
+           "label": np.full(32, -1, np.int64)}
+  eight = _one_step(config, jax.devices(), batch)
+  one = _one_step(config, jax.devices()[:1], batch)
+  np.testing.assert_allclose(eight[1]["loss_per_dim"],
+                             one[1]["loss_per_dim"], rtol=1e-5)
+  for a, b in zip(jax.tree.leaves(eight[0]), jax.tree.leaves(one[0])):
+    np.testing.assert_allclose(a, b, rtol=2e-4, atol=1e-6)
+
+
+def test_evaluation_reports_recall_and_span_per_dim(folder_config):
+  config = folder_config()
+  s = train.setup(config)
+  source = pipeline.open_source(config.data, config.data.eval_split)
+  tx = optim.build_optimizer(config.optimizer, 1, 1)
+  init, rng, target = train.abstract_train_state(
+      s, config, tx, pipeline.example_spec(config.data, source))
+  shardings = jax.tree.map(lambda t: t.sharding, target)
+  state = jax.jit(init, out_shardings=shardings)(rng)
+  summary = train._run_eval(config, s, train._jit_eval_step(s, shardings),  # pylint: disable=protected-access
+                            state)
+  assert summary["task"] == "contrastive"
+  assert summary["num_examples"] == source.total_examples
+  for name in ("i2t/recall@1", "t2i/recall@10", "cosine/span"):
+    assert set(summary[name]) == {"8", "16", "32"}, name
+  assert "zero_shot/top1" not in summary  # a folder has no classes
+  # Recall@10 of a split with at most 10 pairs is 1 at every dim.
+  if source.total_examples <= 10:
+    assert set(summary["i2t/recall@10"].values()) == {1.0}
+  assert "i2t/recall@1" in s.task.format_table(summary)
