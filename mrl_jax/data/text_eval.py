@@ -12,8 +12,6 @@ trained.
 * `prepare(dataset)`: prepares `wordnet_lexnames` offline (from the Debian
   package wordnet-base) on first use, as the MLM corpus is.
 """
-import functools
-
 import ml_collections
 import numpy as np
 import tensorflow as tf
@@ -27,18 +25,13 @@ LEXNAMES = "wordnet_lexnames"
 _OFFLINE_BUILDERS = {LEXNAMES: text_corpus.WordnetLexnames}
 
 
-@functools.cache
-def _tokenizer(model_path: str) -> tok.Tokenizer:
-  return tok.load(model_path)
-
-
 @preprocess_lib.register
 def tokenize_padded(model_path: str, length: int) -> preprocess_lib.Op:
   """The preprocess op `tokenize_padded(model_path, length)` (see above)."""
   if length < 3:
     raise ValueError(f"length={length} leaves no room for tokens; use the "
                      "corpus's seq_len")
-  tokenizer = _tokenizer(model_path)
+  tokenizer = tok.load(model_path)  # read per build: the file may change
 
   def encode(text: bytes) -> np.ndarray:
     ids, _ = tokenizer.encode_padded([text.decode("utf-8")], length)
