@@ -22,7 +22,9 @@ Prints MLM accuracy and loss per nesting dim on the validation split.
 Then `--mode=export` writes the mean-pooled sentence embeddings of WordNet
 glosses with their 45 lexicographer classes (`wordnet_lexnames`), which the
 1-NN (`--mode=knn`) and linear-probe (`--mode=probe`) evaluators score per
-dim. Results and the MRL / MRL-E / FF-k comparison:
+dim; `--mode=export_encoder` writes a text bundle (the encoder and its
+tokenizer) whose `mrl_jax.load_encoder(DIR/encoder).embed(texts, dim=m)`
+gives the same embeddings. Results and the MRL / MRL-E / FF-k comparison:
 experiments/text_mlm/README.md.
 """
 import ml_collections

@@ -13,6 +13,7 @@ benchmark scripts). Every integration test is marked `slow`, so
 import importlib.util
 import os
 import pathlib
+import shutil
 
 import pytest  # does not import jax
 
@@ -36,6 +37,17 @@ def pytest_collection_modifyitems(items):
   for item in items:
     if INTEGRATION_DIR in item.path.parents:
       item.add_marker(pytest.mark.slow)
+
+
+@pytest.fixture(name="copy_of")
+def fixture_copy_of(tmp_path):
+  """copy(workdir) -> a copy of a module's reference workdir for one test to
+  change."""
+  def copy(workdir):
+    dst = str(tmp_path / "workdir")
+    shutil.copytree(workdir, dst)
+    return dst
+  return copy
 
 
 @pytest.fixture(name="config_module", scope="session")

@@ -16,6 +16,7 @@ from mrl_jax.data import text_sources
 from mrl_jax.data import tokenizer as tok
 from mrl_jax.export import embedding_files
 from mrl_jax.export import embedding_writer
+from mrl_jax.export import encoder
 from mrl_jax.export import task_inputs
 from mrl_jax import sharding
 
@@ -162,13 +163,15 @@ def test_mlm_export_refuses_logits_and_views(field, value, match,
         config, _text_inputs_stub(config))
 
 
+@pytest.mark.parametrize("export", [embedding_writer.export_embeddings,
+                                    encoder.export_encoder])
 def test_mlm_export_without_the_workdirs_tokenizer_says_where_it_is(
-    tmp_path, config_module):
+    tmp_path, config_module, export):
   config = config_module("text_mlm").get_config("smoke")
   with pytest.raises(errors.RunError, match=r"tokenizer\.model is missing: "
                      "the tokenizer this workdir's model was trained with; "
                      "copy it there .* or train with --mode=train"):
-    embedding_writer.export_embeddings(config, str(tmp_path))
+    export(config, str(tmp_path))
   assert os.listdir(tmp_path) == []
 
 

@@ -7,7 +7,6 @@ it.
 import json
 import os
 import re
-import shutil
 import signal
 import subprocess
 import sys
@@ -103,15 +102,6 @@ def fixture_reference(tmp_path_factory):
   workdir = str(tmp_path_factory.mktemp("reference"))
   proc = launch(workdir)
   return workdir, proc.stdout
-
-
-@pytest.fixture(name="copy_of")
-def fixture_copy_of(tmp_path):
-  def copy(workdir):
-    dst = str(tmp_path / "workdir")
-    shutil.copytree(workdir, dst)
-    return dst
-  return copy
 
 
 def test_smoke_run_writes_every_nesting_dim(reference):
