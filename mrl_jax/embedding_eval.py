@@ -18,9 +18,10 @@ nesting dim reported (`--mode=export` writes what they read):
 The exported dataset is config.data, or config.export.dataset when set (the
 mlm task's labelled text). Writes DIR/<mode>_summary.json (flat, greppable
 metric names such as `knn/top1/d=8`, `retrieval/mAP@10/d=32`,
-`adaptive/ac_accuracy/d=64`, `probe/top1@5shot/d=8`, `svd/linear_top1/d=8`). Each evaluator declares
-the defaults of its config section (`DEFAULTS` in mrl_jax/evaluators/); a
-config may omit the section or set any of its fields.
+`adaptive/ac_accuracy/d=64`, `probe/top1@5shot/d=8`, `svd/linear_top1/d=8`).
+Each evaluator declares the defaults of its config section (`DEFAULTS` in
+mrl_jax/evaluators/); a config may omit the section or set any of its
+fields.
 """
 import os
 from typing import Any

@@ -66,9 +66,9 @@ class ExportInputs(Protocol):
 
   def embed(self, model: nn.Module, variables: dict[str, Any], batch: Batch,
             keys: tuple[str, ...]) -> dict[str, jax.Array]:
-    """{key: float32 [B, ...]} for keys, a subset of `arrays`: "embeddings" [B, d],
-    "logits" / "flip_logits" [B, G, C] (rows first, to shard like the
-    batch)."""
+    """{key: float32 [B, ...]} for keys (a subset of `arrays`):
+    "embeddings" [B, d], "logits" / "flip_logits" [B, G, C] (rows first, to
+    shard like the batch)."""
 
 
 class ImageInputs:
@@ -140,7 +140,8 @@ class TextInputs:
     self.provenance = {"tokenizer": np.frombuffer(self._tokenizer, np.uint8)}
     self.metadata = {"pool": config.model.kwargs.get("pool"),
                      "seq_len": seq_len,
-                     "tokenizer_sha256": _sha256(self._tokenizer)}
+                     "tokenizer_sha256": hashlib.sha256(
+                         self._tokenizer).hexdigest()}
 
   @property
   def data(self) -> ml_collections.ConfigDict:
@@ -184,10 +185,6 @@ class TextInputs:
                               batch["input_ids"], None, batch["input_mask"],
                               train=False)
     return {"embeddings": out.embedding.astype(np.float32)}
-
-
-def _sha256(data: bytes) -> str:
-  return hashlib.sha256(data).hexdigest()
 
 
 def _normalisation(spec: str) -> dict[str, Any] | None:

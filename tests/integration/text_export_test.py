@@ -18,9 +18,8 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
+from conftest import run_offline_mode
 import mrl_jax
-from mrl_jax import config_lib
-from mrl_jax import modes
 from mrl_jax.data import text_sources
 from mrl_jax.data import tokenizer as tok
 from mrl_jax.export import embedding_files
@@ -41,16 +40,8 @@ def launch(workdir, *flags):
 
 
 def run_mode(workdir, mode, **export):
-  """An offline mode in-process through the modes table, as the launcher
-  runs it; returns (result, printed text).
-
-  export: config.export fields to override (e.g. dtype).
-  """
-  config = config_lib.load_config(f"{CONFIG}:smoke")
-  config.export.update(export)
-  entry = modes.MODES[mode]
-  result = modes.resolve(entry.runner)(config, workdir)
-  return result, modes.resolve(entry.printer)(result)
+  """conftest.run_offline_mode with the smoke config."""
+  return run_offline_mode(f"{CONFIG}:smoke", workdir, mode, **export)
 
 
 @pytest.fixture(scope="module", name="reference")
