@@ -97,10 +97,12 @@ def adaptive(config: ml_collections.ConfigDict,
              workdir: str) -> dict[str, Any]:
   """--mode=adaptive: the MRL-AC cascade, settings in config.adaptive."""
   opts = settings(config, "adaptive", adaptive_classification.DEFAULTS)
-  if config.loss.name != "softmax":
-    raise ValueError("adaptive classification thresholds max-softmax "
-                     f"confidences; config.loss.name={config.loss.name!r} "
-                     "models have no softmax heads")
+  loss = (config.get("loss") or {}).get("name")
+  if loss != "softmax":
+    raise ValueError(
+        "adaptive classification thresholds max-softmax confidences; "
+        + (f"config.loss.name={loss!r} models have no softmax heads" if loss
+           else f"the {config.get('task')} task's model has no class heads"))
   eval_dir = _exported_dirs(config, workdir)[1]
   keys = ("logits", "labels") + (("flip_logits",) if opts["tta"] else ())
   arrays, meta = embedding_files.load_arrays(eval_dir, keys)

@@ -11,6 +11,7 @@ import jax
 import numpy as np
 import pytest
 
+from mrl_jax import embedding_eval
 from mrl_jax import errors
 from mrl_jax.data import text_sources
 from mrl_jax.data import tokenizer as tok
@@ -204,3 +205,11 @@ def test_mlm_export_without_wordnet_names_the_debian_package(
                      "wordnet-base"):
     embedding_writer.export_embeddings(config, workdir)
   assert os.listdir(workdir) == ["tokenizer.model"]
+
+
+def test_adaptive_on_an_mlm_config_says_it_has_no_class_heads(
+    tmp_path, config_module):
+  config = config_module("text_mlm").get_config("smoke")
+  with pytest.raises(ValueError, match="the mlm task's model has no class "
+                     "heads"):
+    embedding_eval.adaptive(config, str(tmp_path))
