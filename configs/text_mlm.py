@@ -15,8 +15,8 @@ trained on the train documents, 128-token packed sequences, 2% of the
 documents held out; prepared offline on first use.
 Model: BERT-Tiny (2 blocks, 128 wide, 2 heads), nesting (8, 16, ..., 128),
 mean-pooled sentence embeddings; 600 steps of batch 32, 15% of the tokens
-masked (at
-most 20 per sequence), AdamW at 1e-3 with warm-up and linear decay.
+masked (at most 20 per sequence), AdamW at 1e-3 with warm-up and linear
+decay.
 Prints MLM accuracy and loss per nesting dim on the validation split.
 
 Then `--mode=export` writes the mean-pooled sentence embeddings of WordNet

@@ -327,11 +327,13 @@ def text_corpus_section(name: str | None = None, *,
     seq_len: tokens per packed sequence, [CLS] and [SEP] included.
     vocab_size: pieces of the tokenizer trained on the train documents.
     **extra: folder, tokenizer_path (a sentencepiece .model to use instead
-      of training one), tfds_name, tfds_split, text_key, max_documents.
+      of training one), tfds_name, tfds_split, text_key, max_documents,
+      validation_fraction (None: text_corpus.py's defaults).
   """
   corpus = {"name": name, "sources": tuple(sources), "seq_len": seq_len,
             "vocab_size": vocab_size, "folder": None, "tokenizer_path": None,
-            "max_documents": None, **extra}
+            "tfds_name": None, "tfds_split": None, "text_key": None,
+            "max_documents": None, "validation_fraction": None, **extra}
   return ml_collections.ConfigDict(corpus)
 
 

@@ -27,7 +27,6 @@ from mrl_jax import train_step as step_lib
 from mrl_jax import workdir_lock
 from mrl_jax.data import pipeline
 from mrl_jax.evaluators import class_subsets
-from mrl_jax.evaluators import classification
 from mrl_jax.mrl import losses
 from mrl_jax.mrl import nesting
 
@@ -35,6 +34,7 @@ from mrl_jax.mrl import nesting
 @dataclasses.dataclass(frozen=True)
 class Setup:
   """What the config describes, validated, before any I/O or compilation."""
+  config: ml_collections.ConfigDict
   task: tasks.Task
   model: Any  # the task's model, e.g. classifier.MRLClassifier
   nesting_dims: tuple[int, ...]
@@ -71,7 +71,7 @@ def setup(config: ml_collections.ConfigDict,
   rules = sharding_rules.from_config(config.get("sharding"))
   _check_grad_accum(config, mesh)
   optim.build_optimizer(config.optimizer, 1, 1)  # validates optimizer fields
-  return Setup(task, model, dims, weights, loss_fn, mesh,
+  return Setup(config, task, model, dims, weights, loss_fn, mesh,
                _fingerprint(config, task, dims), rules,
                config.get("grad_accum_steps", 1))
 
@@ -251,9 +251,7 @@ def _run_eval(config, run_setup: Setup, eval_step, state,
   source = pipeline.open_source(data_cfg, data_cfg.eval_split)
   batches = pipeline.eval_batches(data_cfg, source, config.eval_batch_size,
                                   sharding.batch_sharding(run_setup.mesh))
-  totals = classification.sum_over_batches(eval_step, state, batches)
-  return run_setup.task.summarize(totals, int(state.step),
-                                  run_setup.nesting_dims)
+  return run_setup.task.evaluate(run_setup, eval_step, state, batches)
 
 
 def _finish(config, run_setup: Setup, eval_step, state, workdir: str,

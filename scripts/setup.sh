@@ -8,12 +8,15 @@ cd "$(dirname "$0")/.."
 sudo_if_needed() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
 
 # Debian packages holding the offline data: Fashion-MNIST (images), WordNet
-# and the GCIDE dictionary (text). Only missing ones are installed.
+# and the GCIDE dictionary (text), Open Clip Art drawings with rsvg-convert
+# to rasterise them (image-text). Only missing ones are installed.
 missing=()
 [ -f /usr/share/datasets/fashion-mnist/t10k-labels-idx1-ubyte.gz ] ||
   missing+=(dataset-fashion-mnist)
 [ -f /usr/share/wordnet/data.noun ] || missing+=(wordnet-base)
 [ -f /usr/share/dictd/gcide.dict.dz ] || missing+=(dict-gcide)
+[ -d /usr/share/openclipart/svg ] || missing+=(openclipart-svg)
+command -v rsvg-convert >/dev/null || missing+=(librsvg2-bin)
 if [ "${#missing[@]}" -gt 0 ]; then
   echo "setup: installing Debian packages ${missing[*]}" >&2
   sudo_if_needed apt-get update -qq

@@ -34,7 +34,9 @@ def test_all_configs_are_tested():
 @pytest.mark.parametrize("arg", [None, "smoke", "head=mrl_e", "smoke,head=ff"])
 @pytest.mark.parametrize("name", CONFIGS)
 def test_config_validates(name, arg, config_module, image_tree):
-  if name == "image_folder":  # needs a folder to infer classes and sizes
+  if name in ("image_folder", "text_folder"):
+    # image_folder infers classes and sizes from the folder; text_folder
+    # reads it only when the corpus is prepared (setup does no I/O).
     arg = ",".join(filter(None, [f"root={image_tree}", arg]))
   config = config_module(name).get_config(arg)
   s = train.setup(config)  # validation only: no I/O, no compilation
@@ -114,7 +116,8 @@ def test_default_ff_head_takes_any_dim(config_module):
 @pytest.mark.parametrize("name", CONFIGS)
 def test_every_config_has_the_shared_fields(name, config_module, image_tree):
   """The fields command lines override exist in every config."""
-  arg = f"root={image_tree}" if name == "image_folder" else None
+  arg = (f"root={image_tree}" if name in ("image_folder", "text_folder")
+         else None)
   config = config_module(name).get_config(arg)
   for field in ("seed", "grad_accum_steps", "mesh", "sharding.strategy",
                 "keep_checkpoints", "eval_every_steps", "data.num_shards",

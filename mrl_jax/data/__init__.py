@@ -6,4 +6,9 @@
   image_folder.py   user folders root/<split>/<class>/*.jpg|png as a source
   resolution.py     progressive resizing (train size per epoch, FFCV's rule)
   mixup.py          per-batch mixup on device, resumable
+  image_text.py     open_image_text: image-caption pairs for contrastive
+                    training, from openclipart.py (Debian's Open Clip Art
+                    drawings, rasterised offline) or image_text_folder.py (a
+                    user's images + captions.jsonl/.csv); captioned_images.py
+                    holds their shared TFDS builder and the caption_tokens op
 """

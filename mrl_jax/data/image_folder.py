@@ -252,6 +252,33 @@ def split_files(cfg: ml_collections.ConfigDict, split: str
   return paths, labels, names
 
 
+def refuse_or_skip(bad: dict[str, str], total: int, where: str,
+                   skip_bad_files: bool, hint: str = "") -> None:
+  """Refuses the unreadable files `bad` ({path: reason}) among the `total`
+  files of `where` (e.g. "split 'train'"), or, with skip_bad_files, logs
+  each and their count; nothing happens when `bad` is empty.
+
+  Raises:
+    errors.RunError: naming the first bad file (unless skip_bad_files), or
+      when all `total` files are bad.
+  """
+  if not bad:
+    return
+  if not skip_bad_files:
+    path, reason = next(iter(bad.items()))
+    more = f" and {len(bad) - 1} more" if len(bad) > 1 else ""
+    raise errors.RunError(
+        f"unreadable image {path} ({reason}){more} in {where}; replace or "
+        "remove it, or set config.data.skip_bad_files=True to leave "
+        f"unreadable files out{hint}")
+  for path, reason in bad.items():
+    logging.warning("skipping unreadable image %s (%s)", path, reason)
+  logging.warning("%s: skipped %d unreadable of %d files "
+                  "(config.data.skip_bad_files)", where, len(bad), total)
+  if len(bad) == total:
+    raise errors.RunError(f"every file of {where} is unreadable")
+
+
 def _drop_unreadable(cfg: ml_collections.ConfigDict, split: str,
                      paths: list[str], labels: list[int]
                      ) -> tuple[list[str], list[int]]:
@@ -262,22 +289,10 @@ def _drop_unreadable(cfg: ml_collections.ConfigDict, split: str,
       config.data.skip_bad_files, which leaves them out and logs each.
   """
   bad = dict(unreadable(paths))
-  if not bad:
-    return paths, labels
-  if not cfg.get("skip_bad_files", False):
-    path, reason = next(iter(bad.items()))
-    more = f" and {len(bad) - 1} more" if len(bad) > 1 else ""
-    raise errors.RunError(
-        f"unreadable image {path} ({reason}){more} in split {split!r}; "
-        "replace or remove it, or set config.data.skip_bad_files=True to "
-        "leave unreadable files out (--mode=check_data lists them all)")
-  for path, reason in bad.items():
-    logging.warning("skipping unreadable image %s (%s)", path, reason)
-  logging.warning("split %r: skipped %d unreadable of %d files "
-                  "(config.data.skip_bad_files)", split, len(bad), len(paths))
+  refuse_or_skip(bad, len(paths), f"split {split!r}",
+                 cfg.get("skip_bad_files", False),
+                 " (--mode=check_data lists them all)")
   kept = [(p, y) for p, y in zip(paths, labels) if p not in bad]
-  if not kept:
-    raise errors.RunError(f"every file of split {split!r} is unreadable")
   return [p for p, _ in kept], [y for _, y in kept]
 
 

@@ -44,6 +44,7 @@ from mrl_jax import errors
 from mrl_jax import sharding as sharding_lib
 from mrl_jax.data import fashion_mnist
 from mrl_jax.data import image_folder
+from mrl_jax.data import image_text
 from mrl_jax.data import mixup as mixup_lib
 from mrl_jax.data import mlm_masking  # noqa: F401 (registers mlm_mask)
 from mrl_jax.data import text_corpus
@@ -140,8 +141,10 @@ def open_source(cfg: ml_collections.ConfigDict,
 
   `cfg.name` is a TFDS name (registered, or any dataset prepared in
   data_dir), "image_folder" for a folder tree at data_dir (see
-  image_folder.py), or "mrl_text_corpus" for the packed MLM corpus that
-  `cfg.corpus` describes (prepared offline on first use, text_corpus.py).
+  image_folder.py), "mrl_text_corpus" for the packed MLM corpus that
+  `cfg.corpus` describes (prepared offline on first use, text_corpus.py),
+  or an image-text source, "openclipart" or "image_text_folder"
+  (image_text.py, prepared on first use).
   All have the same reading interface.
 
   Raises:
@@ -151,6 +154,8 @@ def open_source(cfg: ml_collections.ConfigDict,
     return image_folder.open_source(cfg, split)
   if cfg.name == text_corpus.NAME:
     builder = text_corpus.open_builder(cfg.corpus, cfg.get("data_dir"))
+  elif cfg.name in image_text.NAMES:
+    builder = image_text.open_image_text(cfg)
   else:
     if cfg.name in _OFFLINE_PREPARERS:
       _OFFLINE_PREPARERS[cfg.name](cfg.get("data_dir"))

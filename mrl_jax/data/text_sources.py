@@ -10,9 +10,12 @@
   pronunciation marks, cross-reference braces and source tags removed.
 * A user's folder: every `.txt` file (one document per blank-line separated
   paragraph) and `.jsonl` file (one document per line, its "text" field).
+* A prepared TFDS text dataset (e.g. `wikipedia/20230601.en`): one document
+  per example of a split, its text feature `text_key`.
 
-A document id ("wordnet:noun:00001740", "gcide:1234", "notes/a.txt#3") is
-stable across runs; `split_of` maps it to train or validation.
+A document id ("wordnet:noun:00001740", "gcide:1234", "notes/a.txt#3",
+"wikipedia/20230601.en:17") is stable across runs; `split_of` maps it to
+train or validation.
 """
 from collections.abc import Iterator
 import dataclasses
@@ -21,6 +24,8 @@ import hashlib
 import json
 import pathlib
 import re
+
+import tensorflow_datasets as tfds
 
 from mrl_jax.errors import RunError
 
@@ -58,11 +63,16 @@ class Gloss:
   label: int  # index into LEXNAMES
 
 
+def hash_bucket(key: str) -> float:
+  """A stable number in [0, 1) from the sha256 of `key`."""
+  digest = hashlib.sha256(key.encode("utf-8")).digest()
+  return int.from_bytes(digest[:8], "big") / 2**64
+
+
 def split_of(doc_id: str, validation_fraction: float) -> str:
   """'train' or 'validation', from a hash of the document id alone."""
-  digest = hashlib.sha256(doc_id.encode("utf-8")).digest()
-  bucket = int.from_bytes(digest[:8], "big") / 2**64
-  return "validation" if bucket < validation_fraction else "train"
+  return ("validation" if hash_bucket(doc_id) < validation_fraction
+          else "train")
 
 
 def _require(path: pathlib.Path, package: str) -> None:
@@ -149,12 +159,11 @@ def gcide_documents(dict_path: str | pathlib.Path = GCIDE_DICT
     yield Document(f"gcide:{start}", _clean_gcide(entry))
 
 
-def folder_documents(root: str | pathlib.Path) -> Iterator[Document]:
-  """Documents of the .txt and .jsonl files under `root`, sorted by path.
+def text_files(root: str | pathlib.Path) -> list[pathlib.Path]:
+  """The .txt and .jsonl files under `root`, sorted by path.
 
   Raises:
-    RunError: no such folder, no text file in it, a file that is not UTF-8,
-      or a .jsonl line without a string "text" field.
+    RunError: no such folder, or no text file in it.
   """
   root = pathlib.Path(root)
   if not root.is_dir():
@@ -165,7 +174,18 @@ def folder_documents(root: str | pathlib.Path) -> Iterator[Document]:
   if not files:
     raise RunError(f"text folder {root} has no .txt or .jsonl file; add "
                    "some or point the root elsewhere")
-  for path in files:
+  return files
+
+
+def folder_documents(root: str | pathlib.Path) -> Iterator[Document]:
+  """Documents of the .txt and .jsonl files under `root`, sorted by path.
+
+  Raises:
+    RunError: no such folder, no text file in it, a file that is not UTF-8,
+      or a .jsonl line without a string "text" field.
+  """
+  root = pathlib.Path(root)
+  for path in text_files(root):
     name = path.relative_to(root).as_posix()
     text = read_utf8(path)
     if path.suffix == ".txt":
@@ -185,3 +205,51 @@ def folder_documents(root: str | pathlib.Path) -> Iterator[Document]:
         raise RunError(f"{path}:{i + 1}: not a JSON object with a string "
                        "\"text\" field; fix that line") from None
       yield Document(f"{name}#{i}", " ".join(doc.split()))
+
+
+def tfds_text_builder(name: str, split: str, text_key: str,
+                      data_dir: str | None) -> tfds.core.DatasetBuilder:
+  """The prepared TFDS dataset `name`, checked to have `split` (a split
+  name, or a slice of one such as "train[:10000]") and a text feature
+  `text_key`.
+
+  Raises:
+    RunError: the dataset is unknown or not prepared in data_dir.
+    ValueError: no such split, or no such text feature.
+  """
+  fix = f"prepare it first: tfds build {name}" + (
+      f" --data_dir={data_dir}" if data_dir else "")
+  try:
+    builder = tfds.builder(name, data_dir=data_dir)
+  except tfds.core.registered.DatasetNotFoundError:
+    raise RunError(f"TFDS dataset {name} is neither registered nor prepared "
+                   f"in {data_dir or 'the default data_dir'}; {fix}"
+                   ) from None
+  if not builder.is_prepared():
+    raise RunError(f"TFDS dataset {name} is not prepared in "
+                   f"{builder.data_dir_root}; {fix}")
+  if split.split("[")[0] not in builder.info.splits:
+    raise ValueError(f"TFDS dataset {name} has no split {split!r}; its "
+                     f"splits: {sorted(builder.info.splits)}")
+  texts = sorted(key for key, feature in builder.info.features.items()
+                 if isinstance(feature, tfds.features.Text))
+  if text_key not in texts:
+    raise ValueError(f"TFDS dataset {name} has no text feature "
+                     f"{text_key!r}; set text_key to one of its text "
+                     f"features {texts}")
+  return builder
+
+
+def tfds_documents(name: str, split: str, text_key: str,
+                   data_dir: str | None) -> Iterator[Document]:
+  """One document per example of a prepared TFDS text dataset, in its
+  stored order; ids are f"{name}:{index}".
+
+  Raises:
+    RunError, ValueError: as `tfds_text_builder`.
+  """
+  builder = tfds_text_builder(name, split, text_key, data_dir)
+  dataset = builder.as_dataset(split=split, shuffle_files=False).map(
+      lambda example: example[text_key])
+  for index, text in enumerate(dataset.as_numpy_iterator()):
+    yield Document(f"{name}:{index}", " ".join(text.decode("utf-8").split()))

@@ -20,6 +20,7 @@ from collections.abc import Iterable, Sequence
 import io
 import os
 import pathlib
+import re
 
 import numpy as np
 import sentencepiece as spm
@@ -112,29 +113,45 @@ def load(path: str | os.PathLike) -> Tokenizer:
 
 
 def train(texts: Iterable[str], vocab_size: int,
-          seed_sentencepiece_size: int = 200_000) -> Tokenizer:
+          seed_sentencepiece_size: int | None = None) -> Tokenizer:
   """Trains a unigram sentencepiece model on `texts` (one document each).
 
   Args:
     texts: training documents; newlines inside one are spaces.
     vocab_size: pieces including the 5 special ones.
-    seed_sentencepiece_size: candidate pieces before pruning.
+    seed_sentencepiece_size: candidate pieces before pruning (default:
+      max(50_000, 4 * vocab_size)). The EM rounds over the most candidates
+      take most of the training time; a few times the vocabulary suffices.
   Returns:
     The trained Tokenizer (its `model_proto` is what to store).
   Raises:
-    ValueError: vocab_size leaves no room for ordinary pieces.
+    ValueError: vocab_size leaves no room for ordinary pieces, or is
+      smaller than the text's alphabet.
   """
   if vocab_size <= NUM_SPECIAL + 1:
     raise ValueError(f"tokenizer vocab_size={vocab_size} is too small; use "
                      "at least a few hundred (e.g. 8192)")
+  if seed_sentencepiece_size is None:
+    seed_sentencepiece_size = max(50_000, 4 * vocab_size)
   model = io.BytesIO()
-  spm.SentencePieceTrainer.Train(
-      sentence_iterator=(" ".join(t.split()) for t in texts),
-      model_writer=model, model_type="unigram", vocab_size=vocab_size,
-      pad_id=PAD_ID, pad_piece="[PAD]", unk_id=UNK_ID, unk_piece="[UNK]",
-      bos_id=-1, eos_id=-1, control_symbols=list(_CONTROL),
-      character_coverage=0.9995, input_sentence_size=2_000_000,
-      shuffle_input_sentence=False, max_sentence_length=1 << 16,
-      seed_sentencepiece_size=seed_sentencepiece_size,
-      hard_vocab_limit=False, num_threads=_TRAIN_THREADS, minloglevel=2)
+  try:
+    spm.SentencePieceTrainer.Train(
+        sentence_iterator=(" ".join(t.split()) for t in texts),
+        model_writer=model, model_type="unigram", vocab_size=vocab_size,
+        pad_id=PAD_ID, pad_piece="[PAD]", unk_id=UNK_ID, unk_piece="[UNK]",
+        bos_id=-1, eos_id=-1, control_symbols=list(_CONTROL),
+        character_coverage=0.9995, input_sentence_size=2_000_000,
+        shuffle_input_sentence=False, max_sentence_length=1 << 16,
+        seed_sentencepiece_size=seed_sentencepiece_size,
+        hard_vocab_limit=False, num_threads=_TRAIN_THREADS, minloglevel=2)
+  except RuntimeError as e:
+    # Every character kept by character_coverage needs a piece of its own.
+    needed = re.search(r"smaller than required_chars\. \d+ vs (\d+)", str(e))
+    if needed is None:
+      raise
+    raise ValueError(
+        f"tokenizer vocab_size={vocab_size} is smaller than the "
+        f"{needed.group(1)} pieces that the training text's characters and "
+        "the special tokens need; use at least a few hundred (e.g. 8192)"
+    ) from None
   return Tokenizer(model.getvalue(), "<trained>")

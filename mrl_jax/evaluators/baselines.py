@@ -4,6 +4,9 @@
   (fitted on the train split), then fit a linear head.
 * Random feature selection: k random coordinates of the FF-full embedding,
   then a linear head.
+* Truncation: the first k coordinates of the FF-full embedding, then a
+  linear head (what a plain model's prefix is worth without MRL; the
+  two-tower and MLM comparisons' "first m dims of the plain model").
 
 Both are written as a fixed map of the [N, d] embedding to a new [N, d]
 embedding whose prefix [:, :k] is the baseline's k-dim feature: principal
@@ -19,10 +22,10 @@ import numpy as np
 from mrl_jax.evaluators import knn
 from mrl_jax.evaluators import linear_probe
 
-METHODS = ("svd", "random")
+METHODS = ("svd", "random", "truncate")
 # --mode=baselines' settings (config.baselines overrides them). dims: feature
 # counts, None = halving from the embedding dim down to 8.
-DEFAULTS = {"methods": METHODS, "dims": None, "seeds": 1,
+DEFAULTS = {"methods": ("svd", "random"), "dims": None, "seeds": 1,
             "l2": linear_probe.DEFAULT_L2, "steps": linear_probe.DEFAULT_STEPS}
 
 
@@ -64,6 +67,8 @@ def transform(method: str, train_embeddings: Any, test_embeddings: Any,
   if method == "random":
     order = random_order(train.shape[1], seed)
     return train[:, order], test[:, order]
+  if method == "truncate":
+    return train, test
   raise ValueError(f"unknown baseline {method!r}; use one of {METHODS}")
 
 

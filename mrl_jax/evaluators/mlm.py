@@ -1,9 +1,20 @@
 """Masked-LM accuracy and loss per nesting dim (the paper's Table 7
 quantity), from the sums of the MLM eval step (tasks/mlm.py)."""
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import numpy as np
+
+from mrl_jax.evaluators import classification
+
+
+def evaluate(eval_step: Callable[..., dict[str, Any]], state: Any,
+             batches: Iterable[dict[str, Any]],
+             nesting_dims: Sequence[int]) -> dict[str, Any]:
+  """Runs the MLM eval step over `batches` (`summarize`)."""
+  return summarize(
+      classification.sum_over_batches(eval_step, state, batches),
+      int(state.step), nesting_dims)
 
 
 def summarize(totals: dict[str, np.ndarray], step: int,

@@ -33,7 +33,7 @@ def build_model(config: ml_collections.ConfigDict) -> MRLClassifier:
     ValueError: for an unknown model, dtype, remat, head or a bad nesting list
       (one line each, before anything is compiled).
   """
-  backbone = configured_backbone(config, registry.build_backbone)
+  backbone = configured_backbone(config.model, registry.build_backbone)
   nesting = config.mrl.nesting_dims
   head = heads.build_head(
       config.mrl.head, backbone.embedding_dim, config.data.num_classes,
@@ -43,30 +43,30 @@ def build_model(config: ml_collections.ConfigDict) -> MRLClassifier:
   return MRLClassifier(backbone=backbone, head=head)
 
 
-def configured_backbone(config: ml_collections.ConfigDict,
-                        build: Callable[..., nn.Module]) -> nn.Module:
-  """build(config.model.name, dtype=..., **config.model.kwargs), with
-  config.model.remat applied; `build` is a registry builder (image
-  backbones or text encoders).
+def configured_backbone(model_cfg: ml_collections.ConfigDict,
+                        build: Callable[..., nn.Module],
+                        section: str = "config.model") -> nn.Module:
+  """build(name, dtype=..., **kwargs) of a model section (`section` names
+  it in errors), with its remat applied; `build` is a registry builder
+  (image backbones or text encoders).
 
   Raises:
     ValueError: unknown model, dtype or remat, or remat on a model without
       it (one line each).
   """
-  if config.model.dtype not in DTYPES:
-    raise ValueError(f"unknown dtype {config.model.dtype!r}; set "
-                     f"config.model.dtype to one of {sorted(DTYPES)}")
-  kwargs: dict[str, Any] = dict(config.model.get("kwargs", {}))
-  backbone = build(config.model.name, dtype=DTYPES[config.model.dtype],
-                   **kwargs)
-  remat = config.model.get("remat", "none")
+  if model_cfg.dtype not in DTYPES:
+    raise ValueError(f"unknown dtype {model_cfg.dtype!r}; set "
+                     f"{section}.dtype to one of {sorted(DTYPES)}")
+  kwargs: dict[str, Any] = dict(model_cfg.get("kwargs", {}))
+  backbone = build(model_cfg.name, dtype=DTYPES[model_cfg.dtype], **kwargs)
+  remat = model_cfg.get("remat", "none")
   if remat not in vit.REMAT_POLICIES:
-    raise ValueError(f"unknown remat {remat!r}; set config.model.remat to one "
+    raise ValueError(f"unknown remat {remat!r}; set {section}.remat to one "
                      f"of {', '.join(vit.REMAT_POLICIES)}")
   if remat != "none":
     if "remat" not in {f.name for f in dataclasses.fields(backbone)}:
-      raise ValueError(f"config.model.remat={remat!r} is supported by ViT "
+      raise ValueError(f"{section}.remat={remat!r} is supported by ViT "
                        f"and BERT models only; set it to 'none' for "
-                       f"{config.model.name}")
+                       f"{model_cfg.name}")
     backbone = backbone.clone(remat=remat)
   return backbone

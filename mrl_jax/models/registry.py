@@ -7,7 +7,7 @@ from typing import Any, Callable
 import flax.linen as nn
 
 # Modules in mrl_jax.models that are not backbones.
-_NOT_BACKBONES = frozenset({"registry", "classifier"})
+_NOT_BACKBONES = frozenset({"registry", "classifier", "two_tower"})
 
 
 @functools.cache

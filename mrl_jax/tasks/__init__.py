@@ -9,6 +9,9 @@ inputs; the trainer (train.py) runs any of them the same way.
 * mlm: packed token sequences -> a BERT encoder with the nested masked-LM
   head (mrl/mlm.py, MRL-E through the tied word embeddings); MLM accuracy
   and loss per dim (evaluators/mlm.py).
+* contrastive: image-text pairs -> two towers with the nested contrastive
+  loss (mrl/contrastive.py, each prefix normalised on its own); cross-modal
+  recall, zero-shot and cosine span per dim (evaluators/cross_modal.py).
 """
 from typing import Any, Protocol
 
@@ -19,6 +22,7 @@ import tensorflow as tf
 
 from mrl_jax import train_step as step_lib
 from mrl_jax.tasks import classification
+from mrl_jax.tasks import contrastive
 from mrl_jax.tasks import mlm
 
 Batch = dict[str, jax.Array]
@@ -62,9 +66,10 @@ class Task(Protocol):
   def eval_step(self, run_setup: Any, class_subset: Any = None):
     """step(state, batch) -> per-dim sums over the batch's real rows."""
 
-  def summarize(self, totals: dict[str, Any], step: int,
-                nesting_dims: tuple[int, ...]) -> dict[str, Any]:
-    """Summed eval-step outputs -> the eval summary (eval_summary.json)."""
+  def evaluate(self, run_setup: Any, eval_step: Any, state: Any,
+               batches: Any) -> dict[str, Any]:
+    """Runs the eval step over the batches -> the eval summary
+    (eval_summary.json), with "task" and "step"."""
 
   def as_scalars(self, summary: dict[str, Any],
                  split: str) -> dict[str, float]:
@@ -85,7 +90,7 @@ class Task(Protocol):
 
 
 TASKS: dict[str, Task] = {"classification": classification.TASK,
-                          "mlm": mlm.TASK}
+                          "mlm": mlm.TASK, "contrastive": contrastive.TASK}
 
 
 def get(config: ml_collections.ConfigDict) -> Task:

@@ -19,7 +19,7 @@ class Classification:
 
   name = "classification"
   accuracy_name = "top1"
-  summarize = staticmethod(evaluator.summarize)
+
   as_scalars = staticmethod(evaluator.as_scalars)
   format_table = staticmethod(evaluator.format_table)
 
@@ -66,6 +66,11 @@ class Classification:
   def objective(self, run_setup: Any) -> step_lib.Objective:
     return step_lib.classification_objective(
         run_setup.model, run_setup.loss_fn, run_setup.relative_importance)
+
+  def evaluate(self, run_setup: Any, eval_step: Any, state: Any,
+               batches: Any) -> dict[str, Any]:
+    return evaluator.evaluate(eval_step, state, batches,
+                              run_setup.nesting_dims)
 
   def eval_step(self, run_setup: Any, class_subset: Any = None):
     return step_lib.make_eval_step(run_setup.model, run_setup.loss_fn,

@@ -6,18 +6,14 @@ Batches are {"input_ids", "segment_ids", "input_mask" [B, L],
 `mlm_mask` preprocess op (data/mlm_masking.py); the model is a registered
 text encoder with `mrl.mlm.NestedMlmModel`'s head.
 """
-import os
 from typing import Any
 
-from absl import logging
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
 import tensorflow as tf
 
-from mrl_jax import atomic_files
-from mrl_jax import errors
 from mrl_jax import model_flops
 from mrl_jax import train_step as step_lib
 from mrl_jax.data import preprocess as preprocess_lib
@@ -27,10 +23,8 @@ from mrl_jax.models import classifier
 from mrl_jax.models import registry
 from mrl_jax.mrl import mlm
 from mrl_jax.mrl import nesting
+from mrl_jax.tasks import workdir_tokenizer
 
-# A trainer keeps the tokenizer it trained with here: the workdir alone says
-# which vocabulary its checkpoints speak.
-TOKENIZER_FILE = "tokenizer.model"
 _INPUTS = ("input_ids", "segment_ids", "input_mask", "masked_positions")
 
 
@@ -47,7 +41,7 @@ class MaskedLanguageModelling:
 
   name = "mlm"
   accuracy_name = "mlm_accuracy"
-  summarize = staticmethod(evaluator.summarize)
+
   as_scalars = staticmethod(evaluator.as_scalars)
   format_table = staticmethod(evaluator.format_table)
 
@@ -58,7 +52,7 @@ class MaskedLanguageModelling:
     decoders) or ff (FF-k: the tied decoder at the one dim config.mrl.ff_dim,
     default the hidden size); config.mrl.prefix_norm: LayerNorm each prefix
     on its own."""
-    encoder = classifier.configured_backbone(config,
+    encoder = classifier.configured_backbone(config.model,
                                              registry.build_text_encoder)
     hidden, head = encoder.hidden, config.mrl.head
     if head == "ff":
@@ -128,6 +122,11 @@ class MaskedLanguageModelling:
       return total, (metrics["loss"], metrics["accuracy"], batch_stats)
     return objective
 
+  def evaluate(self, run_setup: Any, eval_step: Any, state: Any,
+               batches: Any) -> dict[str, Any]:
+    return evaluator.evaluate(eval_step, state, batches,
+                              run_setup.nesting_dims)
+
   def eval_step(self, run_setup: Any, class_subset: Any = None):
     """step(state, batch) -> "loss", "correct" [G] and "predictions" []
     summed over the real predictions of the real rows, "count" [] rows."""
@@ -157,33 +156,12 @@ class MaskedLanguageModelling:
   def bind_data(self, config: ml_collections.ConfigDict, source: Any,
                 workdir: str, *, writer: bool) -> None:
     """The corpus's tokenizer must fit the model and be the one the
-    workdir's checkpoints were trained with (kept as DIR/tokenizer.model).
-
-    Raises:
-      ValueError: the tokenizer has more pieces than the model's vocabulary.
-      errors.RunError: the workdir was trained with another tokenizer.
-    """
-    tokenizer = text_corpus.load_tokenizer(source.builder)
-    vocab = config.model.kwargs.get("vocab_size")
-    if vocab is not None and tokenizer.vocab_size > vocab:
-      raise ValueError(
-          f"the corpus's tokenizer has {tokenizer.vocab_size} pieces but "
-          f"config.model.kwargs.vocab_size={vocab}; set it to "
-          f"{tokenizer.vocab_size} or more")
-    path = os.path.join(workdir, TOKENIZER_FILE)
-    if os.path.exists(path):
-      with open(path, "rb") as f:
-        if f.read() != tokenizer.model_proto:
-          raise errors.RunError(
-              f"{path}, the tokenizer this workdir was trained with, differs "
-              f"from the corpus's ({source.builder.data_dir}); point "
-              "config.data at the corpus it was trained on, or use a new "
-              "--workdir")
-    elif writer:
-      os.makedirs(workdir, exist_ok=True)
-      atomic_files.write_bytes(path, tokenizer.model_proto)
-      logging.info("tokenizer: %d pieces, kept as %s", tokenizer.vocab_size,
-                   path)
+    workdir's checkpoints were trained with (workdir_tokenizer.py)."""
+    workdir_tokenizer.bind(
+        text_corpus.load_tokenizer(source.builder),
+        config.model.kwargs.get("vocab_size"),
+        "config.model.kwargs.vocab_size", workdir, source.builder.data_dir,
+        writer=writer)
 
 
 TASK = MaskedLanguageModelling()

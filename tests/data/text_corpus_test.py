@@ -190,6 +190,21 @@ def test_packing_keeps_every_token_in_order():
     assert r[-1] == tok.SEP_ID or (r[-2] == tok.SEP_ID and r[-1] == 0)
 
 
+def test_tokenizer_sample_is_a_stable_hash_chosen_share():
+  docs = [text_sources.Document(f"gcide:{i}", f"text {i:05d}")
+          for i in range(10_000)]  # 10 characters each
+  assert text_corpus.tokenizer_sample(docs[:50], 500) == [
+      d.text for d in docs[:50]]  # fits: all, in order
+  sample = text_corpus.tokenizer_sample(docs, 20_000)
+  assert 1800 < len(sample) < 2200  # about 20_000 characters
+  assert sample == sorted(sample)  # in document order
+  assert sample == text_corpus.tokenizer_sample(docs, 20_000)
+  # Independent of the validation split's hash: both splits contribute.
+  val = {d.text for d in docs if text_sources.split_of(d.id, 0.2) ==
+         "validation"}
+  assert 0.1 < len(val & set(sample)) / len(sample) < 0.3
+
+
 def _prepare(builder_cls, data_dir, **kwargs):
   builder = builder_cls(data_dir=str(data_dir), **kwargs)
   builder.download_and_prepare()

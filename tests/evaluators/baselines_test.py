@@ -33,6 +33,20 @@ def test_random_features_are_k_random_coordinates():
   assert not np.array_equal(other, train)
 
 
+def test_truncation_keeps_the_first_coordinates():
+  rng = np.random.default_rng(2)
+  y = rng.integers(0, 2, 200)
+  z = rng.normal(size=(200, 8)).astype(np.float32)
+  z[:, 7] += 4.0 * (2 * y - 1)  # the signal is in the last coordinate only
+  train, test = baselines.transform("truncate", z, z[:5])
+  np.testing.assert_array_equal(train, z)
+  np.testing.assert_array_equal(test, z[:5])
+  out = baselines.evaluate(z[:150], y[:150], z[150:], y[150:], dims=(4, 8),
+                           num_classes=2, methods=("truncate",), steps=50)
+  assert out["truncate/linear_top1/d=8"] > 0.95
+  assert out["truncate/linear_top1/d=4"] < 0.8
+
+
 def test_informative_directions_beat_random_coordinates_at_small_k():
   # Class signal only in the first principal direction, hidden among noisy
   # coordinates: SVD at k=1 finds it; one random coordinate mostly does not.

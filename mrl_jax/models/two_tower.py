@@ -1,0 +1,100 @@
+"""ALIGN-style two towers: an image backbone and a text encoder, each
+projected to one shared width d.
+
+The towers return *raw* embeddings: MRL's contrastive loss normalises each
+prefix z[:, :m] on its own (the paper: "the presence of normalization on
+the representation needs to be handled independently for each of the
+nesting dimension"), so normalising the full vector here would be wrong for
+every m < d.
+
+Parameters: `image_tower` (any registered backbone), `text_tower` (a
+registered text encoder; its sentence embedding is `Bert.pool`'s),
+`image_projection` and `text_projection` (Dense to d).
+"""
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from mrl_jax.mrl import contrastive
+
+Dtype = Any
+_INIT = nn.initializers.truncated_normal(0.02)
+
+
+class TwoTower(nn.Module):
+  """images [B, H, W, C] and token ids [B, L] -> (z_image, z_text), [B, d].
+
+  Attributes:
+    image_tower: images -> [B, D_image] (a registry backbone).
+    text_tower: (input_ids, segment_ids, input_mask) -> BertOutput.
+    embed_dim: d, the shared width both towers are projected to.
+    dtype: compute dtype of the projections; parameters stay float32.
+  """
+  image_tower: nn.Module
+  text_tower: nn.Module
+  embed_dim: int
+  dtype: Dtype = jnp.float32
+
+  def setup(self):
+    if self.embed_dim < 1:
+      raise ValueError(f"two-tower embed_dim={self.embed_dim} must be >= 1")
+    dense = lambda: nn.Dense(self.embed_dim, dtype=self.dtype,
+                             param_dtype=jnp.float32, kernel_init=_INIT)
+    self.image_projection = dense()
+    self.text_projection = dense()
+
+  def encode_image(self, images: jax.Array, *, train: bool) -> jax.Array:
+    """[B, H, W, C] -> raw image embeddings [B, d]."""
+    return self.image_projection(self.image_tower(images, train=train))
+
+  def encode_text(self, input_ids: jax.Array, input_mask: jax.Array, *,
+                  train: bool) -> jax.Array:
+    """[B, L] ids and 0/1 padding mask -> raw text embeddings [B, d]."""
+    out = self.text_tower(input_ids, None, input_mask, train=train)
+    return self.text_projection(out.embedding)
+
+  def __call__(self, images: jax.Array, input_ids: jax.Array,
+               input_mask: jax.Array, *,
+               train: bool) -> tuple[jax.Array, jax.Array]:
+    return (self.encode_image(images, train=train),
+            self.encode_text(input_ids, input_mask, train=train))
+
+
+class ContrastiveTwoTower(nn.Module):
+  """TwoTower plus the contrastive loss's learnable scalars.
+
+  Returns (z_image [B, d], z_text [B, d], loss_params) with loss_params
+  {"log_temperature": [] or [G]} (+ {"bias"} for the sigmoid loss),
+  initialised as ALIGN / SigLIP do (`mrl.contrastive.initial_params`).
+
+  Attributes:
+    towers: the TwoTower.
+    kind: "softmax" (ALIGN) or "sigmoid" (SigLIP).
+    num_temperatures: None for one temperature shared by every nesting dim
+      (ALIGN), G for one per dim.
+    nesting_dims: the dims the loss scores (the model itself is the same
+      for any list).
+  """
+  towers: TwoTower
+  kind: str = "softmax"
+  num_temperatures: int | None = None
+  nesting_dims: tuple[int, ...] = ()
+
+  @nn.compact
+  def __call__(self, images: jax.Array, input_ids: jax.Array,
+               input_mask: jax.Array, *, train: bool):
+    z_image, z_text = self.towers(images, input_ids, input_mask, train=train)
+    init = contrastive.initial_params(self.kind, self.num_temperatures)
+    loss_params = {name: self.param(
+                       name, lambda _, v=value: jnp.asarray(v, jnp.float32))
+                   for name, value in init.items()}
+    return z_image, z_text, loss_params
+
+  def encode_image(self, images: jax.Array, *, train: bool) -> jax.Array:
+    return self.towers.encode_image(images, train=train)
+
+  def encode_text(self, input_ids: jax.Array, input_mask: jax.Array, *,
+                  train: bool) -> jax.Array:
+    return self.towers.encode_text(input_ids, input_mask, train=train)

@@ -1,0 +1,43 @@
+"""The two-tower model: raw projected embeddings of both towers."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from mrl_jax.models import registry
+from mrl_jax.models import two_tower
+
+
+def _model(d=24):
+  return two_tower.TwoTower(
+      registry.build_backbone("small_cnn", embed_dim=16, widths=(4, 8)),
+      registry.build_text_encoder("bert_mu", vocab_size=64, pool="mean"), d)
+
+
+def test_towers_give_raw_embeddings_of_the_shared_width():
+  model = _model()
+  images = jnp.asarray(np.random.default_rng(0).uniform(size=(3, 28, 28, 1)),
+                       jnp.float32)
+  ids = jnp.array([[2, 7, 9, 3, 0], [2, 5, 3, 0, 0], [2, 8, 8, 8, 3]])
+  variables = model.init(jax.random.key(0), images, ids, ids > 0, train=False)
+  assert set(variables["params"]) == {"image_tower", "text_tower",
+                                      "image_projection", "text_projection"}
+  z_img, z_txt = model.apply(variables, images, ids, ids > 0, train=False)
+  assert z_img.shape == z_txt.shape == (3, 24)
+  # Not normalised inside the towers: the loss normalises each prefix.
+  assert not np.allclose(np.linalg.norm(z_txt, axis=-1), 1.0)
+  alone = model.apply(variables, ids, ids > 0, train=False,
+                      method=model.encode_text)
+  np.testing.assert_allclose(alone, z_txt, rtol=1e-6)
+  # Padding does not change a text's embedding (mean pooling is masked).
+  padded = jnp.pad(ids, ((0, 0), (0, 3)))
+  np.testing.assert_allclose(
+      model.apply(variables, padded, padded > 0, train=False,
+                  method=model.encode_text), z_txt, rtol=1e-5, atol=1e-6)
+
+
+def test_a_width_below_one_is_refused():
+  with pytest.raises(ValueError, match="embed_dim=0"):
+    _model(0).init(jax.random.key(0), jnp.zeros((1, 28, 28, 1)),
+                   jnp.zeros((1, 4), jnp.int32), jnp.ones((1, 4)),
+                   train=False)

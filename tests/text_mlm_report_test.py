@@ -1,0 +1,46 @@
+"""experiments/text_mlm/report.py on hand-made summaries: the tables, the
+claim check (holds / FAILS / missing) and the PNGs."""
+import importlib.util
+import json
+import pathlib
+
+REPORT = (pathlib.Path(__file__).resolve().parents[1] /
+          "experiments/text_mlm/report.py")
+
+
+def _load_report():
+  spec = importlib.util.spec_from_file_location("text_mlm_report", REPORT)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+def _write(root, name, kind, obj):
+  (root / name).mkdir(parents=True, exist_ok=True)
+  (root / name / f"{kind}_summary.json").write_text(json.dumps(obj))
+
+
+def test_tables_claims_and_plots(tmp_path):
+  report = _load_report()
+  dims = report.DIMS
+  _write(tmp_path, "mrl_e", "eval", {"step": 600, "mlm_accuracy": {
+      str(d): 0.1 + d / 1000 for d in dims}})
+  _write(tmp_path, "mrl_e", "knn", {f"knn/top1/d={d}": 0.5 for d in dims})
+  _write(tmp_path, "ff8", "eval", {"step": 600, "mlm_accuracy": {"8": 0.2}})
+  _write(tmp_path, "ff32", "eval", {"step": 600,
+                                    "mlm_accuracy": {"32": 0.134}})
+  _write(tmp_path, "ff128", "baselines", {
+      **{f"truncate/knn_top1/d={d}": 0.3 for d in dims},
+      **{f"svd/linear_top1/d={d}": 0.4 for d in dims}})
+  r = report.collect(str(tmp_path))
+  assert r["mlm"]["mrl_e"][128] == 0.1 + 0.128 and r["mlm"]["ff"] == {
+      8: 0.2, 32: 0.134}
+  text = report.markdown(r)
+  assert "| MRL-E | 10.80 |" in text
+  assert "MRL-E at 8 dims within 0.5 points of FF-8: FAILS" in text
+  assert "MRL-E at 32 dims within 0.5 points of FF-32: holds" in text
+  assert "MRL-E at 128 dims within 0.5 points of FF-128: missing" in text
+  assert "| FF-128, first m dims | 30.00 |" in text
+  report.plot(r, str(tmp_path))
+  for png in ("mlm_accuracy_vs_dim.png", "lexnames_vs_dim.png"):
+    assert (tmp_path / png).stat().st_size > 1000
