@@ -213,3 +213,13 @@ def test_adaptive_on_an_mlm_config_says_it_has_no_class_heads(
   with pytest.raises(ValueError, match="the mlm task's model has no class "
                      "heads"):
     embedding_eval.adaptive(config, str(tmp_path))
+
+
+def test_export_of_a_task_without_export_inputs_is_one_line_error(
+    tmp_path, config_module):
+  config = config_module("default").get_config("smoke")
+  config.task = "contrastive"
+  for export in (embedding_writer.export_embeddings, encoder.export_encoder):
+    with pytest.raises(ValueError, match="config.task='contrastive': "
+                       "--mode=export and --mode=export_encoder support"):
+      export(config, str(tmp_path))

@@ -18,6 +18,7 @@ import tensorflow as tf
 
 from mrl_jax.data import preprocess as preprocess_lib
 from mrl_jax.data import text_corpus
+from mrl_jax.data import tfds_prepare
 from mrl_jax.data import tokenizer as tok
 
 LEXNAMES = "wordnet_lexnames"
@@ -70,4 +71,4 @@ def prepare(dataset: ml_collections.ConfigDict) -> None:
     return
   builder = builder(data_dir=dataset.get("data_dir"))
   if not builder.is_prepared():
-    builder.download_and_prepare()
+    tfds_prepare.prepare(builder, f"the labelled text dataset {dataset.name}")

@@ -27,7 +27,7 @@ from mrl_jax import errors
 from mrl_jax.data import pipeline
 from mrl_jax.data import preprocess
 from mrl_jax.data import text_eval
-from mrl_jax.tasks import mlm as mlm_task
+from mrl_jax.tasks import workdir_tokenizer
 
 Batch = dict[str, jax.Array]
 
@@ -125,7 +125,7 @@ class TextInputs:
     Raises:
       errors.RunError: the workdir has no tokenizer.model.
     """
-    path = os.path.join(os.path.abspath(workdir), mlm_task.TOKENIZER_FILE)
+    path = os.path.join(os.path.abspath(workdir), workdir_tokenizer.FILE)
     if not os.path.isfile(path):
       raise errors.RunError(
           f"{path} is missing: the tokenizer this workdir's model was trained "
@@ -166,11 +166,11 @@ class TextInputs:
   def bundle(self) -> tuple[dict[str, Any], dict[str, bytes]]:
     return {"modality": "text", "pool": self.metadata["pool"],
             "preprocessing": {
-                "tokenizer": mlm_task.TOKENIZER_FILE,
+                "tokenizer": workdir_tokenizer.FILE,
                 "tokenizer_sha256": self.metadata["tokenizer_sha256"],
                 "max_length": self.metadata["seq_len"],
                 "format": "[CLS] ids [SEP], [PAD]-padded to max_length"}}, {
-                    mlm_task.TOKENIZER_FILE: self._tokenizer}
+                    workdir_tokenizer.FILE: self._tokenizer}
 
   def encoder(self, model: nn.Module) -> nn.Module:
     return model.encoder
@@ -202,8 +202,14 @@ def get(config: ml_collections.ConfigDict, workdir: str) -> ExportInputs:
   """The export inputs of config.task, checked without reading a checkpoint.
 
   Raises:
-    ValueError, errors.RunError: as the inputs' constructors.
+    ValueError: a task without export inputs.
+    errors.RunError: as the inputs' constructors.
   """
-  if config.get("task", "classification") == mlm_task.TASK.name:
+  task = config.get("task", "classification")
+  if task == "mlm":
     return TextInputs(config, workdir)
-  return ImageInputs(config)
+  if task == "classification":
+    return ImageInputs(config)
+  raise ValueError(f"config.task={task!r}: --mode=export and "
+                   "--mode=export_encoder support the classification and "
+                   "mlm tasks")
