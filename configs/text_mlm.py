@@ -22,10 +22,13 @@ Prints MLM accuracy and loss per nesting dim on the validation split.
 Then `--mode=export` writes the mean-pooled sentence embeddings of WordNet
 glosses with their 45 lexicographer classes (`wordnet_lexnames`), which the
 1-NN (`--mode=knn`) and linear-probe (`--mode=probe`) evaluators score per
-dim. Results and the MRL / MRL-E / FF-k comparison:
+dim; `--mode=export_encoder` writes a text bundle (the encoder and its
+tokenizer) whose `mrl_jax.load_encoder(DIR/encoder).embed(texts, dim=m)`
+gives the same embeddings. Results and the MRL / MRL-E / FF-k comparison:
 experiments/text_mlm/README.md.
 """
 import ml_collections
+from ml_collections import config_dict
 
 from mrl_jax import config_lib
 
@@ -49,9 +52,31 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.optimizer = config_lib.optimizer_section(
       "adamw", learning_rate=1e-3, weight_decay=0.01, warmup_steps=100,
       schedule="linear", b2=0.999, grad_clip_norm=1.0)
+  _add_offline_modes(config)
   if arg.smoke:
     _smoke(config)
   return config
+
+
+def _add_offline_modes(config: ml_collections.ConfigDict) -> None:
+  """Settings of --mode=export, knn, probe and baselines: the pooled
+  sentence embeddings of WordNet glosses, labelled with their 45
+  lexicographer classes (tokenized with the workdir's tokenizer.model)."""
+  config.export = ml_collections.ConfigDict()
+  config.export.dataset = ml_collections.ConfigDict({
+      "name": "wordnet_lexnames", "train_split": "train",
+      "eval_split": "validation", "num_classes": 45,
+      "data_dir": config_dict.placeholder(str)})
+  config.export.splits = ()  # the dataset's train and eval splits
+  config.export.dtype = "float16"
+  config.export.examples_per_shard = 16_384
+  # mrl_jax/embedding_eval.py (knn keeps its defaults): few-shot and full
+  # linear probes, and the SVD / random-feature baselines of an FF-full model.
+  config.probe = ml_collections.ConfigDict(
+      {"shots": (5, 0), "seeds": 3, "l2": 1e-4, "steps": 200})
+  config.baselines = ml_collections.ConfigDict(
+      {"methods": ("svd", "random"), "dims": config_dict.placeholder(tuple),
+       "seeds": 1, "l2": 1e-4, "steps": 200})
 
 
 def _smoke(config: ml_collections.ConfigDict) -> None:
@@ -70,3 +95,10 @@ def _smoke(config: ml_collections.ConfigDict) -> None:
   if config.mrl.ff_dim is not None:
     config.mrl.ff_dim = min(config.mrl.ff_dim, 32)
   config.optimizer.warmup_steps = 2
+  config.export.dataset.train_split = "train[:2048]"
+  config.export.dataset.eval_split = "validation[:512]"
+  config.export.examples_per_shard = 1024
+  config.probe.shots = (0,)  # all: rare classes have < 5 glosses in the slice
+  config.probe.seeds = 2
+  config.probe.steps = 30
+  config.baselines.steps = 30

@@ -15,11 +15,13 @@ nesting dim reported (`--mode=export` writes what they read):
              pairs built from the eval split (evaluators/pair_task.py);
              settings in config.pairs
 
-Writes DIR/<mode>_summary.json (flat, greppable metric names such as
-`knn/top1/d=8`, `retrieval/mAP@10/d=32`, `adaptive/ac_accuracy/d=64`,
-`probe/top1@5shot/d=8`, `svd/linear_top1/d=8`). Each evaluator declares
-the defaults of its config section (`DEFAULTS` in mrl_jax/evaluators/); a
-config may omit the section or set any of its fields.
+The exported dataset is config.data, or config.export.dataset when set (the
+mlm task's labelled text). Writes DIR/<mode>_summary.json (flat, greppable
+metric names such as `knn/top1/d=8`, `retrieval/mAP@10/d=32`,
+`adaptive/ac_accuracy/d=64`, `probe/top1@5shot/d=8`, `svd/linear_top1/d=8`).
+Each evaluator declares the defaults of its config section (`DEFAULTS` in
+mrl_jax/evaluators/); a config may omit the section or set any of its
+fields.
 """
 import os
 from typing import Any
@@ -51,16 +53,18 @@ def settings(config: ml_collections.ConfigDict, mode: str,
   return {**defaults, **section}
 
 
-def _exported_dir(config: ml_collections.ConfigDict, workdir: str,
-                  split: str) -> str:
-  # The readers check the export is finished (and say how to make it).
-  return embedding_files.split_dir(workdir, config.data.name, split)
-
-
 def _exported_dirs(config: ml_collections.ConfigDict,
                    workdir: str) -> tuple[str, str]:
-  return tuple(_exported_dir(config, workdir, split)
-               for split in (config.data.train_split, config.data.eval_split))
+  """The exported train (database) and eval (queries) splits of the
+  exported dataset (config.data, or config.export.dataset)."""
+  # The readers check the export is finished (and say how to make it).
+  data = embedding_files.exported_dataset(config)
+  return tuple(embedding_files.split_dir(workdir, data.name, split)
+               for split in (data.train_split, data.eval_split))
+
+
+def _num_classes(config: ml_collections.ConfigDict) -> int:
+  return embedding_files.exported_dataset(config).num_classes
 
 
 def _write_summary(workdir: str, mode: str,
@@ -93,11 +97,13 @@ def adaptive(config: ml_collections.ConfigDict,
              workdir: str) -> dict[str, Any]:
   """--mode=adaptive: the MRL-AC cascade, settings in config.adaptive."""
   opts = settings(config, "adaptive", adaptive_classification.DEFAULTS)
-  if config.loss.name != "softmax":
-    raise ValueError("adaptive classification thresholds max-softmax "
-                     f"confidences; config.loss.name={config.loss.name!r} "
-                     "models have no softmax heads")
-  eval_dir = _exported_dir(config, workdir, config.data.eval_split)
+  loss = (config.get("loss") or {}).get("name")
+  if loss != "softmax":
+    raise ValueError(
+        "adaptive classification thresholds max-softmax confidences; "
+        + (f"config.loss.name={loss!r} models have no softmax heads" if loss
+           else f"the {config.get('task')} task's model has no class heads"))
+  eval_dir = _exported_dirs(config, workdir)[1]
   keys = ("logits", "labels") + (("flip_logits",) if opts["tta"] else ())
   arrays, meta = embedding_files.load_arrays(eval_dir, keys)
   # Exported rows first ([N, G, C]); the cascade wants [G, N, C].
@@ -124,7 +130,7 @@ def probe(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
           *_exported_dirs(config, workdir)))
   out = linear_probe.evaluate(
       database, db_labels, queries, q_labels, meta["nesting"],
-      config.data.num_classes, shots=tuple(opts["shots"]),
+      _num_classes(config), shots=tuple(opts["shots"]),
       seeds=int(opts["seeds"]), l2=float(opts["l2"]),
       steps=int(opts["steps"]))
   return _write_summary(workdir, "probe",
@@ -141,7 +147,7 @@ def baselines(config: ml_collections.ConfigDict,
           *_exported_dirs(config, workdir)))
   dims = opts["dims"] or nesting.default_nesting(database.shape[1])
   out = baselines_lib.evaluate(
-      database, db_labels, queries, q_labels, dims, config.data.num_classes,
+      database, db_labels, queries, q_labels, dims, _num_classes(config),
       methods=tuple(opts["methods"]), seeds=int(opts["seeds"]),
       l2=float(opts["l2"]), steps=int(opts["steps"]))
   return _write_summary(workdir, "baselines",
@@ -153,9 +159,9 @@ def pairs(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   opts = settings(config, "pairs", pair_task.DEFAULTS)
   pair_task.check_counts(opts["database_per_pair"], opts["queries_per_pair"])
   embeddings, labels, meta = embedding_files.load_split(
-      _exported_dir(config, workdir, config.data.eval_split))
+      _exported_dirs(config, workdir)[1])
   out = pair_task.evaluate(
-      embeddings, labels, meta["nesting"], config.data.num_classes,
+      embeddings, labels, meta["nesting"], _num_classes(config),
       database_per_pair=int(opts["database_per_pair"]),
       queries_per_pair=int(opts["queries_per_pair"]), seed=int(opts["seed"]),
       l2=float(opts["l2"]), steps=int(opts["steps"]))

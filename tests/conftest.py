@@ -14,6 +14,7 @@ import importlib.util
 import json
 import os
 import pathlib
+import shutil
 
 import numpy as np
 from PIL import Image
@@ -39,6 +40,33 @@ def pytest_collection_modifyitems(items):
   for item in items:
     if INTEGRATION_DIR in item.path.parents:
       item.add_marker(pytest.mark.slow)
+
+
+def run_offline_mode(config: str, workdir: str, mode: str, **export):
+  """Runs launcher mode `mode` in-process through the modes table, as the
+  launcher does after parsing its flags; returns (result, printed text).
+
+  config: "path/to/config.py:arg"; export: config.export fields to
+  override (e.g. logits_splits).
+  """
+  from mrl_jax import config_lib  # pylint: disable=import-outside-toplevel
+  from mrl_jax import modes  # pylint: disable=import-outside-toplevel
+  loaded = config_lib.load_config(config)
+  loaded.export.update(export)
+  entry = modes.MODES[mode]
+  result = modes.resolve(entry.runner)(loaded, workdir)
+  return result, modes.resolve(entry.printer)(result)
+
+
+@pytest.fixture(name="copy_of")
+def fixture_copy_of(tmp_path):
+  """copy(workdir) -> a copy of a module's reference workdir for one test to
+  change."""
+  def copy(workdir):
+    dst = str(tmp_path / "workdir")
+    shutil.copytree(workdir, dst)
+    return dst
+  return copy
 
 
 @pytest.fixture(name="config_module", scope="session")

@@ -5,21 +5,29 @@ import json
 import os
 import subprocess
 import sys
+import types
 
 import jax
 import numpy as np
 import pytest
 
+from mrl_jax import embedding_eval
+from mrl_jax import errors
+from mrl_jax.data import text_sources
+from mrl_jax.data import tokenizer as tok
 from mrl_jax.export import embedding_files
 from mrl_jax.export import embedding_writer
+from mrl_jax.export import encoder
+from mrl_jax.export import task_inputs
 from mrl_jax import sharding
 
 
 
 
 def test_defaults_and_path_safe_split_names(config_module):
+  config = config_module("default").get_config()
   settings = embedding_writer._export_settings(  # pylint: disable=protected-access
-      config_module("default").get_config())
+      config, task_inputs.ImageInputs(config))
   assert settings == {"splits": ("train", "test"), "dtype": "float16",
                       "examples_per_shard": 20_000,
                       "logits_splits": ("test",), "flip_tta": True,
@@ -43,7 +51,8 @@ def test_bad_export_settings(field, value, match, config_module):
     section = section[key]
   section[name] = value
   with pytest.raises(ValueError, match=match):
-    embedding_writer._export_settings(config)  # pylint: disable=protected-access
+    embedding_writer._export_settings(  # pylint: disable=protected-access
+        config, task_inputs.ImageInputs(config))
 
 
 def test_reading_and_evaluating_an_export_imports_neither_tf_nor_flax():
@@ -123,3 +132,94 @@ def test_weights_digest_changes_with_any_weight_not_with_sharding():
   swapped = weights["a"][::-1].copy()  # same values, other places
   for a in (nudged, swapped):
     assert embedding_writer.weights_digest({**weights, "a": a}, mesh) != on_one
+
+
+def _text_inputs_stub(config):
+  """What _export_settings reads of the mlm task's inputs."""
+  return types.SimpleNamespace(data=config.export.dataset,
+                               arrays=("embeddings",), views=False)
+
+
+def test_mlm_export_defaults_to_the_labelled_text_splits(config_module):
+  config = config_module("text_mlm").get_config()
+  settings = embedding_writer._export_settings(  # pylint: disable=protected-access
+      config, _text_inputs_stub(config))
+  assert settings["splits"] == ("train", "validation")
+  assert settings["logits_splits"] == () and settings["views"] is None
+  assert embedding_files.exported_dataset(config).num_classes == 45
+
+
+@pytest.mark.parametrize("field,value,match", [
+    ("logits_splits", ("validation",), "model has no class logits; leave it "
+     "empty"),
+    ("views", {"count": 2, "preprocess": "flip_lr"}, "no augmented views; set "
+     "config.export.views.count=0"),
+])
+def test_mlm_export_refuses_logits_and_views(field, value, match,
+                                             config_module):
+  config = config_module("text_mlm").get_config("smoke")
+  config.export[field] = value
+  with pytest.raises(ValueError, match=match):
+    embedding_writer._export_settings(  # pylint: disable=protected-access
+        config, _text_inputs_stub(config))
+
+
+@pytest.mark.parametrize("export", [embedding_writer.export_embeddings,
+                                    encoder.export_encoder])
+def test_mlm_export_without_the_workdirs_tokenizer_says_where_it_is(
+    tmp_path, config_module, export):
+  config = config_module("text_mlm").get_config("smoke")
+  with pytest.raises(errors.RunError, match=r"tokenizer\.model is missing: "
+                     "the tokenizer this workdir's model was trained with; "
+                     "copy it there .* or train with --mode=train"):
+    export(config, str(tmp_path))
+  assert os.listdir(tmp_path) == []
+
+
+def _workdir_with_tokenizer(tmp_path) -> str:
+  tmp_path.mkdir(exist_ok=True)
+  tok.train(["a small river flows over green stones toward the sea"] * 20,
+            vocab_size=40).save(tmp_path / "tokenizer.model")
+  return str(tmp_path)
+
+
+def test_mlm_export_of_a_bad_split_fails_before_the_checkpoint_is_read(
+    tmp_path, config_module):
+  # The workdir has no checkpoint: the split is what is reported.
+  config = config_module("text_mlm").get_config("smoke")
+  config.export.dataset.eval_split = "test"
+  with pytest.raises(ValueError, match="bad split 'test' for "
+                     "'wordnet_lexnames'.*'train', 'validation'"):
+    embedding_writer.export_embeddings(config,
+                                       _workdir_with_tokenizer(tmp_path))
+  assert os.listdir(tmp_path) == ["tokenizer.model"]
+
+
+def test_mlm_export_without_wordnet_names_the_debian_package(
+    tmp_path, config_module, monkeypatch):
+  monkeypatch.setattr(text_sources, "WORDNET_DIR", tmp_path / "no_wordnet")
+  config = config_module("text_mlm").get_config("smoke")
+  config.export.dataset.data_dir = str(tmp_path / "tfds")  # not prepared
+  workdir = _workdir_with_tokenizer(tmp_path / "workdir")
+  with pytest.raises(errors.RunError, match="install the Debian package "
+                     "wordnet-base"):
+    embedding_writer.export_embeddings(config, workdir)
+  assert os.listdir(workdir) == ["tokenizer.model"]
+
+
+def test_adaptive_on_an_mlm_config_says_it_has_no_class_heads(
+    tmp_path, config_module):
+  config = config_module("text_mlm").get_config("smoke")
+  with pytest.raises(ValueError, match="the mlm task's model has no class "
+                     "heads"):
+    embedding_eval.adaptive(config, str(tmp_path))
+
+
+def test_export_of_a_task_without_export_inputs_is_one_line_error(
+    tmp_path, config_module):
+  config = config_module("default").get_config("smoke")
+  config.task = "contrastive"
+  for export in (embedding_writer.export_embeddings, encoder.export_encoder):
+    with pytest.raises(ValueError, match="config.task='contrastive': "
+                       "--mode=export and --mode=export_encoder support"):
+      export(config, str(tmp_path))

@@ -12,6 +12,18 @@ import re
 import numpy as np
 
 
+def exported_dataset(config):
+  """The config section of the dataset an export embeds (name,
+  train_split, eval_split, num_classes): config.export.dataset when set
+  (the mlm task's labelled text), else config.data.
+
+  Args:
+    config: the run's ml_collections.ConfigDict.
+  """
+  export = config.get("export") or {}
+  return export.get("dataset") or config.data
+
+
 def split_dir(workdir: str, dataset: str, split: str) -> str:
   """DIR/embeddings/<dataset>/<split>, with split slices made path-safe."""
   safe = re.sub(r"[^A-Za-z0-9.%-]+", "_", split).strip("_")

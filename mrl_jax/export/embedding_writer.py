@@ -1,5 +1,11 @@
 """Embedding export (mode=export): full-dim embeddings of TFDS splits on disk.
 
+What is embedded depends on the trainer task (task_inputs.py): config.data's
+images through the backbone (and the heads' logits), or, for the mlm task,
+the labelled text of config.export.dataset through the BERT encoder's pooled
+embedding; the shards, provenance and layout below are the same (the
+digest of the weights then covers the tokenizer too).
+
 Downstream evaluators (k-NN, retrieval, adaptive classification) read these
 instead of re-running the backbone. Layout, per split:
 
@@ -48,6 +54,7 @@ import numpy as np
 
 from mrl_jax import atomic_files
 from mrl_jax.export import embedding_files
+from mrl_jax.export import task_inputs
 from mrl_jax import sharding
 from mrl_jax import train
 from mrl_jax.data import pipeline
@@ -56,21 +63,32 @@ from mrl_jax.data import preprocess as preprocess_lib
 DTYPES = ("float16", "float32")
 
 
-def _export_settings(config: ml_collections.ConfigDict) -> dict[str, Any]:
+def _export_settings(config: ml_collections.ConfigDict,
+                     inputs: task_inputs.ExportInputs) -> dict[str, Any]:
   """config.export with defaults; validated before any work."""
   export = config.get("export") or ml_collections.ConfigDict()
+  data, logits = inputs.data, "logits" in inputs.arrays
+  if not logits and export.get("logits_splits"):
+    raise ValueError(
+        f"config.export.logits_splits={tuple(export.logits_splits)}, but "
+        f"the {config.get('task')} task's model has no class logits; leave "
+        "it empty")
   settings = {
-      "splits": tuple(export.get("splits") or (config.data.train_split,
-                                               config.data.eval_split)),
+      "splits": tuple(export.get("splits") or (data.train_split,
+                                               data.eval_split)),
       "dtype": export.get("dtype", "float16"),
       "examples_per_shard": int(export.get("examples_per_shard", 50_000)),
       # Per-dim logits are [n, G, C]: only for the (small) eval split by
       # default, never for a 1.28M-image train split unless asked.
       "logits_splits": tuple(export.get("logits_splits")
-                             or (config.data.eval_split,)),
+                             or ((data.eval_split,) if logits else ())),
       "flip_tta": bool(export.get("flip_tta", True)),
       "views": _views_settings(export.get("views")),
   }
+  if settings["views"] and not inputs.views:
+    raise ValueError(
+        f"config.export.views: the {config.get('task')} task's inputs have "
+        "no augmented views; set config.export.views.count=0")
   if settings["dtype"] not in DTYPES:
     raise ValueError(f"unknown export dtype {settings['dtype']!r}; set "
                      f"config.export.dtype to one of {DTYPES}")
@@ -173,11 +191,13 @@ def _remove_other_shards(out_dir: str, names: list[str], prefix: str) -> None:
       os.remove(os.path.join(out_dir, name))
 
 
-def _export_split(config, run_setup: train.Setup, embed, state, split: str,
-                  settings: dict[str, Any], keys: tuple[str, ...],
-                  out_dir: str, checkpoint: str,
+def _export_split(config, data: ml_collections.ConfigDict,
+                  run_setup: train.Setup, embed, state,
+                  source: pipeline.ExampleSource, settings: dict[str, Any],
+                  keys: tuple[str, ...], out_dir: str, checkpoint: str,
                   view: tuple[str, int] | None = None) -> None:
-  """Writes this process's missing shards of one split.
+  """Writes this process's missing shards of one split (`source`, opened
+  from `data`, the export's dataset section).
 
   keys: arrays each shard holds, besides "labels"; a shard written earlier
   without some of them (e.g. before logits were asked for), or from another
@@ -185,7 +205,7 @@ def _export_split(config, run_setup: train.Setup, embed, state, split: str,
   view: (preprocess spec, v): write augmented view v of the split instead
     (shards named ...-v<v>-..., so that views sort in order).
   """
-  source = pipeline.open_source(config.data, split)
+  split = source.whole_split
   per_shard = settings["examples_per_shard"]
   num_shards = -(-source.num_examples // per_shard)
   tag = "" if view is None else f"-v{view[1]:03d}"
@@ -199,7 +219,7 @@ def _export_split(config, run_setup: train.Setup, embed, state, split: str,
   if done:
     logging.info("%s%s: %d of %d shards already exported", split, tag, done,
                  num_shards)
-  batches = pipeline.eval_batches(config.data, source, config.eval_batch_size,
+  batches = pipeline.eval_batches(data, source, config.eval_batch_size,
                                   sharding.batch_sharding(run_setup.mesh),
                                   start=done * per_shard, view=view)
   rows = {key: [] for key in keys + ("labels",)}
@@ -226,21 +246,14 @@ def _export_split(config, run_setup: train.Setup, embed, state, split: str,
     write_shard()
 
 
-def _make_embed(run_setup: train.Setup, state_sh: Any, keys: tuple[str, ...]):
-  """jit(state, batch) -> the arrays named in keys, row-sharded, float32:
-  "embeddings" [B, d], "logits" [B, G, C], "flip_logits" [B, G, C]."""
+def _make_embed(run_setup: train.Setup, inputs: task_inputs.ExportInputs,
+                state_sh: Any, keys: tuple[str, ...]):
+  """jit(state, batch) -> the arrays named in keys (`inputs.embed`),
+  row-sharded, float32."""
 
   def embed(st, batch):
     variables = {"params": st.params, "batch_stats": st.batch_stats}
-    logits, aux = run_setup.model.apply(variables, batch["image"], train=False)
-    # Rows first, so that every output shards over the batch like the input.
-    out = {"embeddings": aux["embedding"].astype(np.float32),
-           "logits": logits.swapaxes(0, 1).astype(np.float32)}
-    if "flip_logits" in keys:  # images are [B, H, W, C]: flip the width
-      flipped, _ = run_setup.model.apply(variables, batch["image"][:, :, ::-1],
-                                 train=False)
-      out["flip_logits"] = flipped.swapaxes(0, 1).astype(np.float32)
-    return {key: out[key] for key in keys}
+    return inputs.embed(run_setup.model, variables, batch, keys)
 
   batches = sharding.batch_sharding(run_setup.mesh)
   return jax.jit(embed, in_shardings=(state_sh, batches),
@@ -268,37 +281,43 @@ def export_embeddings(config: ml_collections.ConfigDict,
   Returns:
     {split: directory} of the exported splits.
   """
-  settings = _export_settings(config)
+  inputs = task_inputs.get(config, workdir)
+  settings = _export_settings(config, inputs)
+  views = settings["views"]
+  # Every split opens (a bad name fails) before the checkpoint is read.
+  sources = {split: inputs.open_source(split) for split in
+             settings["splits"] + ((views["split"],) if views else ())}
   run_setup, state, state_sh = train.restore_latest(config, workdir)
   variables = {"params": state.params, "batch_stats": state.batch_stats}
   checkpoint = {"step": int(state.step),
-                "weights": weights_digest(variables, run_setup.mesh)}
+                "weights": weights_digest({**variables, **inputs.provenance},
+                                          run_setup.mesh)}
   label = embedding_files.checkpoint_label(checkpoint)
   logging.info("exporting embeddings of checkpoint %s", label)
   out = {}
 
   def export_one(name: str, split: str, keys: tuple[str, ...],
                  views: dict[str, Any] | None = None) -> None:
-    out_dir = embedding_files.split_dir(workdir, config.data.name, name)
+    out_dir = embedding_files.split_dir(workdir, inputs.data.name, name)
     os.makedirs(out_dir, exist_ok=True)
     if jax.process_index() == 0:
       _unfinish_if_stale(out_dir, checkpoint)
-    embed = _make_embed(run_setup, state_sh, keys)
+    embed = _make_embed(run_setup, inputs, state_sh, keys)
     for view in ([None] if views is None else
                  [(views["preprocess"], v) for v in range(views["count"])]):
-      _export_split(config, run_setup, embed, state, split, settings, keys,
-                    out_dir, label, view)
+      _export_split(config, inputs.data, run_setup, embed, state,
+                    sources[split], settings, keys, out_dir, label, view)
     # metadata.json marks the split finished: only once every process is.
     multihost_utils.sync_global_devices(f"export {name}")
     metadata = {
         "model": config.model.name, "step": int(state.step),
         "checkpoint": checkpoint,
-        "dataset": config.data.name, "split": name,
+        "dataset": inputs.data.name, "split": name,
         "nesting": list(run_setup.nesting_dims), "head": config.mrl.head,
-        "embedding_dim": run_setup.model.backbone.embedding_dim,
+        "embedding_dim": inputs.encoder(run_setup.model).embedding_dim,
         "dtype": settings["dtype"], "normalisation": "none",
         "num_processes": jax.process_count(),
-        "arrays": ["labels", *keys],
+        "arrays": ["labels", *keys], **inputs.metadata,
     }
     if views is not None:  # per process: view 0 of its examples, view 1, ...
       metadata["views"] = {"of": split, "count": views["count"],
@@ -315,7 +334,6 @@ def export_embeddings(config: ml_collections.ConfigDict,
       keys += ("logits", "flip_logits") if settings["flip_tta"] else (
           "logits",)
     export_one(split, split, keys)
-  views = settings["views"]
   if views:
     export_one(views_split_name(views["split"], views["count"]),
                views["split"], ("embeddings",), views)

@@ -1,14 +1,19 @@
 """Self-contained encoder bundles: `--mode=export_encoder` and `load_encoder`.
 
-A bundle is what a downstream team needs to embed images at any nesting
-dim, without training code, optimizer state or the config file:
+A bundle is what a downstream team needs to embed images (or, from an mlm
+workdir, texts) at any nesting dim, without training code, optimizer state
+or the config file:
 
   DIR/encoder/
     encoder.json   model name, kwargs and dtype, embedding_dim, nesting list,
                    head, checkpoint step, preprocessing (eval spec string and
-                   input shape), normalisation (pixel mean/std), the config
+                   input shape), normalisation (pixel mean/std), the config;
+                   text bundles: "modality": "text", pool, preprocessing
+                   (tokenizer file and its sha256, max_length)
     params/        Orbax params-only checkpoint of the backbone:
-                   {"params": ..., "batch_stats": ...} (no heads)
+                   {"params": ..., "batch_stats": ...} (no heads; a text
+                   bundle holds the BERT encoder without the MLM head)
+    tokenizer.model  text bundles: the sentencepiece model it was trained with
 
 A new bundle is written to DIR/encoder.new and swapped in by renames once it
 is complete, so a killed export leaves the previous bundle in place (between
@@ -20,12 +25,16 @@ the two renames it is DIR/encoder.old, which the next export puts back).
 
 `embed(images, dim=m)` keeps the first m features and re-normalises them, as
 MRL retrieval does (each prefix normalised separately); `dim=None` keeps all
-d. Any 1 <= m <= d works, but only the nesting dims were trained.
+d. Any 1 <= m <= d works, but only the nesting dims were trained. A text
+bundle loads as a `TextEncoder`: `encoder.embed(["a text", ...], dim=m)` ->
+[n, m], tokenized with the bundle's tokenizer (no TensorFlow either).
 
 `save_tf_saved_model(encoder, path)` converts a loaded bundle with jax2tf for
 TensorFlow serving stacks (raw embeddings; truncate and normalise there).
 """
+from collections.abc import Sequence
 import functools
+import hashlib
 import json
 import os
 import shutil
@@ -40,24 +49,13 @@ import orbax.checkpoint as ocp
 
 from mrl_jax import atomic_files
 from mrl_jax import errors
+from mrl_jax.data import tokenizer as tok
+from mrl_jax.models import bert
 from mrl_jax.models import classifier
 from mrl_jax.models import registry
 
 FORMAT_VERSION = 1
 _EPS = 1e-12  # torch.nn.functional.normalize's epsilon, as the official code
-
-
-def _normalisation(spec: str) -> dict[str, Any] | None:
-  """The pixel normalisation of a preprocess spec's `normalize` op."""
-  # Export time only: loading a bundle must not need TensorFlow.
-  from mrl_jax.data import preprocess  # pylint: disable=import-outside-toplevel
-  args = preprocess.op_arguments(spec, "normalize")
-  if args is None:
-    return None
-  mean, std = preprocess.normalization_stats(**args)
-  return {"formula": "(pixel / 255 - mean) / std",
-          "mean": np.atleast_1d(mean).tolist(),
-          "std": np.atleast_1d(std).tolist()}
 
 
 def _tidy(out: str) -> None:
@@ -85,7 +83,8 @@ def _swap_in(new: str, out: str) -> None:
 
 
 def export_encoder(config: ml_collections.ConfigDict, workdir: str) -> str:
-  """Writes the latest checkpoint's backbone as a bundle in DIR/encoder.
+  """Writes the latest checkpoint's encoder (backbone, or the mlm task's
+  BERT without the MLM head) as a bundle in DIR/encoder.
 
   Returns:
     the bundle directory (replaced, once the new bundle is complete, if it
@@ -94,12 +93,11 @@ def export_encoder(config: ml_collections.ConfigDict, workdir: str) -> str:
   # pylint: disable=import-outside-toplevel
   from jax.experimental import multihost_utils
   from mrl_jax import train  # training code is only needed to export
-  from mrl_jax.data import pipeline
+  from mrl_jax.export import task_inputs
+  inputs = task_inputs.get(config, workdir)
+  how_to_prepare, files = inputs.bundle()
   run_setup, state, _ = train.restore_latest(config, workdir)
-  source = pipeline.open_source(config.data, config.data.eval_split)
-  variables = {"params": state.params["backbone"]}
-  if state.batch_stats:
-    variables["batch_stats"] = state.batch_stats["backbone"]
+  variables = inputs.encoder_variables(state)
   out = os.path.join(os.path.abspath(workdir), "encoder")
   new = f"{out}.new"
   if jax.process_index() == 0:
@@ -112,25 +110,32 @@ def export_encoder(config: ml_collections.ConfigDict, workdir: str) -> str:
       "format_version": FORMAT_VERSION,
       "model": {"name": config.model.name, "dtype": config.model.dtype,
                 "kwargs": dict(config.model.get("kwargs", {}))},
-      "embedding_dim": run_setup.model.backbone.embedding_dim,
+      "embedding_dim": inputs.encoder(run_setup.model).embedding_dim,
       "nesting": list(run_setup.nesting_dims), "head": config.mrl.head,
       "step": int(state.step), "dataset": config.data.name,
-      "preprocessing": {
-          "spec": config.data.eval_preprocess,
-          "input_shape": list(pipeline.image_shape(config.data, source))},
-      "normalisation": _normalisation(config.data.eval_preprocess),
+      **how_to_prepare,
       "config": json.loads(config.to_json()),
   }
   if jax.process_index() == 0:
+    for name, contents in files.items():
+      atomic_files.write_bytes(os.path.join(new, name), contents)
     atomic_files.write_json(os.path.join(new, "encoder.json"), metadata)
     _swap_in(new, out)
   multihost_utils.sync_global_devices("export_encoder: swapped")
   return out
 
 
-def _embed(backbone, variables: dict[str, Any], images: jax.Array,
+def _features(module, variables: dict[str, Any],
+              inputs: tuple[Any, ...]) -> jax.Array:
+  """The module's embeddings [B, d]: an image backbone's z, or a text
+  encoder's pooled sentence embedding."""
+  out = module.apply(variables, *inputs, train=False)
+  return out.embedding if isinstance(out, bert.BertOutput) else out
+
+
+def _embed(module, variables: dict[str, Any], inputs: tuple[Any, ...],
            dim: int | None, normalize: bool) -> jax.Array:
-  z = backbone.apply(variables, images, train=False).astype(jnp.float32)
+  z = _features(module, variables, inputs).astype(jnp.float32)
   if dim is not None:
     z = z[:, :dim]
   if normalize:
@@ -139,7 +144,8 @@ def _embed(backbone, variables: dict[str, Any], images: jax.Array,
 
 
 class Encoder:
-  """A loaded bundle. `encoder(images, dim=None, normalize=True)` embeds.
+  """A loaded image bundle. `encoder(images, dim=None, normalize=True)`
+  embeds.
 
   Attributes:
     metadata: the bundle's encoder.json.
@@ -156,6 +162,11 @@ class Encoder:
     self._jitted = jax.jit(functools.partial(_embed, backbone),
                            static_argnames=("dim", "normalize"))
 
+  def _check_dim(self, dim: int | None) -> None:
+    if dim is not None and not 0 < dim <= self.embedding_dim:
+      raise ValueError(f"dim={dim} must be in 1..{self.embedding_dim} (the "
+                       f"embedding size); trained dims: {self.nesting}")
+
   def embed(self, images: jax.Array, dim: int | None = None,
             normalize: bool = True) -> jax.Array:
     """Embeddings [B, dim or d] (float32) of preprocessed images [B, H, W, C].
@@ -166,10 +177,9 @@ class Encoder:
     Raises:
       ValueError: if dim is not in 1..d.
     """
-    if dim is not None and not 0 < dim <= self.embedding_dim:
-      raise ValueError(f"dim={dim} must be in 1..{self.embedding_dim} (the "
-                       f"embedding size); trained dims: {self.nesting}")
-    return self._jitted(self.variables, images, dim=dim, normalize=normalize)
+    self._check_dim(dim)
+    return self._jitted(self.variables, (images,), dim=dim,
+                        normalize=normalize)
 
   __call__ = embed
 
@@ -181,6 +191,62 @@ class Encoder:
                        "feed images as metadata['preprocessing'] describes")
     mean, std = jnp.asarray(norm["mean"]), jnp.asarray(norm["std"])
     return (jnp.asarray(pixels, jnp.float32) / 255.0 - mean) / std
+
+
+class TextEncoder(Encoder):
+  """A loaded text bundle. `encoder(texts, dim=None, normalize=True)`
+  embeds a list of strings with the bundle's own tokenizer.
+
+  Attributes (besides Encoder's):
+    tokenizer: the sentencepiece tokenizer the model was trained with.
+    max_length: tokens per text, [CLS] and [SEP] included (longer texts are
+      cut).
+  """
+
+  # Texts per forward pass; smaller calls are padded to a power of two, so
+  # that at most a few shapes compile.
+  _CHUNK = 256
+
+  def __init__(self, encoder, variables: dict[str, Any],
+               metadata: dict[str, Any], tokenizer: tok.Tokenizer):
+    super().__init__(encoder, variables, metadata)
+    self.tokenizer = tokenizer
+    self.max_length = int(metadata["preprocessing"]["max_length"])
+
+  def embed(self, texts: Sequence[str], dim: int | None = None,
+            normalize: bool = True) -> jax.Array:
+    """Embeddings [len(texts), dim or d] (float32) of raw texts: each
+    tokenized [CLS] ids [SEP], padded to max_length, through the encoder's
+    pooled embedding (metadata["pool"]).
+
+    Raises:
+      ValueError: texts is empty or not a list of strings, or dim is not in
+        1..d.
+    """
+    if isinstance(texts, str) or not all(isinstance(t, str) for t in texts):
+      raise ValueError("texts must be a list of strings (wrap a single text "
+                       "in a list)")
+    if not texts:
+      raise ValueError("texts is empty; pass at least one string")
+    self._check_dim(dim)
+    ids, mask = self.tokenizer.encode_padded(list(texts), self.max_length)
+    out = []
+    for start in range(0, len(ids), self._CHUNK):
+      rows = slice(start, start + self._CHUNK)
+      n = len(ids[rows])
+      size = min(self._CHUNK, max(8, 1 << (n - 1).bit_length()))
+      pad = ((0, size - n), (0, 0))
+      z = self._jitted(self.variables, (np.pad(ids[rows], pad), None,
+                                        np.pad(mask[rows], pad)),
+                       dim=dim, normalize=normalize)
+      out.append(z[:n])
+    return jnp.concatenate(out)
+
+  __call__ = embed
+
+  def normalize_pixels(self, pixels: jax.Array) -> jax.Array:
+    raise ValueError("a text bundle has no pixel normalisation; call "
+                     "embed(texts)")
 
 
 _AGAIN = "export the bundle again with --mode=export_encoder"
@@ -204,6 +270,10 @@ def _field(metadata: dict[str, Any], name: str, kind: type,
   return value
 
 
+def _is_text(metadata: dict[str, Any]) -> bool:
+  return metadata.get("modality", "image") == "text"
+
+
 def _read_metadata(path: str) -> dict[str, Any]:
   """encoder.json, checked for every field loading uses (not the params).
 
@@ -222,14 +292,25 @@ def _read_metadata(path: str) -> dict[str, Any]:
   if not isinstance(metadata, dict):
     raise ValueError(f"{where} holds {type(metadata).__name__}, not an "
                      f"object; {_AGAIN}")
+  if metadata.get("modality", "image") not in ("image", "text"):
+    raise ValueError(f"{where}: 'modality' is {metadata['modality']!r}, not "
+                     f"'image' or 'text'; {_AGAIN}")
+  inputs = ((("preprocessing.max_length", int),
+             ("preprocessing.tokenizer", str)) if _is_text(metadata) else
+            (("preprocessing.input_shape", list),))
   fields = {name: _field(metadata, name, kind, where) for name, kind in (
       ("model.name", str), ("model.dtype", str), ("model.kwargs", dict),
-      ("embedding_dim", int), ("nesting", list),
-      ("preprocessing.input_shape", list))}
+      ("embedding_dim", int), ("nesting", list), *inputs)}
   if fields["model.dtype"] not in classifier.DTYPES:
     raise ValueError(f"{where}: 'model.dtype' is {fields['model.dtype']!r}, "
                      f"not one of {sorted(classifier.DTYPES)}; {_AGAIN}")
-  for name in ("nesting", "preprocessing.input_shape"):
+  if _is_text(metadata) and fields["preprocessing.max_length"] < 3:
+    raise ValueError(f"{where}: 'preprocessing.max_length' is "
+                     f"{fields['preprocessing.max_length']}, too short for "
+                     f"[CLS] text [SEP]; {_AGAIN}")
+  positive = ["nesting"] + (
+      [] if _is_text(metadata) else ["preprocessing.input_shape"])
+  for name in positive:
     if not all(isinstance(v, int) and not isinstance(v, bool) and v > 0
                for v in fields[name]):
       raise ValueError(f"{where}: {name!r} is {fields[name]!r}, not a list "
@@ -271,13 +352,66 @@ def _check_params(where: str, params_dir: str, abstract: dict[str, Any],
           f"{_AGAIN}")
 
 
+def _model_and_inputs(metadata: dict[str, Any]) -> tuple[Any, tuple[Any, ...]]:
+  """The module encoder.json names and its dummy inputs (one example).
+
+  Raises:
+    TypeError, ValueError: the registry cannot build it.
+  """
+  model = metadata["model"]
+  dtype = classifier.DTYPES[model["dtype"]]
+  if _is_text(metadata):
+    module = registry.build_text_encoder(model["name"], dtype=dtype,
+                                         **model["kwargs"])
+    ids = jax.ShapeDtypeStruct(
+        (1, metadata["preprocessing"]["max_length"]), jnp.int32)
+    return module, (ids, None, ids)
+  module = registry.build_backbone(model["name"], dtype=dtype,
+                                   **model["kwargs"])
+  shape = (1, *metadata["preprocessing"]["input_shape"])
+  return module, (jax.ShapeDtypeStruct(shape, jnp.float32),)
+
+
+def _load_tokenizer(path: str, metadata: dict[str, Any],
+                    vocab_size: int) -> tok.Tokenizer:
+  """The bundle's tokenizer, checked to be the one the params were trained
+  with (encoder.json's sha256) and to fit their vocabulary.
+
+  Raises:
+    ValueError: one line naming the file.
+  """
+  where = os.path.join(path, metadata["preprocessing"]["tokenizer"])
+  if not os.path.isfile(where):
+    raise ValueError(f"{where} is missing: the bundle's tokenizer; {_AGAIN}")
+  with open(where, "rb") as f:
+    proto = f.read()
+  want = metadata["preprocessing"].get("tokenizer_sha256")
+  if want is not None and hashlib.sha256(proto).hexdigest() != want:
+    raise ValueError(f"{where} is not the tokenizer the params were trained "
+                     f"with (its sha256 differs from encoder.json's); "
+                     f"{_AGAIN}")
+  try:
+    tokenizer = tok.Tokenizer(proto, where)
+  except errors.RunError as e:
+    raise ValueError(f"{e}; {_AGAIN}") from None
+  if tokenizer.vocab_size > vocab_size:
+    raise ValueError(f"{where} has {tokenizer.vocab_size} pieces, more than "
+                     f"the params' vocabulary ({vocab_size} word embeddings)"
+                     f"; {_AGAIN}")
+  return tokenizer
+
+
 def load_encoder(path: str) -> Encoder:
   """Loads a bundle written by `--mode=export_encoder` (path: its folder).
 
   encoder.json is checked field by field, and against the params: the model
   it names must have exactly the params' arrays, and give embedding_dim
-  features.
+  features; a text bundle's tokenizer must be the recorded one and fit the
+  vocabulary.
 
+  Returns:
+    an Encoder (images) or a TextEncoder (texts), as encoder.json's
+    "modality" says.
   Raises:
     ValueError: one line naming the file and field, if path holds no bundle
       or a malformed one, or encoder.json does not match the params.
@@ -286,31 +420,35 @@ def load_encoder(path: str) -> Encoder:
   where = os.path.join(path, "encoder.json")
   model = metadata["model"]
   try:
-    backbone = registry.build_backbone(
-        model["name"], dtype=classifier.DTYPES[model["dtype"]],
-        **model["kwargs"])
+    module, example = _model_and_inputs(metadata)
   except (TypeError, ValueError) as e:
     raise ValueError(f"{where}: 'model' {model['name']!r} with kwargs "
                      f"{model['kwargs']} cannot be built ("
                      f"{' '.join(str(e).split())}); {_AGAIN}") from None
-  shape = (1, *metadata["preprocessing"]["input_shape"])
-  images = jax.ShapeDtypeStruct(shape, jnp.float32)
+  if _is_text(metadata) and example[0].shape[1] > module.max_len:
+    raise ValueError(f"{where}: 'preprocessing.max_length' is "
+                     f"{example[0].shape[1]}, beyond the model's position "
+                     f"table (max_len={module.max_len}); {_AGAIN}")
   abstract = jax.eval_shape(
-      lambda x: backbone.init(jax.random.key(0), x, train=False), images)
+      lambda *x: module.init(jax.random.key(0), *x, train=False), *example)
   params_dir = os.path.join(os.path.abspath(path), "params")
   _check_params(where, params_dir, dict(abstract), model["name"])
-  dim = jax.eval_shape(functools.partial(backbone.apply, train=False),
-                       abstract, images).shape[-1]
+  dim = jax.eval_shape(functools.partial(_features, module), abstract,
+                       example).shape[-1]
   if metadata["embedding_dim"] != dim:
     raise ValueError(f"{where}: 'embedding_dim' is "
                      f"{metadata['embedding_dim']}, but its params give "
                      f"{dim}-dim embeddings; {_AGAIN}")
+  if _is_text(metadata):  # checked before the params are read
+    tokenizer = _load_tokenizer(path, metadata, module.vocab_size)
   device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
   target = jax.tree.map(
       lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=device),
       dict(abstract))
   variables = ocp.StandardCheckpointer().restore(params_dir, target)
-  return Encoder(backbone, variables, metadata)
+  if _is_text(metadata):
+    return TextEncoder(module, variables, metadata, tokenizer)
+  return Encoder(module, variables, metadata)
 
 
 def save_tf_saved_model(encoder: Encoder, path: str) -> str:
@@ -323,6 +461,9 @@ def save_tf_saved_model(encoder: Encoder, path: str) -> str:
   Returns:
     path.
   """
+  if isinstance(encoder, TextEncoder):
+    raise ValueError("save_tf_saved_model converts image bundles; a text "
+                     "bundle's sentencepiece tokenizer runs on the host")
   # pylint: disable=import-outside-toplevel
   import tensorflow as tf
   from jax.experimental import jax2tf
@@ -330,7 +471,8 @@ def save_tf_saved_model(encoder: Encoder, path: str) -> str:
   weights = tf.nest.map_structure(lambda a: tf.Variable(np.asarray(a)),
                                   encoder.variables)
   convert = jax2tf.convert(
-      functools.partial(_embed, encoder.backbone, dim=None, normalize=False),
+      lambda w, images: _embed(encoder.backbone, w, (images,), dim=None,
+                               normalize=False),
       polymorphic_shapes=[None, f"(b, {', '.join(map(str, shape))})"])
   module = tf.Module()
   module.weights = tf.nest.flatten(weights)

@@ -7,7 +7,6 @@ it.
 import json
 import os
 import re
-import shutil
 import signal
 import subprocess
 import sys
@@ -16,10 +15,9 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from mrl_jax import config_lib
+from conftest import run_offline_mode
 from mrl_jax.export import embedding_files
 from mrl_jax import errors
-from mrl_jax import modes
 from mrl_jax import workdir_lock
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(
@@ -103,15 +101,6 @@ def fixture_reference(tmp_path_factory):
   workdir = str(tmp_path_factory.mktemp("reference"))
   proc = launch(workdir)
   return workdir, proc.stdout
-
-
-@pytest.fixture(name="copy_of")
-def fixture_copy_of(tmp_path):
-  def copy(workdir):
-    dst = str(tmp_path / "workdir")
-    shutil.copytree(workdir, dst)
-    return dst
-  return copy
 
 
 def test_smoke_run_writes_every_nesting_dim(reference):
@@ -263,16 +252,8 @@ def test_export_of_augmented_views(reference, copy_of):
 
 
 def run_mode(workdir, mode, **export):
-  """Runs an offline mode in-process through the modes table, as the
-  launcher does after parsing its flags; returns (result, printed text).
-
-  export: config.export fields to override (e.g. logits_splits).
-  """
-  config = config_lib.load_config(f"{CONFIG}:smoke")
-  config.export.update(export)
-  entry = modes.MODES[mode]
-  result = modes.resolve(entry.runner)(config, workdir)
-  return result, modes.resolve(entry.printer)(result)
+  """conftest.run_offline_mode with the smoke config."""
+  return run_offline_mode(f"{CONFIG}:smoke", workdir, mode, **export)
 
 
 def test_knn_and_retrieval_modes_on_exported_embeddings(reference, copy_of):
