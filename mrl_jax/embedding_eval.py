@@ -53,14 +53,15 @@ def settings(config: ml_collections.ConfigDict, mode: str,
   return {**defaults, **section}
 
 
-def _exported_dirs(config: ml_collections.ConfigDict,
-                   workdir: str) -> tuple[str, str]:
-  """The exported train (database) and eval (queries) splits of the
+def _exported_dirs(config: ml_collections.ConfigDict, workdir: str,
+                   which: tuple[str, ...] = ("train_split", "eval_split")
+                   ) -> tuple[str, ...]:
+  """The exported splits (default train = database, eval = queries) of the
   exported dataset (config.data, or config.export.dataset)."""
   # The readers check the export is finished (and say how to make it).
   data = embedding_files.exported_dataset(config)
-  return tuple(embedding_files.split_dir(workdir, data.name, split)
-               for split in (data.train_split, data.eval_split))
+  return tuple(embedding_files.split_dir(workdir, data.name, data[field])
+               for field in which)
 
 
 def _num_classes(config: ml_collections.ConfigDict) -> int:
@@ -103,7 +104,7 @@ def adaptive(config: ml_collections.ConfigDict,
         "adaptive classification thresholds max-softmax confidences; "
         + (f"config.loss.name={loss!r} models have no softmax heads" if loss
            else f"the {config.get('task')} task's model has no class heads"))
-  eval_dir = _exported_dirs(config, workdir)[1]
+  eval_dir, = _exported_dirs(config, workdir, ("eval_split",))
   keys = ("logits", "labels") + (("flip_logits",) if opts["tta"] else ())
   arrays, meta = embedding_files.load_arrays(eval_dir, keys)
   # Exported rows first ([N, G, C]); the cascade wants [G, N, C].
@@ -159,7 +160,7 @@ def pairs(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   opts = settings(config, "pairs", pair_task.DEFAULTS)
   pair_task.check_counts(opts["database_per_pair"], opts["queries_per_pair"])
   embeddings, labels, meta = embedding_files.load_split(
-      _exported_dirs(config, workdir)[1])
+      *_exported_dirs(config, workdir, ("eval_split",)))
   out = pair_task.evaluate(
       embeddings, labels, meta["nesting"], _num_classes(config),
       database_per_pair=int(opts["database_per_pair"]),

@@ -12,7 +12,7 @@ from mrl_jax import sharding
 from mrl_jax import train
 from mrl_jax.data import pipeline
 from mrl_jax.mrl import losses
-from conftest import write_image_tree
+from conftest import FOLDER_CONFIGS, write_image_tree
 
 CONFIG_DIR = pathlib.Path(__file__).resolve().parents[1] / "configs"
 CONFIGS = sorted(p.stem for p in CONFIG_DIR.glob("*.py"))
@@ -34,11 +34,17 @@ def test_all_configs_are_tested():
 @pytest.mark.parametrize("arg", [None, "smoke", "head=mrl_e", "smoke,head=ff"])
 @pytest.mark.parametrize("name", CONFIGS)
 def test_config_validates(name, arg, config_module, image_tree):
-  if name in ("image_folder", "text_folder"):
+  if name in FOLDER_CONFIGS:
     # image_folder infers classes and sizes from the folder; text_folder
-    # reads it only when the corpus is prepared (setup does no I/O).
+    # and image_text_folder read it only when their data is prepared (setup
+    # does no I/O).
     arg = ",".join(filter(None, [f"root={image_tree}", arg]))
   config = config_module(name).get_config(arg)
+  if config.get("task") == "contrastive" and "mrl_e" in (arg or ""):
+    # Two towers have no classifier head to tie: a one-line refusal.
+    with pytest.raises(ValueError, match="heads mrl, ff"):
+      train.setup(config)
+    return
   s = train.setup(config)  # validation only: no I/O, no compilation
   assert config.batch_size % 8 == 0 and config.eval_batch_size % 8 == 0
   if arg and "smoke" in arg:
@@ -116,8 +122,7 @@ def test_default_ff_head_takes_any_dim(config_module):
 @pytest.mark.parametrize("name", CONFIGS)
 def test_every_config_has_the_shared_fields(name, config_module, image_tree):
   """The fields command lines override exist in every config."""
-  arg = (f"root={image_tree}" if name in ("image_folder", "text_folder")
-         else None)
+  arg = f"root={image_tree}" if name in FOLDER_CONFIGS else None
   config = config_module(name).get_config(arg)
   for field in ("seed", "grad_accum_steps", "mesh", "sharding.strategy",
                 "keep_checkpoints", "eval_every_steps", "data.num_shards",
@@ -126,7 +131,9 @@ def test_every_config_has_the_shared_fields(name, config_module, image_tree):
     section, _, key = field.rpartition(".")
     assert key in (config[section] if section else config), field
   task_fields = {"classification": ("loss.label_smoothing",),
-                 "mlm": ("data.corpus.seq_len", "mrl.prefix_norm")}
+                 "mlm": ("data.corpus.seq_len", "mrl.prefix_norm"),
+                 "contrastive": ("contrastive.embed_dim", "contrastive.loss",
+                                 "text_model.remat")}
   for field in task_fields[config.get("task", "classification")]:
     section, _, key = field.rpartition(".")
     assert key in (config[section] if section else config), field

@@ -69,6 +69,10 @@ def fixture_copy_of(tmp_path):
   return copy
 
 
+# Configs whose `root=<dir>` argument is required (a user's folder).
+FOLDER_CONFIGS = ("image_folder", "text_folder", "image_text_folder")
+
+
 @pytest.fixture(name="config_module", scope="session")
 def fixture_config_module():
   """Returns load(name) -> the module configs/<name>.py (not a package)."""

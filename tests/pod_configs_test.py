@@ -15,6 +15,7 @@ from mrl_jax import sharding
 from mrl_jax import train
 from mrl_jax.data import pipeline
 from mrl_jax.evaluators import classification
+from conftest import FOLDER_CONFIGS
 
 CONFIG_DIR = pathlib.Path(__file__).resolve().parents[1] / "configs"
 CONFIGS = sorted(p.stem for p in CONFIG_DIR.glob("*.py"))
@@ -26,8 +27,9 @@ needs_libtpu = pytest.mark.skipif(
 
 
 def _shipped_config(name, config_module, image_tree):
-  # image_folder reads its classes and image size from a folder.
-  arg = f"root={image_tree}" if name == "image_folder" else None
+  # image_folder reads its classes and image size from a folder; the other
+  # folder configs need a root too.
+  arg = f"root={image_tree}" if name in FOLDER_CONFIGS else None
   return config_module(name).get_config(arg)
 
 
