@@ -8,7 +8,8 @@ label is a category or -1, used only by zero-shot evaluation). The model is
 config.text_model the text tower, config.contrastive the shared width d,
 the loss (softmax = ALIGN, sigmoid = SigLIP), label smoothing and whether
 each nesting dim has its own temperature. config.mrl.head is "mrl" (the
-nesting list, default halving d down to 8) or "ff" (the plain model: d only).
+nesting list, default halving d down to 8) or "ff" (the plain model: d only,
+evaluated at the nesting list's first m dims).
 
 Evaluation (`evaluate`) embeds the whole eval split and reports per dim:
 image->text and text->image Recall@K, the cosine span of matching vs random
@@ -53,6 +54,14 @@ def _nested(flat: dict[str, Any]) -> dict[str, dict[str, float]]:
     if sep:
       out.setdefault(name, {})[dim] = value
   return out
+
+
+def eval_dims(config: ml_collections.ConfigDict) -> tuple[int, ...]:
+  """The dims evaluation reports: the nesting list, for either head, so the
+  plain (ff) model is scored at its first m dims, the paper's baseline."""
+  d = config.contrastive.embed_dim
+  return nesting.validate_nesting(
+      config.mrl.nesting_dims or nesting.default_nesting(d), d)
 
 
 class Contrastive:
@@ -182,7 +191,7 @@ class Contrastive:
         rows[key].append(out[key][keep])
     images, texts, labels = (np.concatenate(rows[k]) for k in
                              ("image", "text", "label"))
-    dims = run_setup.nesting_dims
+    dims = eval_dims(run_setup.config)
     opts = run_setup.config.contrastive
     flat = {**cross_modal.recall(images, texts, np.arange(len(texts)), dims,
                                  ks=tuple(opts.recall_ks)),
