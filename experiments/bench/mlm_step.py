@@ -25,7 +25,9 @@ jobs on a shared machine disturb less than the wall clock); XLA's FLOP count of 
 the decoder + loss alone (value_and_grad of `mrl.mlm.nested_mlm_loss` with
 respect to the transformed states, the word embeddings and the bias, at the
 step's N = batch x 20 predictions), timed and FLOP-counted: its nested -
-plain time added to the plain step predicts the nested step.
+plain time added to the plain step predicts the nested step; and the same
+at single dims (smallest, middle, full), which shows the part of a dim's
+cost that does not scale with its width.
 
 Cost. BERT-Base compiles in about a minute per variant on 2 cores; a
 float32 step of 8 x 128 tokens takes seconds. Use --models=bert_small or
@@ -147,9 +149,11 @@ def build_variant(model_name: str, head: str,
                  compiled.memory_analysis().temp_size_in_bytes)
 
 
-def decoder_alone(variant: Variant, head: str) -> dict[str, float]:
-  """Median seconds and XLA FLOPs of value_and_grad(decoder + nested MLM
-  loss) on random states, at the variant's prediction count and nesting."""
+def decoder_alone(variant: Variant, head: str,
+                  dims: tuple[int, ...] | None = None) -> dict[str, float]:
+  """Median seconds (wall and process CPU) and XLA FLOPs of
+  value_and_grad(decoder + nested MLM loss) on random states, at the
+  variant's prediction count and `dims` (default: its nesting)."""
   params = variant.state.params
   table = params["encoder"]["word_embeddings"]["embedding"]
   vocab, width = table.shape
@@ -158,7 +162,7 @@ def decoder_alone(variant: Variant, head: str) -> dict[str, float]:
   h = jax.random.normal(k_h, (count, width), table.dtype)
   ids = jax.random.randint(k_ids, (count,), 0, vocab)
   weights = jnp.ones((count,), jnp.float32)
-  dims = variant.nesting_dims
+  dims = dims or variant.nesting_dims
   mlm_params = params["mlm"]
 
   def loss(h, table, mlm_params):
@@ -210,7 +214,19 @@ def bench_model(model_name: str, args: argparse.Namespace) -> dict[str, Any]:
         "decoder_alone_xla_flops": alone["xla_flops"]}
   return {"variants": summaries,
           "ratios": {f"{head}/ff": ratios(times, summaries, head)
-                     for head in variants if head != "ff"}}
+                     for head in variants if head != "ff"},
+          "decoder_per_dim": decoder_per_dim(variants)}
+
+
+def decoder_per_dim(variants: dict[str, Variant]) -> dict[str, Any]:
+  """The tied decoder + loss alone at single dims (the smallest, middle and
+  full nesting dim): how much of a dim's cost does not scale with m."""
+  if "mrl_e" not in variants:
+    return {}
+  variant = variants["mrl_e"]
+  dims = variant.nesting_dims
+  return {str(m): decoder_alone(variant, "mrl_e", (m,))
+          for m in sorted({dims[0], dims[len(dims) // 2], dims[-1]})}
 
 
 def ratios(times: dict[str, list[float]], summaries: dict[str, Any],
@@ -265,6 +281,10 @@ def print_table(results: dict[str, Any]) -> None:
             f"{(r['xla_flops'] if r else 1.0):>7.3f}"
             f"{1e3 * v['decoder_alone_s']:>8.1f}"
             f"{v['decoder_alone_xla_flops'] / 1e9:>8.2f}")
+    for m, alone in res["decoder_per_dim"].items():
+      print(f"{'':<11}decoder + loss alone at the one dim {m}: "
+            f"{alone['cpu_s']:.3f} CPU s, {alone['xla_flops'] / 1e9:.2f} "
+            "GFLOP")
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:

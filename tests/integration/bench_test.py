@@ -96,6 +96,13 @@ def test_mlm_step_reports_nested_over_plain(tmp_path):
   # The decoder's matmuls read 8 + 16 + 32 = 56 columns against 32.
   assert 1.5 < ratio["decoder_alone_xla_flops"] < 2.5
   assert ratio["xla_flops"] > 1.0
+  per_dim = res["decoder_per_dim"]
+  assert list(per_dim) == ["8", "16", "32"]
+  flops = [per_dim[m]["xla_flops"] for m in per_dim]
+  assert flops == sorted(flops)  # wider dims, more matmul work
+  for m, alone in per_dim.items():
+    for key, value in alone.items():
+      _assert_positive_finite(value, f"decoder_per_dim.{m}.{key}")
 
 
 def test_mlm_step_rejects_heads_without_baseline():
