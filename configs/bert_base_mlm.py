@@ -3,8 +3,8 @@ r"""BERT-Base nested masked language modelling: the MRL paper's MLM recipe.
   python -m mrl_jax.main --config=configs/bert_base_mlm.py \
       --workdir=workdirs/bert_base_mlm --config.data.data_dir=/path/to/tfds
 
-Arguments (comma-separated): `smoke` (configs/text_mlm.py's smoke run: a
-few steps of BERT-mu on WordNet glosses, offline, for tests),
+Arguments (comma-separated): `smoke` (4 steps of BERT-mu on WordNet
+glosses, offline, for tests),
 `head=mrl_e|mrl|ff` (mrl_e, the paper's: the decoder is the tied word
 embeddings; mrl: untied decoders per dim; ff: FF-k, one tied decoder at
 `ff_dim=k`, default 768 = plain BERT MLM), `steps=`.
@@ -35,14 +35,10 @@ v4:2x2x4 (`--mode=aot`, experiments/aot/README.md) it fits with over 26 GiB
 of the 32 free per chip, at 1.04x plain BERT MLM's FLOPs. Wall time and
 accuracy here: not measured.
 """
-import os
-
 import ml_collections
 
 from mrl_jax import config_lib
 
-_TEXT_MLM = config_lib.load_module(
-    os.path.join(os.path.dirname(__file__), "text_mlm.py"))
 # BERT's vocabulary size (bert.BERT_VOCAB_SIZE) and its 128-token phase.
 VOCAB = 30522
 SEQ_LEN = 128
@@ -75,6 +71,22 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.mesh = (("data", 1), ("fsdp", -1))
   config.sharding.strategy = "fsdp"
   if arg.smoke:
-    _TEXT_MLM.smoke(config)
-    config.mrl.nesting_dims = None  # bert_mu's halving list, 8..32
+    _smoke(config)
   return config
+
+
+def _smoke(config: ml_collections.ConfigDict) -> None:
+  """4 steps of bert_mu (nesting 8, 16, 32) on 64-token sequences of 2000
+  WordNet glosses (the corpus of configs/text_mlm.py's smoke run), FSDP and
+  bfloat16 kept."""
+  vocab = 512
+  config_lib.apply_smoke(config, total_steps=4, batch_size=16)
+  config.data = config_lib.mlm_data_section(
+      config_lib.text_corpus_section(
+          sources=("wordnet",), seq_len=64, vocab_size=vocab,
+          max_documents=2000, validation_fraction=0.05),
+      vocab_size=vocab, max_predictions=10)
+  config_lib.smoke_model(config, "bert_mu", 32)
+  config.model.kwargs.update(vocab_size=vocab, max_len=64)
+  config.mrl.nesting_dims = None  # bert_mu's halving list
+  config.optimizer.warmup_steps = 1

@@ -50,11 +50,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       "adamw", learning_rate=1e-3, weight_decay=0.01, warmup_steps=100,
       schedule="linear", b2=0.999, grad_clip_norm=1.0)
   if arg.smoke:
-    smoke(config)
+    _smoke(config)
   return config
 
 
-def smoke(config: ml_collections.ConfigDict) -> None:
+def _smoke(config: ml_collections.ConfigDict) -> None:
   """6 steps of bert_mu on 64-token sequences of 2000 WordNet glosses."""
   vocab = 512
   config_lib.apply_smoke(config, total_steps=6, batch_size=16,
