@@ -28,7 +28,7 @@ JFT_CLASSES = 1000
 
 def test_all_configs_are_tested():
   assert {"default", "image_folder", "resnet50_imagenet", "vit_b16_imagenet",
-          "vit_b16_jft", "text_mlm"} <= set(CONFIGS)
+          "vit_b16_jft", "text_mlm", "bert_base_mlm"} <= set(CONFIGS)
 
 
 @pytest.mark.parametrize("arg", [None, "smoke", "head=mrl_e", "smoke,head=ff"])
@@ -57,6 +57,7 @@ def test_config_validates(name, arg, config_module, image_tree):
     ("resnet50_imagenet", (8, 16, 32, 64, 128, 256, 512, 1024, 2048)),
     ("vit_b16_imagenet", (12, 24, 48, 96, 192, 384, 768)),
     ("vit_b16_jft", (12, 24, 48, 96, 192, 384, 768)),
+    ("bert_base_mlm", (12, 24, 48, 96, 192, 384, 768)),
 ])
 def test_paper_nesting(name, dims, config_module):
   assert train.setup(config_module(name).get_config()).nesting_dims == dims
@@ -151,6 +152,37 @@ def test_resnet50_recipe(config_module):
       min_res=160, max_res=192, start_ramp=29, end_ramp=34, multiple=32)
   assert config_module("resnet50_imagenet").get_config("head=ff,ff_dim=512"
                                                ).mrl.ff_dim == 512
+
+
+def test_bert_base_mlm_recipe(config_module):
+  """The paper's BERT-Base MLM run (section 4.3): MRL-E on the tied word
+  embeddings, 450K steps of 1024 x 128 tokens, AdamW linear decay from 1e-4,
+  FSDP over all chips, bfloat16 compute."""
+  config = config_module("bert_base_mlm").get_config()
+  s = train.setup(config)
+  opt, corpus = config.optimizer, config.data.corpus
+  assert (config.task, config.mrl.head, s.model.head_type) == ("mlm",) + (
+      "mrl_e",) * 2
+  assert s.relative_importance == (1.0,) * 7
+  encoder = s.model.encoder
+  assert (config.model.name, encoder.hidden, encoder.depth,
+          encoder.vocab_size, config.model.dtype) == (
+              "bert_base", 768, 12, 30522, "bfloat16")
+  assert (config.total_steps, config.batch_size) == (450_000, 1024)
+  assert (opt.name, opt.learning_rate, opt.schedule, opt.warmup_steps,
+          opt.weight_decay, opt.b2) == ("adamw", 1e-4, "linear", 10_000,
+                                        0.01, 0.999)
+  assert (corpus.sources, corpus.tfds_name, corpus.seq_len,
+          corpus.vocab_size) == (("tfds",), "wikipedia/20230601.en", 128,
+                                 30522)
+  assert config.data.train_preprocess == "mlm_mask(30522, 20, 0.15)"
+  assert not config.data.cache
+  assert config.sharding.strategy == "fsdp"
+  assert dict(s.mesh.shape) == {"data": 1, "fsdp": 8, "model": 1}
+  ff = train.setup(config_module("bert_base_mlm").get_config("head=ff"))
+  assert (ff.nesting_dims, ff.model.head_type) == ((768,), "ff")
+  assert train.setup(config_module("bert_base_mlm").get_config(
+      "head=ff,ff_dim=96")).nesting_dims == (96,)
 
 
 def _check_summary(workdir, config):

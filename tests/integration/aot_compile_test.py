@@ -3,6 +3,7 @@ TPU topologies on this CPU (libtpu's compile-only devices, `.[aot]`)."""
 import importlib.util
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -64,3 +65,34 @@ def test_aot_compiles_smoke_config_with_its_eval_batch_on_64_chips(
   with open(tmp_path / "aot_report.json") as f:
     assert json.load(f)["chips"] == 64
   np.testing.assert_array_less(0, report["compiled_flops_per_chip"])
+
+
+@needs_libtpu
+def test_aot_compiles_the_bert_mlm_smoke_config_fsdp_on_16_chips(
+    tmp_path, config_module):
+  """configs/bert_base_mlm.py's own mesh (FSDP over every chip) and nested
+  MLM head, at smoke size, on the 16-chip slice of its committed report."""
+  config = config_module("bert_base_mlm").get_config("smoke")
+  report = aot.run(config, str(tmp_path), "v4:2x2x4")
+  assert report["chips"] == 16
+  assert report["mesh"] == {"data": 1, "fsdp": 16, "model": 1}
+  assert report["example_shapes"]["input_ids"] == [64]
+  assert report["example_shapes"]["masked_ids"] == [10]
+  assert report["fits"] and 0.5 < report["compiled_over_model_flops"] < 3
+
+
+def test_committed_reports_are_the_commands_run_reports_runs():
+  """Each experiments/aot/<name> folder holds the report of the topology
+  and batch its run_reports.sh command names."""
+  script = open(os.path.join(REPO, "experiments/aot/run_reports.sh")).read()
+  commands = dict(re.findall(r"^  \[(\w+)\]=\"([^\"]+)\"$", script, re.M))
+  folders = {name for name in os.listdir(os.path.join(REPO, "experiments/aot"))
+             if os.path.isdir(os.path.join(REPO, "experiments/aot", name))}
+  assert set(commands) == folders
+  for name, command in commands.items():
+    with open(os.path.join(REPO, "experiments/aot", name,
+                           "aot_report.json")) as f:
+      report = json.load(f)
+    topology = re.search(r"--topology=(\S+)", command).group(1)
+    assert report["topology"] == topology, name
+    assert f"_b{report['global_batch']}_" in name, name

@@ -1,11 +1,11 @@
 """Smoke tests of the benchmarks in experiments/bench, on tiny models.
 
-Both scripts run on one device (the first of conftest's 8 fake CPU devices),
-as they do on a GPU: they measure one chip, so there is no mesh to test.
-Their numbers mean nothing here; the tests check that every field of the
-JSON is there, positive and finite. To stay fast (each compile of the
-trainer's step costs seconds on CPU), each script compiles two variants and
-the two tests together cover all three head types.
+The train-step scripts run on one device (the first of conftest's 8 fake
+CPU devices), as they do on a GPU: they measure one chip, so there is no
+mesh to test. Their numbers mean nothing here; the tests check that every
+field of the JSON is there, positive and finite. To stay fast (each compile
+of the trainer's step costs seconds on CPU), each script compiles two
+variants and the tests together cover all three head types.
 """
 import importlib.util
 import io
@@ -67,6 +67,47 @@ def test_mrl_overhead_reports_every_variant(tmp_path):
       pytest.approx(6 * 56 * 1000))
   assert res["variants"]["ff"]["head_train_flops_per_image_analytic"] == (
       pytest.approx(6 * 32 * 1000))
+
+
+def test_mlm_step_reports_nested_over_plain(tmp_path):
+  out = tmp_path / "mlm_step.json"
+  returned = _load("mlm_step").main([
+      "--models=bert_mu", "--heads=mrl_e,ff", "--batch=2", "--seq_len=32",
+      "--rounds=2", f"--out={out}"])
+  results = _read_json(out, returned)
+  assert (results["batch"], results["seq_len"], results["rounds"]) == (2, 32,
+                                                                       2)
+  res = results["models"]["bert_mu"]
+  assert set(res["variants"]) == {"mrl_e", "ff"}
+  for head, v in res["variants"].items():
+    assert len(v["step_s"]) == 2
+    assert len(v["step_cpu_s"]) == 2
+    for key in ("step_s_median", "step_s_min", "step_s_max",
+                "step_cpu_s_median", "compile_s", "xla_flops_per_step",
+                "temp_bytes", "decoder_alone_s", "decoder_alone_cpu_s",
+                "decoder_alone_xla_flops"):
+      _assert_positive_finite(v[key], f"{head}.{key}")
+  # bert_mu: d = 32; MRL-E decodes every halving prefix, plain MLM all of d.
+  assert res["variants"]["mrl_e"]["nesting_dims"] == [8, 16, 32]
+  assert res["variants"]["ff"]["nesting_dims"] == [32]
+  ratio = res["ratios"]["mrl_e/ff"]
+  for key, value in ratio.items():
+    _assert_positive_finite(value, f"mrl_e/ff.{key}")
+  # The decoder's matmuls read 8 + 16 + 32 = 56 columns against 32.
+  assert 1.5 < ratio["decoder_alone_xla_flops"] < 2.5
+  assert ratio["xla_flops"] > 1.0
+  per_dim = res["decoder_per_dim"]
+  assert list(per_dim) == ["8", "16", "32"]
+  flops = [per_dim[m]["xla_flops"] for m in per_dim]
+  assert flops == sorted(flops)  # wider dims, more matmul work
+  for m, alone in per_dim.items():
+    for key, value in alone.items():
+      _assert_positive_finite(value, f"decoder_per_dim.{m}.{key}")
+
+
+def test_mlm_step_rejects_heads_without_baseline():
+  with pytest.raises(SystemExit):
+    _load("mlm_step").parse_args(["--heads=mrl_e,mrl"])
 
 
 def test_mrl_overhead_rejects_heads_without_baseline():

@@ -1,9 +1,10 @@
 """The real train step under fsdp and fsdp_tp gives the dp losses and weights.
 
 Tiny ViT (vit_mu) and ResNet (resnet_mu) from the smoke configs, 3 steps on
-one fixed batch, on 8 fake CPU devices. Every strategy starts from the same
-initial state (initialised once, then placed with each strategy's
-shardings), so only the partitioning differs.
+one fixed batch, on 8 fake CPU devices; the same for nested MLM (bert_mu
+from configs/bert_base_mlm.py's smoke run) against one device. Every
+strategy starts from the same initial state (initialised once, then placed
+with each strategy's shardings), so only the partitioning differs.
 """
 import functools
 import json
@@ -16,10 +17,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import tensorflow as tf
 
+from mrl_jax import aot
 from mrl_jax import optim
 from mrl_jax import train
-from mrl_jax import train_step as step_lib
+from mrl_jax.data import preprocess
 
 
 MESHES = {
@@ -28,33 +31,45 @@ MESHES = {
     "fsdp_tp": (("data", 1), ("fsdp", 4), ("model", 2)),
 }
 IMAGE_SHAPE = (32, 32, 3)
+IMAGE_EXAMPLE = {"image": jax.ShapeDtypeStruct(IMAGE_SHAPE, jnp.float32)}
 
 
-def sharded_setup(config):
-  """(setup, optimizer, state shardings, init fn) for a config."""
-  s = train.setup(config)
+def sharded_setup(config, example=None, devices=None):
+  """(setup, optimizer, state shardings, init fn) for a config.
+
+  Args:
+    example: one example's shapes (default: a 32 x 32 image).
+    devices: the mesh's devices (default: all 8).
+  """
+  s = train.setup(config, devices)
   tx = optim.build_optimizer(config.optimizer, 10, 4)
-  init = functools.partial(step_lib.create_train_state, s.model, tx,
-                           image_shape=IMAGE_SHAPE)
-  abstract = jax.eval_shape(init, jax.random.key(0, impl="rbg"))
-  return s, tx, train.train_state_shardings(abstract, s), init
+  init, _, target = train.abstract_train_state(s, config, tx,
+                                               example or IMAGE_EXAMPLE)
+  return s, tx, jax.tree.map(lambda t: t.sharding, target), init
 
 
-def run_steps(config, initial, num_steps: int = 3, batch_size: int = 16):
-  """Losses [num_steps] and the final state of the real jitted step."""
-  s, tx, shardings, _ = sharded_setup(config)
+def image_batch(config, batch_size: int = 16):
+  """A fixed batch of random images and labels."""
+  gen = np.random.default_rng(0)
+  return {"image": jnp.asarray(gen.normal(size=(batch_size, *IMAGE_SHAPE)),
+                               jnp.float32),
+          "label": jnp.asarray(gen.integers(0, config.data.num_classes,
+                                            batch_size))}
+
+
+def run_steps(config, initial, batch=None, example=None, devices=None,
+              num_steps: int = 3):
+  """Per-step metrics (each stacked to [num_steps, ...]) and the final state
+  of the real jitted step, on `batch` (default: `image_batch`)."""
+  s, tx, shardings, _ = sharded_setup(config, example, devices)
   state = jax.device_put(initial, shardings)
   step = train.jit_train_step(s, tx, shardings, seed=0)
-  gen = np.random.default_rng(0)
-  batch = {"image": jnp.asarray(gen.normal(size=(batch_size, *IMAGE_SHAPE)),
-                                jnp.float32),
-           "label": jnp.asarray(gen.integers(0, config.data.num_classes,
-                                             batch_size))}
-  losses = []
+  batch = image_batch(config) if batch is None else batch
+  metrics = []
   for _ in range(num_steps):
-    state, metrics = step(state, batch)
-    losses.append(float(metrics["loss"]))
-  return np.array(losses), state
+    state, out = step(state, batch)
+    metrics.append(jax.tree.map(np.asarray, out))
+  return jax.tree.map(lambda *x: np.stack(x), *metrics), state
 
 
 def assert_params_close(params, want):
@@ -79,8 +94,8 @@ def _dp_reference(config_module, name):
   rng = jax.random.key(0, impl="rbg")
   initial = jax.tree.map(np.asarray,
                          jax.jit(init, out_shardings=shardings)(rng))
-  losses, state = run_steps(config, initial)
-  return initial, losses, jax.tree.map(np.asarray, state.params)
+  metrics, state = run_steps(config, initial)
+  return initial, metrics["loss"], jax.tree.map(np.asarray, state.params)
 
 
 @pytest.mark.parametrize("strategy", ["fsdp", "fsdp_tp"])
@@ -91,8 +106,8 @@ def test_sharded_strategies_match_data_parallel(config_module, name,
   config = config_module(name).get_config("smoke")
   config.mesh = MESHES[strategy]
   config.sharding.strategy = strategy
-  losses, state = run_steps(config, initial)
-  np.testing.assert_allclose(losses, want_losses, rtol=1e-5)
+  metrics, state = run_steps(config, initial)
+  np.testing.assert_allclose(metrics["loss"], want_losses, rtol=1e-5)
   assert want_losses[-1] < want_losses[0]  # it trains
   assert_params_close(state.params, want_params)
   # The state really is split as the strategy says, and stays so.
@@ -103,6 +118,68 @@ def test_sharded_strategies_match_data_parallel(config_module, name,
              for x in jax.tree.leaves(state.params))
 
 
+def mlm_batch(config, batch_size: int = 16):
+  """Random token rows of random lengths ([CLS] ... [SEP], then padding),
+  masked by the config's own train preprocessing (mlm_mask), stacked."""
+  gen = np.random.default_rng(0)
+  seq_len, vocab = config.data.corpus.seq_len, config.data.corpus.vocab_size
+  mask = preprocess.build(config.data.train_preprocess)
+  rows = []
+  for i in range(batch_size):
+    length = int(gen.integers(seq_len // 4, seq_len + 1))
+    ids = np.zeros(seq_len, np.int32)
+    ids[:length] = [2, *gen.integers(5, vocab, length - 2), 3]
+    rows.append(mask({"input_ids": tf.constant(ids)},
+                     tf.constant([0, i], tf.int64)))
+  return {k: jnp.asarray(np.stack([r[k].numpy() for r in rows]))
+          for k in rows[0]}
+
+
+@functools.cache
+def _one_device_mlm_reference(config_module):
+  """Initial state (host numpy), per-step metrics and final params of the
+  nested MLM smoke step on one device."""
+  config = _mlm_config(config_module, (("data", 1),), "dp")
+  example = aot.example_spec(config)
+  devices = jax.devices()[:1]
+  _, _, shardings, init = sharded_setup(config, example, devices)
+  initial = jax.tree.map(np.asarray, jax.jit(init, out_shardings=shardings)(
+      jax.random.key(0, impl="rbg")))
+  metrics, state = run_steps(config, initial, mlm_batch(config), example,
+                             devices)
+  return initial, metrics, jax.tree.map(np.asarray, state.params)
+
+
+def _mlm_config(config_module, mesh, strategy):
+  """configs/bert_base_mlm.py's smoke run (bert_mu, MRL-E at 8, 16, 32) in
+  float32, so that only the partitioning, not bfloat16 rounding, differs."""
+  config = config_module("bert_base_mlm").get_config("smoke")
+  config.model.dtype = "float32"
+  config.mesh = mesh
+  config.sharding.strategy = strategy
+  return config
+
+
+@pytest.mark.parametrize("strategy", ["dp", "fsdp", "fsdp_tp"])
+def test_sharded_mlm_step_matches_one_device(config_module, strategy):
+  initial, want, want_params = _one_device_mlm_reference(config_module)
+  config = _mlm_config(config_module, MESHES[strategy], strategy)
+  example = aot.example_spec(config)
+  metrics, state = run_steps(config, initial, mlm_batch(config), example)
+  assert want["loss_per_dim"].shape == (3, 3)  # 3 steps x nesting 8, 16, 32
+  for key in ("loss", "loss_per_dim", "accuracy_per_dim", "grad_norm"):
+    np.testing.assert_allclose(metrics[key], want[key], rtol=1e-5,
+                               atol=1e-6, err_msg=key)
+  assert want["loss"][-1] < want["loss"][0]  # it trains
+  assert_params_close(state.params, want_params)
+  _, _, shardings, _ = sharded_setup(config, example)
+  got = jax.tree.map(lambda x: x.sharding.spec, state.params)
+  assert got == jax.tree.map(lambda s: s.spec, shardings.params)
+  if strategy != "dp":  # the tied word embeddings really are split
+    assert not state.params["encoder"]["word_embeddings"][
+        "embedding"].sharding.is_fully_replicated
+
+
 def test_grad_accumulation_matches_the_whole_batch(config_module):
   """k = 2 microbatches under fsdp: the dp whole-batch losses and weights."""
   initial, want_losses, want_params = _dp_reference(config_module,
@@ -111,8 +188,8 @@ def test_grad_accumulation_matches_the_whole_batch(config_module):
   config.mesh = MESHES["fsdp"]
   config.sharding.strategy = "fsdp"
   config.grad_accum_steps = 2  # 16 rows on 8 shards: 1 row each per micro
-  losses, state = run_steps(config, initial)
-  np.testing.assert_allclose(losses, want_losses, rtol=1e-5)
+  metrics, state = run_steps(config, initial)
+  np.testing.assert_allclose(metrics["loss"], want_losses, rtol=1e-5)
   assert_params_close(state.params, want_params)
 
 
