@@ -164,3 +164,13 @@ def write_image_text_folder(root: pathlib.Path, count: int = 24,
   (root / "captions.jsonl").write_text(
       "".join(json.dumps(r) + "\n" for r in rows))
   return rows
+
+
+def setup_error(config) -> str:
+  """The one-line ValueError `train.setup(config)` raises (asserted one
+  line)."""
+  from mrl_jax import train  # pylint: disable=import-outside-toplevel
+  with pytest.raises(ValueError) as e:
+    train.setup(config)
+  assert "\n" not in str(e.value)
+  return str(e.value)

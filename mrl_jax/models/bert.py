@@ -209,6 +209,31 @@ class Bert(nn.Module):
     return BertOutput(x, pooled, word.embedding)
 
 
+def check_fits(encoder: Bert, *, seq_len: int, vocab_size: int,
+               data_section: str, model_section: str) -> None:
+  """Raises a one-line ValueError if the data's sequences or vocabulary do
+  not fit the encoder's position table or word embeddings.
+
+  Args:
+    encoder: the text encoder.
+    seq_len: tokens per sequence the data gives.
+    vocab_size: pieces of the data's tokenizer.
+    data_section: the config section of seq_len / vocab_size, for the error
+      (e.g. "config.data.corpus").
+    model_section: the encoder's config section (e.g. "config.model").
+  """
+  if seq_len > encoder.max_len:
+    raise ValueError(
+        f"{data_section}.seq_len={seq_len} exceeds the text encoder's "
+        f"position table (max_len={encoder.max_len}); set "
+        f"--{model_section}.kwargs.max_len={seq_len} or a shorter seq_len")
+  if vocab_size > encoder.vocab_size:
+    raise ValueError(
+        f"{data_section}.vocab_size={vocab_size} exceeds the text encoder's "
+        f"vocabulary ({encoder.vocab_size}); make "
+        f"{model_section}.kwargs.vocab_size at least as large")
+
+
 def _variant(hidden: int, depth: int) -> Callable[..., Bert]:
   """Constructor of a published BERT size (MLP 4 x hidden, hidden/64 heads)."""
   return functools.partial(Bert, hidden=hidden, depth=depth,

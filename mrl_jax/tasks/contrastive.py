@@ -30,6 +30,7 @@ from mrl_jax import train_step as step_lib
 from mrl_jax.data import image_text
 from mrl_jax.data import pipeline
 from mrl_jax.evaluators import cross_modal
+from mrl_jax.models import bert
 from mrl_jax.models import classifier
 from mrl_jax.models import registry
 from mrl_jax.models import two_tower
@@ -106,20 +107,11 @@ class Contrastive:
 
   def validate(self, config: ml_collections.ConfigDict,
                model: nn.Module) -> None:
-    max_len = model.towers.text_tower.max_len
-    length = config.data.image_text.seq_len
-    if length > max_len:
-      raise ValueError(
-          f"config.data.image_text.seq_len={length} exceeds the text "
-          f"tower's position table (max_len={max_len}); set "
-          f"--config.text_model.kwargs.max_len={length}")
-    vocab = model.towers.text_tower.vocab_size
-    if config.data.image_text.vocab_size > vocab:
-      raise ValueError(
-          f"config.data.image_text.vocab_size="
-          f"{config.data.image_text.vocab_size} exceeds the text tower's "
-          f"vocabulary ({vocab}); make config.text_model.kwargs.vocab_size "
-          "at least as large")
+    bert.check_fits(model.towers.text_tower,
+                    seq_len=config.data.image_text.seq_len,
+                    vocab_size=config.data.image_text.vocab_size,
+                    data_section="config.data.image_text",
+                    model_section="config.text_model")
 
   def fingerprint(self, config: ml_collections.ConfigDict) -> dict[str, Any]:
     return {"text_model": config.text_model.name,

@@ -19,6 +19,7 @@ from mrl_jax import train_step as step_lib
 from mrl_jax.data import preprocess as preprocess_lib
 from mrl_jax.data import text_corpus
 from mrl_jax.evaluators import mlm as evaluator
+from mrl_jax.models import bert
 from mrl_jax.models import classifier
 from mrl_jax.models import registry
 from mrl_jax.mrl import mlm
@@ -75,7 +76,7 @@ class MaskedLanguageModelling:
                model: nn.Module) -> None:
     """The masking ops' vocabulary and the corpus's sequence length must fit
     the model."""
-    vocab, max_len = model.encoder.vocab_size, model.encoder.max_len
+    vocab = model.encoder.vocab_size
     for field in ("train_preprocess", "eval_preprocess"):
       args = preprocess_lib.op_arguments(config.data[field], "mlm_mask")
       if args is None:
@@ -86,17 +87,10 @@ class MaskedLanguageModelling:
             f"config.data.{field} masks with vocab_size="
             f"{args['vocab_size']} but the model's vocabulary is {vocab}; "
             "make them equal (config.model.kwargs.vocab_size)")
-    seq_len = config.data.corpus.seq_len
-    if seq_len > max_len:
-      raise ValueError(
-          f"config.data.corpus.seq_len={seq_len} exceeds the model's "
-          f"position table (max_len={max_len}); set "
-          f"--config.model.kwargs.max_len={seq_len} or a shorter seq_len")
-    if config.data.corpus.vocab_size > vocab:
-      raise ValueError(
-          f"config.data.corpus.vocab_size={config.data.corpus.vocab_size} "
-          f"exceeds the model's vocabulary ({vocab}); make "
-          "config.model.kwargs.vocab_size at least as large")
+    bert.check_fits(model.encoder, seq_len=config.data.corpus.seq_len,
+                    vocab_size=config.data.corpus.vocab_size,
+                    data_section="config.data.corpus",
+                    model_section="config.model")
 
   def fingerprint(self, config: ml_collections.ConfigDict) -> dict[str, Any]:
     return {"prefix_norm": bool(config.mrl.get("prefix_norm", False)),

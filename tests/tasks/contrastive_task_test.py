@@ -8,7 +8,7 @@ import pytest
 from mrl_jax import optim
 from mrl_jax import train
 from mrl_jax.data import pipeline
-from conftest import write_image_text_folder
+from conftest import setup_error, write_image_text_folder
 
 
 @pytest.fixture(name="folder_config", scope="module")
@@ -23,13 +23,6 @@ def fixture_folder_config(tmp_path_factory, config_module):
       + (f",{arg}" if arg else ""))
 
 
-def _setup_error(config) -> str:
-  with pytest.raises(ValueError) as e:
-    train.setup(config)
-  assert "\n" not in str(e.value)
-  return str(e.value)
-
-
 def test_folder_config_needs_a_root(config_module):
   with pytest.raises(ValueError, match="needs root=<dir>"):
     config_module("image_text_folder").get_config("smoke")
@@ -40,16 +33,16 @@ def test_config_checks(folder_config):
   assert train.setup(folder_config("head=ff")).nesting_dims == (32,)
   config = folder_config()
   config.mrl.head = "mrl_e"
-  assert "heads mrl, ff" in _setup_error(config)
+  assert "heads mrl, ff" in setup_error(config)
   config = folder_config()
   config.mrl.nesting_dims = (8, 64)
-  assert "64" in _setup_error(config)
+  assert "64" in setup_error(config)
   config = folder_config()
   config.text_model.kwargs.max_len = 8
-  assert "--config.text_model.kwargs.max_len=12" in _setup_error(config)
+  assert "--config.text_model.kwargs.max_len=12" in setup_error(config)
   config = folder_config()
   config.contrastive.loss = "triplet"
-  assert "softmax, sigmoid" in _setup_error(config)
+  assert "softmax, sigmoid" in setup_error(config)
 
 
 def _one_step(config, devices, batch):

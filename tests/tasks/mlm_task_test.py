@@ -19,6 +19,7 @@ from mrl_jax.data import text_corpus
 from mrl_jax.data import tokenizer as tok
 from mrl_jax.evaluators import mlm as mlm_eval
 from mrl_jax.tasks import workdir_tokenizer
+from conftest import setup_error
 
 _WORDS = ("river stone light water small large animal plant moves quickly "
           "green red bird flies over under the a of and which is has with "
@@ -40,13 +41,6 @@ def fixture_folder_config(tmp_path_factory, config_module):
       f"root={root},data_dir={data_dir},smoke" + (f",{arg}" if arg else ""))
 
 
-def _setup_error(config) -> str:
-  with pytest.raises(ValueError) as e:
-    train.setup(config)
-  assert "\n" not in str(e.value)
-  return str(e.value)
-
-
 def test_text_folder_config_needs_a_root(config_module):
   with pytest.raises(ValueError, match="needs root=<dir>"):
     config_module("text_folder").get_config("smoke")
@@ -55,32 +49,32 @@ def test_text_folder_config_needs_a_root(config_module):
 def test_sequence_longer_than_the_position_table_is_refused(folder_config):
   config = folder_config()
   config.model.kwargs.max_len = 32
-  assert "--config.model.kwargs.max_len=64" in _setup_error(config)
+  assert "--config.model.kwargs.max_len=64" in setup_error(config)
 
 
 def test_nesting_above_the_hidden_size_is_refused(folder_config):
   config = folder_config()
   config.mrl.nesting_dims = (8, 64)  # bert_mu is 32 wide
-  assert "64" in _setup_error(config)
+  assert "64" in setup_error(config)
 
 
 def test_masking_vocabulary_must_be_the_models(folder_config):
   config = folder_config()
   config.model.kwargs.vocab_size = 1024
-  message = _setup_error(config)
+  message = setup_error(config)
   assert "vocab_size=512" in message and "1024" in message
 
 
 def test_a_config_without_the_mask_op_is_refused(folder_config):
   config = folder_config()
   config.data.train_preprocess = "keep('input_ids')"
-  assert "no mlm_mask op" in _setup_error(config)
+  assert "no mlm_mask op" in setup_error(config)
 
 
 def test_unknown_task_is_refused(folder_config):
   config = folder_config()
   config.task = "translation"
-  assert "config.task" in _setup_error(config)
+  assert "config.task" in setup_error(config)
 
 
 def test_ff_head_trains_one_dim(folder_config):
