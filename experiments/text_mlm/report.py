@@ -85,8 +85,9 @@ def claims(r: dict[str, Any]) -> list[str]:
         verdict = "missing"
       else:
         gap = ff - nested
+        side = "below" if gap > 0 else "above"
         verdict = (f"{'holds' if gap <= CLAIM_GAP else 'FAILS'} "
-                   f"({100 * gap:+.2f} points below FF-{k})")
+                   f"({100 * abs(gap):.2f} points {side} FF-{k})")
       lines.append(f"- {NESTED[name]} at {k} dims within 0.5 points of "
                    f"FF-{k}: {verdict}")
   return lines
