@@ -57,6 +57,7 @@ def _one_step(config, devices, batch):
   return jax.device_get((state.params, metrics))
 
 
+@pytest.mark.slow  # compile-heavy: two meshes x two towers
 @pytest.mark.parametrize("loss", ["softmax", "sigmoid"])
 def test_sharded_step_equals_one_device(folder_config, loss):
   config = folder_config(f"loss={loss}")
