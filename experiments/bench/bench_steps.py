@@ -3,6 +3,7 @@
 Imported by the scripts in this directory (run as
 `python experiments/bench/<script>.py`, which puts this directory on the path).
 """
+from collections.abc import Callable
 import functools
 import time
 from typing import Any
@@ -11,6 +12,7 @@ import jax
 import ml_collections
 import optax
 
+from mrl_jax import atomic_files
 from mrl_jax import optim
 from mrl_jax import train_step as step_lib
 from mrl_jax.models import classifier
@@ -86,3 +88,25 @@ def compile_step(model_name: str, head_type: str, dtype: Any,
   return {"step": compiled, "state": state, "head": head,
           "embedding_dim": backbone.embedding_dim,
           "compile_s": time.perf_counter() - start, "lowered": lowered}
+
+
+def run_models(results: dict[str, Any],
+               bench_model: Callable[[str, Any], dict[str, Any]], args: Any,
+               device: jax.Device) -> None:
+  """Fills results["models"][name] = bench_model(name, args) for every name
+  in args.models (comma-separated) on `device`, and results["wall_s"]."""
+  start = time.perf_counter()
+  with jax.default_device(device):
+    for model_name in args.models.split(","):
+      results["models"][model_name] = bench_model(model_name, args)
+  results["wall_s"] = time.perf_counter() - start
+
+
+def report(results: dict[str, Any],
+           print_table: Callable[[dict[str, Any]], None],
+           out: str | None) -> dict[str, Any]:
+  """Prints the table and writes the results to `out` (JSON) if given."""
+  print_table(results)
+  if out:
+    atomic_files.write_json(out, results)
+  return results

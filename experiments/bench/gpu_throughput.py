@@ -47,7 +47,6 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from mrl_jax import atomic_files
 from mrl_jax import train_step as step_lib
 from mrl_jax.mrl import heads
 
@@ -228,17 +227,10 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
       "dtype": args.dtype, "image_size": args.image_size,
       "steps": args.steps, "rounds": args.rounds, "warmup": args.warmup,
       "peak_tflops": args.peak_tflops, "models": {}}
-  start = time.perf_counter()
-  with jax.default_device(device):
-    for model_name in args.models.split(","):
-      results["models"][model_name] = bench_model(model_name, args)
-  results["wall_s"] = time.perf_counter() - start
+  bench_steps.run_models(results, bench_model, args, device)
   stats = device.memory_stats() or {}
   results["peak_bytes_in_use"] = stats.get("peak_bytes_in_use")
-  print_table(results)
-  if args.out:
-    atomic_files.write_json(args.out, results)
-  return results
+  return bench_steps.report(results, print_table, args.out)
 
 
 if __name__ == "__main__":

@@ -48,7 +48,6 @@ import jax.numpy as jnp
 import ml_collections
 
 from mrl_jax import aot
-from mrl_jax import atomic_files
 from mrl_jax import config_lib
 from mrl_jax import optim
 from mrl_jax import train
@@ -321,16 +320,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
       "cpu_count": os.cpu_count(), "jax": jax.__version__,
       "batch": args.batch, "seq_len": args.seq_len, "dtype": args.dtype,
       "rounds": args.rounds, "loadavg_start": os.getloadavg(), "models": {}}
-  start = time.perf_counter()
-  with jax.default_device(device):
-    for model_name in args.models.split(","):
-      results["models"][model_name] = bench_model(model_name, args)
-  results["wall_s"] = time.perf_counter() - start
+  bench_steps.run_models(results, bench_model, args, device)
   results["loadavg_end"] = os.getloadavg()
-  print_table(results)
-  if args.out:
-    atomic_files.write_json(args.out, results)
-  return results
+  return bench_steps.report(results, print_table, args.out)
 
 
 if __name__ == "__main__":

@@ -51,7 +51,6 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from mrl_jax import atomic_files
 from mrl_jax import train_step as step_lib
 from mrl_jax.mrl import heads
 from mrl_jax.mrl import losses
@@ -272,16 +271,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
       "batch": args.batch, "image_size": args.image_size,
       "rounds": args.rounds, "num_classes": bench_steps.NUM_CLASSES,
       "loadavg_start": os.getloadavg(), "models": {}}
-  start = time.perf_counter()
-  with jax.default_device(device):
-    for model_name in args.models.split(","):
-      results["models"][model_name] = bench_model(model_name, args)
-  results["wall_s"] = time.perf_counter() - start
+  bench_steps.run_models(results, bench_model, args, device)
   results["loadavg_end"] = os.getloadavg()
-  print_table(results)
-  if args.out:
-    atomic_files.write_json(args.out, results)
-  return results
+  return bench_steps.report(results, print_table, args.out)
 
 
 if __name__ == "__main__":
