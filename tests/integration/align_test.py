@@ -4,8 +4,6 @@ installs), then --mode=eval."""
 import json
 import os
 import shutil
-import subprocess
-import sys
 
 import pytest
 
@@ -13,6 +11,7 @@ from mrl_jax import config_lib
 from mrl_jax import modes
 from mrl_jax.data import openclipart
 from mrl_jax.tasks import workdir_tokenizer
+from conftest import launch_ok
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(
     os.path.abspath(__file__))))
@@ -26,11 +25,7 @@ pytestmark = pytest.mark.skipif(
 @pytest.fixture(name="reference", scope="module")
 def fixture_reference(tmp_path_factory):
   workdir = str(tmp_path_factory.mktemp("align"))
-  proc = subprocess.run(
-      [sys.executable, "-m", "mrl_jax.main", f"--config={CONFIG}:smoke",
-       f"--workdir={workdir}"], cwd=REPO, capture_output=True, text=True,
-      timeout=900)
-  assert proc.returncode == 0, proc.stderr[-3000:]
+  proc = launch_ok(f"{CONFIG}:smoke", workdir, timeout=900)
   return workdir, proc.stdout, proc.stderr
 
 

@@ -4,8 +4,6 @@ last checkpoint."""
 import json
 import os
 import shutil
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -14,6 +12,7 @@ from mrl_jax import config_lib
 from mrl_jax import modes
 from mrl_jax import train
 from mrl_jax.tasks import workdir_tokenizer
+from conftest import launch_ok
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(
     os.path.abspath(__file__))))
@@ -40,11 +39,7 @@ def fixture_arg(tmp_path_factory):
 def fixture_reference(arg, tmp_path_factory):
   """One launcher run: (workdir, its stdout, its stderr)."""
   workdir = str(tmp_path_factory.mktemp("mlm"))
-  proc = subprocess.run(
-      [sys.executable, "-m", "mrl_jax.main", f"--config={CONFIG}:{arg}",
-       f"--workdir={workdir}"], cwd=REPO, capture_output=True, text=True,
-      timeout=600)
-  assert proc.returncode == 0, proc.stderr[-3000:]
+  proc = launch_ok(f"{CONFIG}:{arg}", workdir, timeout=600)
   return workdir, proc.stdout, proc.stderr
 
 
