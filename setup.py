@@ -26,6 +26,9 @@ INSTALL_REQUIRES = [
     # Subword tokenizer of the text models: one small wheel, no dependencies,
     # the whole tokenizer in one .model file.
     "sentencepiece==0.2.3",
+    # Reads a standard BERT vocab.txt (WordPiece with BERT's basic
+    # tokenizer): the reference implementation, not a re-written one.
+    "tokenizers==0.23.3",
 ]
 
 # Importing official PyTorch checkpoints (mrl_jax.tools.import_torch). The
