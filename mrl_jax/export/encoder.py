@@ -13,7 +13,9 @@ or the config file:
     params/        Orbax params-only checkpoint of the backbone:
                    {"params": ..., "batch_stats": ...} (no heads; a text
                    bundle holds the BERT encoder without the MLM head)
-    tokenizer.model  text bundles: the sentencepiece model it was trained with
+    tokenizer.model  text bundles: the tokenizer it was trained with (a
+                   sentencepiece model or a WordPiece vocab.txt, see
+                   data/tokenizer.py)
 
 A new bundle is written to DIR/encoder.new and swapped in by renames once it
 is complete, so a killed export leaves the previous bundle in place (between
@@ -198,7 +200,7 @@ class TextEncoder(Encoder):
   embeds a list of strings with the bundle's own tokenizer.
 
   Attributes (besides Encoder's):
-    tokenizer: the sentencepiece tokenizer the model was trained with.
+    tokenizer: the tokenizer the model was trained with.
     max_length: tokens per text, [CLS] and [SEP] included (longer texts are
       cut).
   """
@@ -391,7 +393,7 @@ def _load_tokenizer(path: str, metadata: dict[str, Any],
                      f"with (its sha256 differs from encoder.json's); "
                      f"{_AGAIN}")
   try:
-    tokenizer = tok.Tokenizer(proto, where)
+    tokenizer = tok.from_bytes(proto, where)
   except errors.RunError as e:
     raise ValueError(f"{e}; {_AGAIN}") from None
   if tokenizer.vocab_size > vocab_size:
@@ -463,7 +465,7 @@ def save_tf_saved_model(encoder: Encoder, path: str) -> str:
   """
   if isinstance(encoder, TextEncoder):
     raise ValueError("save_tf_saved_model converts image bundles; a text "
-                     "bundle's sentencepiece tokenizer runs on the host")
+                     "bundle's tokenizer runs on the host")
   # pylint: disable=import-outside-toplevel
   import tensorflow as tf
   from jax.experimental import jax2tf

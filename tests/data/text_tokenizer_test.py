@@ -68,7 +68,8 @@ def test_load_errors_are_one_line(tmp_path):
                      "exist"):
     tok.load(tmp_path / "missing.model")
   (tmp_path / "junk.model").write_bytes(b"not a model")
-  with pytest.raises(RunError, match="junk.model is not a sentencepiece model"):
+  with pytest.raises(RunError, match="junk.model is neither a sentencepiece "
+                     "model nor a WordPiece vocab.txt"):
     tok.load(tmp_path / "junk.model")
   with pytest.raises(ValueError, match="vocab_size=5 is too small"):
     tok.train(_TEXT, vocab_size=5)
