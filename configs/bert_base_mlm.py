@@ -23,9 +23,9 @@ tokenized by a 30,522-piece sentencepiece model trained on its train
 documents and packed into 128-token sequences by data/text_corpus.py, with
 a share of the documents held out as validation (not cached: too large for
 host memory). Missing against the paper: BooksCorpus (no redistributable
-copy in TFDS), BERT's uncased WordPiece vocabulary (pass
---config.data.corpus.tokenizer_path=<a .model> to use another), and BERT's
-next-sentence objective (the paper's MLM-only training has none); Adam's
+copy in TFDS), BERT's uncased WordPiece vocabulary by default (pass
+--config.data.corpus.tokenizer_path=<BERT's vocab.txt>, 30,522 lines, to
+use it, or another .model), and BERT's next-sentence objective (the paper's MLM-only training has none); Adam's
 epsilon is optax's 1e-8, not BERT's 1e-6.
 
 Hardware: 16 chips (e.g. TPU v4-32 as `v4:2x2x4`, or v5e `4x4`), bfloat16

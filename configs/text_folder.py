@@ -13,9 +13,9 @@ later runs reuse it.
 
 Arguments (comma-separated): `root=<dir>` (required), `vocab=<n>` (default
 8192; a small corpus may give fewer pieces), `seq_len=<n>` (default 128),
-`tokenizer=<file.model>` (a sentencepiece model to use instead of training
-one, which then sets the vocabulary; its special ids must be mrl_jax's, see
-data/tokenizer.py), 15% of the tokens masked (at most ceil(0.15 seq_len)),
+`tokenizer=<file>` (a sentencepiece `.model` with mrl_jax's special ids, or
+a BERT WordPiece `vocab.txt`, to use instead of training one; it then sets
+the vocabulary; see data/tokenizer.py), 15% of the tokens masked (at most ceil(0.15 seq_len)),
 `data_dir=<dir>`, and configs/text_mlm.py's own: `smoke`,
 `head=mrl_e|mrl|ff`, `ff_dim=`, `prefix_norm`, `model=`, `steps=`. The
 model and recipe are text_mlm.py's (BERT-Tiny, batch 32): sized for a CPU;

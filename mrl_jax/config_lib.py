@@ -326,8 +326,8 @@ def text_corpus_section(name: str | None = None, *,
       `tfds_split=`, `text_key=`).
     seq_len: tokens per packed sequence, [CLS] and [SEP] included.
     vocab_size: pieces of the tokenizer trained on the train documents.
-    **extra: folder, tokenizer_path (a sentencepiece .model to use instead
-      of training one), tfds_name, tfds_split, text_key, max_documents,
+    **extra: folder, tokenizer_path (a sentencepiece .model or a BERT
+      vocab.txt to use instead of training one), tfds_name, tfds_split, text_key, max_documents,
       validation_fraction (None: text_corpus.py's defaults).
   """
   corpus = {"name": name, "sources": tuple(sources), "seq_len": seq_len,

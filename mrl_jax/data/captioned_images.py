@@ -7,8 +7,9 @@ tokenizer and writes the examples:
    (openclipart: the normalised title; a user's folder: the image path), or
    the split the pair names, so pairs sharing a key never straddle splits;
 2. tokenizer: a sentencepiece model trained on the train captions only (or
-   a user's `.model` file), stored as `tokenizer.model` in the prepared
-   dataset's directory (`load_tokenizer(builder)` reads it back);
+   a user's `.model` or `vocab.txt` file), stored as `tokenizer.model` in
+   the prepared dataset's directory (`load_tokenizer(builder)` reads it
+   back);
 3. examples, features:
      image      uint8 [H, W, 3] (PNG- or JPEG-encoded on disk)
      caption    text
@@ -103,8 +104,8 @@ class CaptionedImages(tfds.core.GeneratorBasedBuilder):
   `_image_feature` and `_label_feature`."""
 
   def __init__(self, *, tokenizer_path: str | None = None, **kwargs):
-    """tokenizer_path: a sentencepiece model to use instead of training
-    one."""
+    """tokenizer_path: a sentencepiece .model or a BERT vocab.txt to use
+    instead of training one."""
     self._tokenizer_path = tokenizer_path
     super().__init__(**kwargs)
 

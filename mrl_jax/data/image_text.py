@@ -45,7 +45,8 @@ def section(**fields: Any) -> ml_collections.ConfigDict:
 
   Fields: seq_len (L, caption tokens), vocab_size (of the tokenizer trained
   on the train captions), validation_fraction, test_fraction,
-  tokenizer_path (a sentencepiece .model to use instead of training one);
+  tokenizer_path (a sentencepiece .model or a BERT vocab.txt to use instead
+  of training one);
   openclipart: image_size, max_per_title, svg_dir (default: the Debian
   package's), processes (rsvg-convert processes); a folder: folder (its
   root).

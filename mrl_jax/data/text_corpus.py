@@ -7,8 +7,9 @@
 2. a document-level train / validation split by a hash of each document id;
 3. a tokenizer: a sentencepiece model trained on the train documents only
    (a hash-chosen sample of about TOKENIZER_SAMPLE_CHARS characters of them
-   when there are more), or a user's `.model` file, stored as
-   `tokenizer.model` in the prepared dataset's directory
+   when there are more), or a user's sentencepiece `.model` or BERT
+   `vocab.txt` file, stored as `tokenizer.model` in the prepared dataset's
+   directory
    (`load_tokenizer(builder)` reads it back);
 4. fixed-length sequences packed across documents, in source order:
    [CLS] tokens... [SEP], documents separated by [SEP], [PAD] after the last
@@ -53,7 +54,7 @@ NAME = "mrl_text_corpus"
 TOKENIZER_FILE = "tokenizer.model"
 VALIDATION_FRACTION = 0.02
 SOURCES = ("wordnet", "gcide", "folder", "tfds")
-_ENCODE_CHUNK = 1000  # documents per sentencepiece batch call
+_ENCODE_CHUNK = 1000  # documents per tokenizer batch call
 # Sentencepiece's training time grows with the text it sees, while its
 # vocabulary hardly changes beyond a few million characters, so a large
 # corpus trains the tokenizer on a fixed-size sample.
@@ -187,8 +188,8 @@ class MrlTextCorpus(tfds.core.GeneratorBasedBuilder):
                tokenizer_path: str | None = None,
                tfds_data_dir: str | None = None, **kwargs):
     """Source locations (defaults: the Debian packages' paths), the folder
-    for sources=("folder",), an optional sentencepiece model to use instead
-    of training one, and the TFDS data_dir of source "tfds" (None: TFDS's
+    for sources=("folder",), an optional tokenizer file (.model or
+    vocab.txt) to use instead of training one, and the TFDS data_dir of source "tfds" (None: TFDS's
     default)."""
     self._wordnet_dir = wordnet_dir or text_sources.WORDNET_DIR
     self._gcide_dict = gcide_dict or text_sources.GCIDE_DICT
@@ -310,7 +311,8 @@ def open_builder(corpus: Mapping[str, Any], data_dir: str | None = None
         validation_fraction, tfds_name, tfds_split, text_key: as
         TextCorpusConfig's.
       folder: root of .txt / .jsonl files, for source "folder".
-      tokenizer_path: a sentencepiece .model to use instead of training one.
+      tokenizer_path: a sentencepiece .model or a BERT vocab.txt to use
+        instead of training one.
     data_dir: TFDS data_dir of the corpus and of source "tfds" (None: TFDS's
       default).
   Returns:
