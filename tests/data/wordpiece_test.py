@@ -17,9 +17,9 @@ from mrl_jax.tasks import workdir_tokenizer
 
 # BERT's layout: [PAD] at 0, [UNK] [CLS] [SEP] [MASK] at 100..103, [unusedN]
 # in between, then ordinary pieces.
-_WORDS = ("the of and is river stone stones green small bird flies over "
-          "water un ##aff ##able cafe naive run ##ning hello world "
-          "中 文").split()
+_WORDS = ["the", "of", "and", "is", "river", "stone", "stones", "green",
+          "small", "bird", "flies", "over", "water", "un", "##aff", "##able",
+          "cafe", "naive", "run", "##ning", "hello", "world", "中", "文"]
 _CHARACTERS = list("abcdefghijklmnoprstuvwy")  # no q, x or z: "quiz" is [UNK]
 _PUNCTUATION = list(",.!?-()'")
 BERT_SPECIALS = {"[PAD]": 0, "[UNK]": 100, "[CLS]": 101, "[SEP]": 102,
@@ -55,7 +55,7 @@ def fixture_vocab(tmp_path_factory):
 @pytest.fixture(name="cased_vocab", scope="module")
 def fixture_cased_vocab(tmp_path_factory):
   return write_bert_vocab(tmp_path_factory.mktemp("cased") / "vocab.txt",
-                          _WORDS + ["The", "Café", "##A"])
+                          [*_WORDS, "The", "Café", "##A"])
 
 
 _TEXTS = [
@@ -83,7 +83,10 @@ def test_ids_are_berts_through_the_special_swap(request, name, lowercase):
 
 def test_hand_checked_splits(vocab):
   tokenizer = tok.load(vocab)
-  pieces = lambda text: [tokenizer.piece(i) for i in tokenizer.encode(text)]
+
+  def pieces(text):
+    return [tokenizer.piece(i) for i in tokenizer.encode(text)]
+
   assert pieces("Unaffable") == ["un", "##aff", "##able"]
   assert pieces("café NAÏVE") == ["cafe", "naive"]  # accents stripped
   assert pieces("stones,run-running!") == [
@@ -130,16 +133,16 @@ def test_decode_padded_and_saved(vocab, tmp_path):
 
 @pytest.mark.parametrize("content, match", [
     (b"", "vocab.txt is empty; give a sentencepiece .model"),
-    ("[PAD]\n[UNK]\n[CLS]\n[SEP]\nthe\n".encode(),
-     r"vocab.txt is neither a sentencepiece model nor a WordPiece vocab.txt "
-     r"with BERT's special tokens \(no \[MASK\] line\)"),
+    (b"[PAD]\n[UNK]\n[CLS]\n[SEP]\nthe\n",
+     (r"vocab.txt is neither a sentencepiece model nor a WordPiece vocab.txt "
+      r"with BERT's special tokens \(no \[MASK\] line\)")),
     ("\n".join(bert_vocab_lines() + ["the"]).encode(),
-     f"line {len(bert_vocab_lines()) + 1} repeats 'the' of line "
-     f"{bert_vocab_lines().index('the') + 1}; a vocab.txt lists each piece "
-     "once"),
-    ("[PAD]\n\n[UNK]".encode(), "line 2 is empty"),
+     (f"line {len(bert_vocab_lines()) + 1} repeats 'the' of line "
+      f"{bert_vocab_lines().index('the') + 1}; a vocab.txt lists each piece "
+      "once")),
+    (b"[PAD]\n\n[UNK]", "line 2 is empty"),
     (b"[PAD]\n\xff\xfe\n", r"nor a UTF-8 vocab.txt \(byte 6 is not UTF-8\)"),
-    ("[PAD]\n[UNK]\n[CLS]\n[SEP]\n[MASK]\n".encode(),
+    (b"[PAD]\n[UNK]\n[CLS]\n[SEP]\n[MASK]\n",
      "holds only the special tokens"),
 ])
 def test_bad_vocab_is_a_one_line_run_error(tmp_path, content, match):
