@@ -198,7 +198,7 @@ def _tiny_captions_builder():
   import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
 
   class MrlTestCaptions(tfds.core.GeneratorBasedBuilder):
-    """Random JPEG images with word captions; train 24, val 8 (less the
+    """Random JPEG images with word captions; train 64, val 16 (less the
     train example without captions)."""
     VERSION = tfds.core.Version("1.0.0")
 
@@ -215,8 +215,8 @@ def _tiny_captions_builder():
 
     def _split_generators(self, dl_manager):
       del dl_manager
-      return {"train": self._generate_examples(0, 24),
-              "val": self._generate_examples(100, 8)}
+      return {"train": self._generate_examples(0, 64),
+              "val": self._generate_examples(100, 16)}
 
     def _generate_examples(self, start, count):
       for i in range(start, start + count):

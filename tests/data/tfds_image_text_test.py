@@ -55,7 +55,7 @@ def test_examples_are_the_sources_with_their_first_caption(prepared,
   assert source.builder.builder_config.name.startswith("mrl_test_captions_")
   sources = _source_examples(data_dir, "train")
   got = list(tfds.as_numpy(source.read()))
-  # 24 examples, the one without a caption skipped.
+  # 64 examples, the one without a caption skipped.
   assert sorted(int(ex["id"]) for ex in got) == sorted(
       i for i in sources if i != 10_003)
   tokenizer = image_text.load_tokenizer(source.builder)
@@ -70,7 +70,7 @@ def test_examples_are_the_sources_with_their_first_caption(prepared,
     assert ex["label"] == captioned_images.NO_LABEL
   assert source.class_names is None  # no label_key: no zero-shot
   val = pipeline.open_source(cfg, "val")
-  assert val.num_examples == 8 and val.builder.data_dir == \
+  assert val.num_examples == 16 and val.builder.data_dir == \
       source.builder.data_dir
 
 
@@ -80,7 +80,7 @@ def test_tokenizer_is_trained_on_every_train_caption(prepared, data_dir):
       split="train", shuffle_files=False)
   texts = [t.decode() for ex in tfds.as_numpy(stored)
            for t in ex["captions"]["text"] if t.strip()]
-  assert len(texts) == 2 * 22 + 1  # every caption, blank ones left out
+  assert len(texts) == 2 * 62 + 1  # every caption, blank ones left out
   assert (image_text.load_tokenizer(source.builder).model_proto ==
           tok.train(texts, 40).model_proto)
 
@@ -91,7 +91,7 @@ def test_label_key_gives_labels_and_class_names(data_dir):
   assert source.class_names == ("cat", "dog", "bird")
   labels = {int(ex["id"]): int(ex["label"])
             for ex in tfds.as_numpy(source.read())}
-  assert labels == {10_000 + i: i % 3 for i in range(100, 108)}
+  assert labels == {10_000 + i: i % 3 for i in range(100, 116)}
 
 
 def test_caption_tokens_op_reads_the_examples(prepared):
