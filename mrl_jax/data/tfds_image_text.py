@@ -162,14 +162,13 @@ def _flat_names(features: tfds.features.FeatureConnector,
     yield from _flat_names(feature, f"{prefix}{name}/")
 
 
-def first_caption(value: Any) -> str:
-  """The first non-empty caption of a decoded caption value (bytes, or an
-  array of them), whitespace collapsed; "" if there is none."""
+def captions(value: Any) -> Iterator[str]:
+  """The non-empty captions of a decoded caption value (bytes, or an array
+  of them), in order, whitespace collapsed."""
   for text in np.atleast_1d(value):
     text = " ".join(text.decode("utf-8").split())
     if text:
-      return text
-  return ""
+      yield text
 
 
 class TfdsImageText(captioned_images.CaptionedImages):
@@ -188,10 +187,6 @@ class TfdsImageText(captioned_images.CaptionedImages):
     self._fields = check_fields(source, kwargs["config"])
     self._tokenizer: tok.Tokenizer | None = None  # until prepare_tokenizer
     super().__init__(**kwargs)
-
-  @property
-  def source(self) -> tfds.core.DatasetBuilder:
-    return self._source
 
   def _image_feature(self) -> tfds.features.Image:
     _, image, _ = self._fields["image_key"]
@@ -223,10 +218,7 @@ class TfdsImageText(captioned_images.CaptionedImages):
     path, _, _ = self._fields["caption_key"]
     texts = self._read(TOKENIZER_SPLIT).map(lambda ex: value_at(ex, path))
     for value in texts.as_numpy_iterator():
-      for text in np.atleast_1d(value):
-        text = " ".join(text.decode("utf-8").split())
-        if text:
-          yield text
+      yield from captions(value)
 
   def prepare_tokenizer(self) -> None:
     """Trains (or loads) the caption tokenizer, keeping it for the
@@ -276,7 +268,7 @@ class TfdsImageText(captioned_images.CaptionedImages):
               for field in KEY_FIELDS if field in self._fields}
     skipped = 0
     for index, example in enumerate(self._read(split).as_numpy_iterator()):
-      caption = first_caption(value_at(example, picked["caption_key"]))
+      caption = next(captions(value_at(example, picked["caption_key"])), "")
       if not caption:
         skipped += 1
         continue

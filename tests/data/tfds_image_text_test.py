@@ -154,11 +154,10 @@ def test_a_field_map_that_does_not_fit_is_one_line(data_dir, tmp_path, field,
 def test_a_users_tokenizer_is_stored_and_names_another_dataset(prepared,
                                                                data_dir,
                                                                tmp_path):
-  cfg, source = prepared
+  _, source = prepared
   path = tmp_path / "user.model"
   tok.train(["a red dog", "blue cats on the house"] * 20, 24).save(path)
   builder = image_text.open_image_text(
       _data_config(data_dir, tokenizer_path=str(path)))
   assert builder.builder_config.name != source.builder.builder_config.name
   assert image_text.load_tokenizer(builder).model_proto == path.read_bytes()
-  del cfg
