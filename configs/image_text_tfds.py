@@ -1,7 +1,8 @@
 r"""Nested two-tower contrastive learning on a TFDS image-caption dataset.
 
   tfds build coco_captions --data_dir=/data/tfds   # once, with the web
-  python -m mrl_jax.main --config=configs/image_text_tfds.py:data_dir=/data/tfds \
+  python -m mrl_jax.main \
+      --config=configs/image_text_tfds.py:data_dir=/data/tfds \
       --workdir=workdirs/coco
 
 Reads the TFDS dataset `name` (default `coco_captions`, the COCO 2014
