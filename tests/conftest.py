@@ -189,3 +189,84 @@ def launch_ok(config_spec: str, workdir: str,
       timeout=timeout)
   assert proc.returncode == 0, proc.stderr[-3000:]
   return proc
+
+
+def _tiny_captions_builder():
+  """The class of a TFDS dataset shaped like `coco_captions` (image,
+  image/id, captions/{text, id} sequences) plus a ClassLabel `category`,
+  defined on first use (TFDS registers builder classes by name)."""
+  import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
+
+  class MrlTestCaptions(tfds.core.GeneratorBasedBuilder):
+    """Random JPEG images with word captions; train 64, val 16 (less the
+    train example without captions)."""
+    VERSION = tfds.core.Version("1.0.0")
+
+    def _info(self):
+      return tfds.core.DatasetInfo(
+          builder=self, features=tfds.features.FeaturesDict({
+              "image": tfds.features.Image(encoding_format="jpeg"),
+              "image/id": np.int64,
+              "category": tfds.features.ClassLabel(names=["cat", "dog",
+                                                          "bird"]),
+              "captions": tfds.features.Sequence({"text": np.str_,
+                                                  "id": np.int64}),
+          }))
+
+    def _split_generators(self, dl_manager):
+      del dl_manager
+      return {"train": self._generate_examples(0, 64),
+              "val": self._generate_examples(100, 16)}
+
+    def _generate_examples(self, start, count):
+      for i in range(start, start + count):
+        rng = np.random.default_rng(i)
+        size = (int(rng.integers(36, 48)), int(rng.integers(36, 48)), 3)
+        texts = [_caption(i), _caption(i + 1000)]
+        if i == 3:
+          texts = []  # no caption: skipped
+        elif i == 4:
+          texts = ["  ", "the first real caption"]
+        yield i, {"image": rng.integers(0, 256, size, np.uint8),
+                  "image/id": 10_000 + i, "category": i % 3,
+                  "captions": {"text": texts, "id": list(range(len(texts)))}}
+  return MrlTestCaptions
+
+
+TINY_CAPTIONS = "mrl_test_captions"
+_TINY_CAPTIONS_CLASS = []
+
+
+def write_tiny_captions(data_dir: pathlib.Path) -> pathlib.Path:
+  """Prepares TINY_CAPTIONS (a coco_captions look-alike) in data_dir, as
+  `tfds build` would; returns data_dir."""
+  if not _TINY_CAPTIONS_CLASS:
+    _TINY_CAPTIONS_CLASS.append(_tiny_captions_builder())
+  _TINY_CAPTIONS_CLASS[0](data_dir=str(data_dir)).download_and_prepare()
+  return data_dir
+
+
+def check_batches_resume_and_split(cfg, source, batch: int) -> None:
+  """Asserts, for 2 data shards, that pipeline.process_batches resumed a
+  batch before an epoch's end continues the uninterrupted stream exactly,
+  and that the 2 processes' batches concatenate to the 1-process batch, so
+  image i stays with caption i."""
+  from mrl_jax.data import pipeline  # pylint: disable=import-outside-toplevel
+
+  def batches(start, process, processes, n):
+    stream = pipeline.process_batches(cfg, source, batch, 7, start, process,
+                                      processes)
+    return [next(stream) for _ in range(n)]
+
+  per_epoch = pipeline.steps_per_epoch(source, batch, 2)
+  whole = batches(0, 0, 1, per_epoch + 2)
+  resumed = batches(per_epoch - 1, 0, 1, 3)
+  halves = zip(batches(0, 0, 2, per_epoch + 2),
+               batches(0, 1, 2, per_epoch + 2))
+  for a, b in zip(whole[per_epoch - 1:], resumed):
+    for key in a:
+      np.testing.assert_array_equal(a[key], b[key])
+  for a, (first, second) in zip(whole, halves):
+    for key in a:
+      np.testing.assert_array_equal(
+          a[key], np.concatenate([first[key], second[key]]))

@@ -8,7 +8,9 @@
   mixup.py          per-batch mixup on device, resumable
   image_text.py     open_image_text: image-caption pairs for contrastive
                     training, from openclipart.py (Debian's Open Clip Art
-                    drawings, rasterised offline) or image_text_folder.py (a
-                    user's images + captions.jsonl/.csv); captioned_images.py
-                    holds their shared TFDS builder and the caption_tokens op
+                    drawings, rasterised offline), image_text_folder.py (a
+                    user's images + captions.jsonl/.csv) or tfds_image_text.py
+                    (any prepared TFDS image-caption dataset, e.g.
+                    coco_captions); captioned_images.py holds their shared
+                    TFDS builder and the caption_tokens op
 """

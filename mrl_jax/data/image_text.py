@@ -2,11 +2,15 @@
 
 `open_image_text(config.data)` returns the prepared TFDS builder (preparing
 it on first use, offline) of
-* "openclipart": the Debian openclipart-svg drawings (openclipart.py), or
+* "openclipart": the Debian openclipart-svg drawings (openclipart.py),
 * "image_text_folder": a user's folder of images with captions.jsonl or
-  captions.csv (image_text_folder.py), checked before anything is written;
+  captions.csv (image_text_folder.py), checked before anything is written,
+  or
+* any other name: that TFDS dataset (e.g. "coco_captions"), prepared in
+  config.data.data_dir, read through the field map image_key, caption_key,
+  label_key, id_key (tfds_image_text.py);
 and `load_tokenizer(builder)` the tokenizer stored with it.
-`pipeline.open_source` serves both as a `pipeline.Source`, so data shards,
+`pipeline.open_source` serves them as a `pipeline.Source`, so data shards,
 host sharding and resumption work as for any TFDS dataset.
 
 Raw examples are captioned_images.py's features; the preprocess spec
@@ -18,6 +22,7 @@ Options live in config.data.image_text (`section`).
 import fcntl
 import hashlib
 import pathlib
+import re
 from typing import Any
 
 import ml_collections
@@ -25,6 +30,8 @@ import ml_collections
 from mrl_jax.data import captioned_images
 from mrl_jax.data import image_text_folder
 from mrl_jax.data import openclipart
+from mrl_jax.data import text_sources
+from mrl_jax.data import tfds_image_text
 from mrl_jax.data import tfds_prepare
 from mrl_jax.data import tokenizer as tok
 
@@ -34,10 +41,19 @@ load_tokenizer = captioned_images.load_tokenizer
 # config.data.image_text fields -> which source uses them.
 _BOTH = ("seq_len", "vocab_size", "validation_fraction", "test_fraction")
 _CONFIG_FIELDS = {openclipart.NAME: _BOTH + ("image_size", "max_per_title"),
-                  image_text_folder.NAME: _BOTH}
+                  image_text_folder.NAME: _BOTH,
+                  tfds_image_text.NAME: ("seq_len", "vocab_size",
+                                         *tfds_image_text.KEY_FIELDS)}
 _BUILDER_FIELDS = {openclipart.NAME: ("svg_dir", "processes"),
                    image_text_folder.NAME: ("folder",)}
 _DEFAULT = openclipart.Openclipart.BUILDER_CONFIGS[0]
+_TFDS_DEFAULT = tfds_image_text.TfdsImageTextConfig(name="default")
+
+
+def is_image_text(cfg: ml_collections.ConfigDict) -> bool:
+  """Whether config.data (`cfg`) names image-text data: a source of NAMES,
+  or any TFDS dataset given with a config.data.image_text section."""
+  return cfg.name in NAMES or cfg.get("image_text") is not None
 
 
 def section(**fields: Any) -> ml_collections.ConfigDict:
@@ -49,10 +65,13 @@ def section(**fields: Any) -> ml_collections.ConfigDict:
   of training one);
   openclipart: image_size, max_per_title, svg_dir (default: the Debian
   package's), processes (rsvg-convert processes); a folder: folder (its
-  root).
+  root); a TFDS dataset: image_key, caption_key (default COCO captions'
+  "captions/text"), label_key, id_key (tfds_image_text.py).
   """
   defaults = {k: getattr(_DEFAULT, k)
               for k in _CONFIG_FIELDS[openclipart.NAME]}
+  defaults.update({k: getattr(_TFDS_DEFAULT, k)
+                   for k in tfds_image_text.KEY_FIELDS})
   defaults.update(tokenizer_path=None, svg_dir=None, processes=2,
                   folder=None)
   unknown = sorted(set(fields) - set(defaults))
@@ -73,20 +92,20 @@ def make_builder(cfg: ml_collections.ConfigDict
   too), so other options or a changed folder prepare another dataset.
 
   Raises:
-    ValueError: unknown name or options, no folder or caption file (one
-      line).
-    RunError: tokenizer_path is not a tokenizer.
+    ValueError: bad options, no folder or caption file, a field map that
+      does not fit the TFDS dataset's features (one line).
+    RunError: tokenizer_path is not a tokenizer; the TFDS dataset is not
+      prepared in config.data.data_dir.
   """
-  if cfg.name not in NAMES:
-    raise ValueError(f"config.data.name={cfg.name!r} is not an image-text "
-                     f"source; use one of {NAMES}")
   options = dict(section(**dict(cfg.get("image_text") or {})))
-  fields = {k: options[k] for k in _CONFIG_FIELDS[cfg.name]}
-  kwargs = {k: options[k] for k in _BUILDER_FIELDS[cfg.name]}
   tokenizer_path = options["tokenizer_path"]
   tokenizer = tok.load(tokenizer_path).model_proto if tokenizer_path else b""
   common = {"data_dir": cfg.get("data_dir"),
             "tokenizer_path": str(tokenizer_path) if tokenizer_path else None}
+  if cfg.name not in NAMES:
+    return _tfds_builder(cfg.name, options, tokenizer, common)
+  fields = {k: options[k] for k in _CONFIG_FIELDS[cfg.name]}
+  kwargs = {k: options[k] for k in _BUILDER_FIELDS[cfg.name]}
   if cfg.name == openclipart.NAME:
     config = _DEFAULT.name
     if (fields != {k: getattr(_DEFAULT, k) for k in fields}
@@ -109,6 +128,21 @@ def make_builder(cfg: ml_collections.ConfigDict
                                            **common)
 
 
+def _tfds_builder(name: str, options: dict[str, Any], tokenizer: bytes,
+                  common: dict[str, Any]) -> tfds_image_text.TfdsImageText:
+  """The derived builder of TFDS dataset `name`, in its data_dir; its
+  config name is a hash of the fields, the tokenizer's bytes and the
+  source's full name (its version included)."""
+  fields = {k: options[k] for k in _CONFIG_FIELDS[tfds_image_text.NAME]}
+  source = text_sources.prepared_tfds_builder(name, common["data_dir"])
+  label = re.sub(r"[^a-z0-9]+", "_", name.lower()).strip("_")
+  digest = _digest(sorted(fields.items()), tokenizer, source.info.full_name)
+  config = tfds_image_text.TfdsImageTextConfig(
+      name=f"{label}_{digest}", tfds_name=name, **fields)
+  return tfds_image_text.TfdsImageText(config=config, source=source,
+                                       **common)
+
+
 def open_image_text(cfg: ml_collections.ConfigDict
                     ) -> captioned_images.CaptionedImages:
   """The prepared builder of config.data (`cfg`), prepared here on first
@@ -116,10 +150,10 @@ def open_image_text(cfg: ml_collections.ConfigDict
   opens without its sources (Debian packages, folder checks).
 
   Raises:
-    ValueError: unknown name, bad options or a bad folder (one line, before
-      anything is written).
-    RunError: a missing Debian package or rsvg-convert, or an image that
-      does not decode.
+    ValueError: bad options, a bad folder or a field map that does not fit
+      the TFDS dataset (one line, before anything is written).
+    RunError: a missing Debian package or rsvg-convert, an image that
+      does not decode, or a TFDS dataset that is not prepared.
   """
   tfds_prepare.silence_config_notices()
   builder = make_builder(cfg)
@@ -130,6 +164,8 @@ def open_image_text(cfg: ml_collections.ConfigDict
     # once: the builder takes the checked rows.
     builder.use_rows(image_text_folder.read_rows_checked(
         builder.folder, builder.builder_config.skip_bad_files))
+  elif isinstance(builder, tfds_image_text.TfdsImageText):
+    builder.prepare_tokenizer()
   else:
     openclipart.check_sources(builder.svg_dir)
   root = pathlib.Path(builder.data_dir_root)

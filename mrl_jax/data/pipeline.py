@@ -143,8 +143,9 @@ def open_source(cfg: ml_collections.ConfigDict,
   data_dir), "image_folder" for a folder tree at data_dir (see
   image_folder.py), "mrl_text_corpus" for the packed MLM corpus that
   `cfg.corpus` describes (prepared offline on first use, text_corpus.py),
-  or an image-text source, "openclipart" or "image_text_folder"
-  (image_text.py, prepared on first use).
+  or image-text data, "openclipart", "image_text_folder" or any TFDS
+  dataset given with a config.data.image_text section (image_text.py,
+  prepared on first use).
   All have the same reading interface.
 
   Raises:
@@ -154,7 +155,7 @@ def open_source(cfg: ml_collections.ConfigDict,
     return image_folder.open_source(cfg, split)
   if cfg.name == text_corpus.NAME:
     builder = text_corpus.open_builder(cfg.corpus, cfg.get("data_dir"))
-  elif cfg.name in image_text.NAMES:
+  elif image_text.is_image_text(cfg):
     builder = image_text.open_image_text(cfg)
   else:
     if cfg.name in _OFFLINE_PREPARERS:

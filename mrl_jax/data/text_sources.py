@@ -207,15 +207,14 @@ def folder_documents(root: str | pathlib.Path) -> Iterator[Document]:
       yield Document(f"{name}#{i}", " ".join(doc.split()))
 
 
-def tfds_text_builder(name: str, split: str, text_key: str,
-                      data_dir: str | None) -> tfds.core.DatasetBuilder:
-  """The prepared TFDS dataset `name`, checked to have `split` (a split
-  name, or a slice of one such as "train[:10000]") and a text feature
-  `text_key`.
+def prepared_tfds_builder(name: str, data_dir: str | None
+                          ) -> tfds.core.DatasetBuilder:
+  """The TFDS dataset `name` as prepared in data_dir (None: TFDS's default);
+  nothing is downloaded.
 
   Raises:
-    RunError: the dataset is unknown or not prepared in data_dir.
-    ValueError: no such split, or no such text feature.
+    RunError: the dataset is unknown or not prepared there (one line naming
+      the `tfds build` command that prepares it).
   """
   fix = f"prepare it first: tfds build {name}" + (
       f" --data_dir={data_dir}" if data_dir else "")
@@ -228,6 +227,20 @@ def tfds_text_builder(name: str, split: str, text_key: str,
   if not builder.is_prepared():
     raise RunError(f"TFDS dataset {name} is not prepared in "
                    f"{builder.data_dir_root}; {fix}")
+  return builder
+
+
+def tfds_text_builder(name: str, split: str, text_key: str,
+                      data_dir: str | None) -> tfds.core.DatasetBuilder:
+  """The prepared TFDS dataset `name`, checked to have `split` (a split
+  name, or a slice of one such as "train[:10000]") and a text feature
+  `text_key`.
+
+  Raises:
+    RunError: the dataset is unknown or not prepared in data_dir.
+    ValueError: no such split, or no such text feature.
+  """
+  builder = prepared_tfds_builder(name, data_dir)
   if split.split("[")[0] not in builder.info.splits:
     raise ValueError(f"TFDS dataset {name} has no split {split!r}; its "
                      f"splits: {sorted(builder.info.splits)}")

@@ -16,7 +16,7 @@ from mrl_jax.data import pipeline
 from mrl_jax.data import preprocess
 from mrl_jax.data import tokenizer as tok
 from mrl_jax.errors import RunError
-from conftest import write_image_text_folder
+from conftest import check_batches_resume_and_split, write_image_text_folder
 
 @pytest.fixture(name="folder")
 def fixture_folder(tmp_path) -> pathlib.Path:
@@ -240,8 +240,8 @@ def test_unknown_options_and_missing_folder(tmp_path):
                                    "data_dir": str(tmp_path)})
   with pytest.raises(ValueError, match="needs config.data.image_text.folder"):
     image_text.open_image_text(cfg)
-  cfg.name = "coco"
-  with pytest.raises(ValueError, match="is not an image-text source"):
+  cfg.name = "coco"  # any other name is a TFDS dataset, here not prepared
+  with pytest.raises(RunError, match=f"tfds build coco --data_dir={tmp_path}"):
     image_text.open_image_text(cfg)
   assert not os.listdir(tmp_path)
 
@@ -253,23 +253,7 @@ def test_train_batches_shard_and_resume(prepared):
               "train_preprocess": "caption_tokens|resize(8)|keep('image', "
                                   "'input_ids', 'input_mask', 'label')"})
   source = pipeline.open_source(cfg, "train")
-
-  def batches(start, process, processes, n):
-    stream = pipeline.process_batches(cfg, source, 4, 7, start, process,
-                                      processes)
-    return [next(stream) for _ in range(n)]
-
-  per_epoch = pipeline.steps_per_epoch(source, 4, 2)
-  whole = batches(0, 0, 1, per_epoch + 2)
-  resumed = batches(per_epoch - 1, 0, 1, 3)
-  halves = zip(batches(0, 0, 2, per_epoch + 2),
-               batches(0, 1, 2, per_epoch + 2))
-  for a, b in zip(whole[per_epoch - 1:], resumed):
-    for key in a:
-      np.testing.assert_array_equal(a[key], b[key])
-  for a, (first, second) in zip(whole, halves):
-    for key in a:
-      np.testing.assert_array_equal(
-          a[key], np.concatenate([first[key], second[key]]))
-  assert whole[0]["input_ids"].shape == (4, 10)
-  assert whole[0]["image"].shape == (4, 8, 8, 3)
+  check_batches_resume_and_split(cfg, source, 4)
+  whole = next(pipeline.process_batches(cfg, source, 4, 7, 0, 0, 1))
+  assert whole["input_ids"].shape == (4, 10)
+  assert whole["image"].shape == (4, 8, 8, 3)
