@@ -14,8 +14,10 @@ own (the contrastive loss's geometry), for every nesting dim m.
   averaged and normalised again (CLIP's prompt ensembling, done per prefix),
   and an image takes the class of the nearest class embedding.
 * Cosine span (`cosine_span`): the mean cosine of matching pairs minus the
-  mean cosine of random pairs (a derangement of the pairs), the paper's
-  "larger span between positive and random pairs".
+  mean cosine of all non-matching pairs (every image with every other
+  row's text: exact, and independent of the rows' order, so the same for
+  any number of processes), the paper's "larger span between positive and
+  random pairs".
 """
 from collections.abc import Sequence
 from typing import Any
@@ -128,37 +130,35 @@ def zero_shot(images: Any, labels: Any, template_embeddings: Any,
   return out
 
 
-def derangement(n: int, seed: int) -> np.ndarray:
-  """A random permutation of range(n) with no fixed point (n >= 2)."""
-  if n < 2:
-    raise ValueError(f"random pairs need at least 2 pairs, got {n}")
-  rng = np.random.default_rng(seed)
-  perm = rng.permutation(n)
-  # Shifting a random order by one pairs every element with another.
-  out = np.empty(n, np.int64)
-  out[perm] = np.roll(perm, 1)
-  return out
+def cosine_span(images: Any, texts: Any,
+                nesting_dims: Sequence[int]) -> dict[str, Any]:
+  """Mean cosine of matching pairs (images[i], texts[i]) minus that of all
+  non-matching pairs (images[i], texts[j]), j != i, per dim.
 
-
-def cosine_span(images: Any, texts: Any, nesting_dims: Sequence[int],
-                seed: int = 0) -> dict[str, Any]:
-  """Mean cosine of matching pairs (images[i], texts[i]) minus that of
-  random pairs (images[i], texts[p(i)]), p a seeded derangement, per dim.
-
+  Args:
+    images, texts: [N, d] raw embeddings, row i of each a matching pair
+      (N >= 2).
+    nesting_dims: prefix lengths m <= d.
   Returns:
     {"cosine/positive/d=m", "cosine/random/d=m", "cosine/span/d=m"}.
   """
   images, texts = np.asarray(images), np.asarray(texts)
   dims = _check(images, texts, nesting_dims)
-  if len(images) != len(texts):
-    raise ValueError(f"{len(images)} images and {len(texts)} texts: the "
-                     "cosine span needs matching pairs row by row")
-  other = derangement(len(texts), seed)
+  n = len(images)
+  if n != len(texts):
+    raise ValueError(f"{n} images and {len(texts)} texts: the cosine span "
+                     "needs matching pairs row by row")
+  if n < 2:
+    raise ValueError(f"random pairs need at least 2 pairs, got {n}")
   out: dict[str, Any] = {"nesting": dims}
   for m in dims:
-    a, b = _prefix(images, m), _prefix(texts, m)
-    positive = float(np.mean(np.sum(a * b, -1)))
-    random = float(np.mean(np.sum(a * b[other], -1)))
+    a = _prefix(images, m).astype(np.float64)
+    b = _prefix(texts, m).astype(np.float64)
+    matching = np.sum(a * b)
+    # Sum over all (i, j) pairs is (sum_i a_i) . (sum_j b_j): O(N m).
+    every = a.sum(0) @ b.sum(0)
+    positive = float(matching / n)
+    random = float((every - matching) / (n * (n - 1)))
     out[metrics.metric_name("cosine", "positive", m)] = positive
     out[metrics.metric_name("cosine", "random", m)] = random
     out[metrics.metric_name("cosine", "span", m)] = positive - random
