@@ -125,8 +125,8 @@ def _open_source(lock: Lock, variables: PyTree) -> _Source:
   directory = os.path.join(lock.from_workdir, "checkpoints")
   if not os.path.isdir(lock.from_workdir):
     raise errors.RunError(f"{lock.field}={lock.from_workdir!r} does not "
-                          f"exist; point it at a workdir trained with "
-                          f"{lock.what}")
+                          "exist; point it at a workdir whose checkpoint "
+                          f"holds {lock.what}")
   ckpt = checkpointing.Checkpointer(directory, {}, read_only=True)
   step = ckpt.latest_step()
   try:

@@ -15,6 +15,7 @@ from mrl_jax import errors
 from mrl_jax import optim
 from mrl_jax import param_lock
 from mrl_jax import sharding_rules
+from mrl_jax import tasks
 from mrl_jax import train
 from mrl_jax import train_step as step_lib
 from conftest import CONFIG_DIR, setup_error
@@ -146,9 +147,41 @@ def test_a_classifiers_backbone_becomes_the_image_tower(tmp_path):
       assert a.sharding == t.sharding  # the trainer's, not the source's
   # Everything else is the fresh initialisation.
   for name in ("text_tower", "image_projection", "text_projection"):
-    for a, b in zip(jax.tree.leaves(state.params["towers"][name]),
-                    jax.tree.leaves(fresh.params["towers"][name])):
-      np.testing.assert_array_equal(a, b)
+    _assert_same(state.params["towers"][name], fresh.params["towers"][name])
+
+
+def _assert_same(a, b):
+  assert jax.tree.structure(a) == jax.tree.structure(b)
+  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+    np.testing.assert_array_equal(x, y)
+
+
+def test_an_mlm_encoder_becomes_the_text_tower(tmp_path):
+  # configs/text_mlm.py:smoke's BERT-mu at the captions' vocabulary and
+  # length: align_openclipart:smoke's text tower.
+  config = config_lib.load_config(f"{CONFIG_DIR}/text_mlm.py:smoke")
+  config.model.kwargs.update({"vocab_size": 2048, "max_len": 32})
+  task = tasks.get(config)
+  model = task.build_model(config)
+  tokens = jax.ShapeDtypeStruct((32,), np.int32)
+  source = step_lib.state_from_variables(
+      task.init_variables(model, jax.random.key(7), {
+          k: tokens for k in ("input_ids", "segment_ids", "input_mask",
+                              "masked_positions")}),
+      optim.build_optimizer(config.optimizer, 1, 1))
+  fingerprint = {"task": "mlm", "model": config.model.name,
+                 "model_kwargs": dict(config.model.kwargs)}
+  ckpt = checkpointing.Checkpointer(str(tmp_path / "mlm" / "checkpoints"),
+                                    fingerprint)
+  ckpt.save(1, source, config.to_json())
+  ckpt.close()
+  run_setup, fresh, target = _fresh_two_tower(
+      _align(f"lock=text,lock_from={tmp_path / 'mlm'}"))
+  state = param_lock.load(run_setup.lock, fresh, target)
+  _assert_same(state.params["towers"]["text_tower"], source.params["encoder"])
+  _assert_same(state.params["towers"]["image_tower"],
+               fresh.params["towers"]["image_tower"])
+  _assert_same(state.batch_stats, fresh.batch_stats)
 
 
 def test_source_of_other_shapes_is_refused_before_reading_it(tmp_path):
