@@ -227,3 +227,30 @@ def test_another_backbone_name_is_refused(tmp_path):
   with pytest.raises(ValueError, match="image model is 'small_cnn' .* but "
                      "config.model.name is 'cnn_mu'"):
     param_lock.check_source(run_setup.lock, variables)
+
+
+def _step_flops(config, run_setup):
+  """FLOPs of the lowered train step on a batch of 32 (XLA's count)."""
+  tx = train.optimizer(run_setup, 10, 10)
+  example = {**EXAMPLE, "label": jax.ShapeDtypeStruct((), np.int64)}
+  _, _, target = train.abstract_train_state(run_setup, config, tx, example)
+  step = train.jit_train_step(
+      run_setup, tx, jax.tree.map(lambda t: t.sharding, target), 0)
+  batch = {k: jax.ShapeDtypeStruct((32, *v.shape), v.dtype)
+           for k, v in example.items()}
+  return step.lower(target, batch).cost_analysis()["flops"]
+
+
+def test_the_backward_pass_skips_the_locked_tower():
+  one_device = jax.devices()[:1]
+  plain_config = _align()
+  plain = _step_flops(plain_config, train.setup(plain_config, one_device))
+  config = _align("lock=image,lock_from=w")
+  run_setup = train.setup(config, one_device)
+  variables = _abstract_variables(run_setup)
+  forward = jax.jit(lambda v, x: run_setup.model.apply(
+      v, x, train=False, method=run_setup.model.encode_image)).lower(
+          variables, jax.ShapeDtypeStruct((32, 32, 32, 3), np.float32)
+      ).cost_analysis()["flops"]
+  # The tower's backward costs more than its forward; all of it is gone.
+  assert _step_flops(config, run_setup) < plain - forward
