@@ -90,7 +90,8 @@ def check_source(lock: Lock, variables: PyTree) -> None:
     variables: the model's {"params", "batch_stats"?} as arrays or
       `jax.ShapeDtypeStruct`s.
   Raises:
-    errors.RunError: lock.from_workdir is missing or has no checkpoint.
+    errors.RunError: lock.from_workdir is missing, has no checkpoint, or
+      its latest checkpoint's metadata cannot be read.
     ValueError: its checkpoint holds no sub-tree that matches the model's.
   """
   _open_source(lock, variables).ckpt.close()
@@ -134,9 +135,14 @@ def _open_source(lock: Lock, variables: PyTree) -> _Source:
       raise errors.RunError(f"{lock.field}={lock.from_workdir!r} has no "
                             f"checkpoint in {directory}; train it first or "
                             "point it at a trained workdir")
-    meta = ckpt.read_meta(step)
+    try:
+      meta, saved = ckpt.read_meta(step), ckpt.saved_state_tree(step)
+    except Exception as e:  # pylint: disable=broad-except
+      raise errors.RunError(
+          f"cannot read the checkpoint at step {step} in {directory} "
+          f"({type(e).__name__}); restore its files or set {lock.field} "
+          "to another workdir") from e
     path = lock.source_path(meta.get("fingerprint", {}))
-    saved = ckpt.saved_state_tree(step)
     for c in COLLECTIONS:
       diff = checkpointing.layout_diff(_get(saved.get(c) or {}, path),
                                        _get(variables.get(c) or {},

@@ -2,6 +2,7 @@
 the locked leaves' labels and optimizer, reading a classifier's backbone
 from a real Orbax checkpoint into the image tower, and the source checks."""
 import os
+import shutil
 
 import jax
 import numpy as np
@@ -214,6 +215,16 @@ def test_bad_sources_are_one_line_errors(tmp_path, arg, error, match):
   variables = _abstract_variables(run_setup)
   with pytest.raises(error, match=match) as e:
     param_lock.check_source(run_setup.lock, variables)
+  assert "\n" not in str(e.value)
+
+
+def test_a_source_with_unreadable_metadata_is_a_one_line_error(tmp_path):
+  _classifier_workdir(str(tmp_path / "cls"), (32, 32, 3))
+  shutil.rmtree(tmp_path / "cls" / "checkpoints" / "1" / "meta")
+  run_setup = train.setup(_align(f"lock=image,lock_from={tmp_path / 'cls'}"))
+  with pytest.raises(errors.RunError, match="cannot read the checkpoint at "
+                     "step 1 .*; restore its files") as e:
+    param_lock.check_source(run_setup.lock, _abstract_variables(run_setup))
   assert "\n" not in str(e.value)
 
 
