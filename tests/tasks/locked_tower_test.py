@@ -203,8 +203,8 @@ def test_source_of_other_shapes_is_refused_before_reading_it(tmp_path):
     ("lock=image,lock_from={missing}", errors.RunError, "does not exist"),
     ("lock=image,lock_from={empty}", errors.RunError, "has no checkpoint"),
     ("lock=text,lock_from={cls}", ValueError,
-     "holds a classification run, which has no text tower; lock the text "
-     "tower from a mlm or contrastive workdir"),
+     ("holds a classification run, which has no text tower; lock the text "
+      "tower from a mlm or contrastive workdir")),
 ])
 def test_bad_sources_are_one_line_errors(tmp_path, arg, error, match):
   _classifier_workdir(str(tmp_path / "cls"), (32, 32, 3))
