@@ -7,7 +7,11 @@ Arguments (comma-separated): `smoke` (a few steps of tiny towers on a
 slice, for tests), `head=mrl|ff` (ff: the plain two-tower model, the
 paper's baseline, evaluated at its first m dims), `loss=softmax|sigmoid`
 (ALIGN's softmax both ways with label smoothing 0.1, or SigLIP's pairwise
-sigmoid with a learnable bias), `per_dim_temperature`, `steps=`.
+sigmoid with a learnable bias), `per_dim_temperature`, `steps=`,
+`lock=image|text` with `lock_from=<workdir>` (LiT: that tower starts from
+the workdir's latest checkpoint and stays fixed, its projection to d
+trains; image: a classification or contrastive workdir whose backbone is
+config.model at 32x32x3 inputs; text: an mlm or contrastive workdir).
 Hardware: 2 CPU cores. Data: TFDS `openclipart` (data/openclipart.py),
 prepared offline on first use from the Debian package openclipart-svg
 (scripts/setup.sh installs it and librsvg2-bin): public-domain drawings
@@ -22,6 +26,7 @@ Recall@1, zero-shot top-1 over the 22 categories (prompt ensemble of
 config.contrastive.prompts) and the cosine span of matching vs random pairs.
 """
 import ml_collections
+from ml_collections import config_dict
 
 from mrl_jax import config_lib
 from mrl_jax.data import image_text
@@ -33,7 +38,8 @@ _KEEP = "keep('image', 'input_ids', 'input_mask', 'label')"
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   arg = config_lib.parse_arg(arg, smoke=False, head="mrl", loss="softmax",
-                             per_dim_temperature=False, steps=800)
+                             per_dim_temperature=False, steps=800,
+                             lock="", lock_from="")
   config = config_lib.base_config(total_steps=arg.steps, batch_size=128,
                                   eval_batch_size=128, log_every_steps=50,
                                   checkpoint_every_steps=400)
@@ -56,12 +62,18 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       "embed_dim": 128, "loss": arg.loss, "label_smoothing": 0.1,
       "per_dim_temperature": arg.per_dim_temperature,
       "recall_ks": (1, 5, 10),
+      "locked": {"tower": config_dict.placeholder(str),
+               "from_workdir": config_dict.placeholder(str)},
       "prompts": ("a drawing of {}.", "clipart of {}.",
                   "an illustration of {}.", "{}.")})
   config.mrl = config_lib.mrl_section(arg.head)
   config.optimizer = config_lib.optimizer_section(
       "adamw", learning_rate=1e-3, weight_decay=1e-4, warmup_steps=50,
       schedule="cosine")
+  # arg["lock"]: arg.lock is ConfigDict's own lock() method.
+  if arg["lock"] or arg.lock_from:
+    config.contrastive.locked.tower = arg["lock"] or None
+    config.contrastive.locked.from_workdir = arg.lock_from or None
   if arg.smoke:
     _smoke(config)
   return config

@@ -29,7 +29,6 @@ import tensorflow as tf
 
 from mrl_jax import atomic_files
 from mrl_jax import config_lib
-from mrl_jax import optim
 from mrl_jax import sharding
 from mrl_jax import tasks
 from mrl_jax import train
@@ -152,7 +151,7 @@ def compile_train_step(config: ml_collections.ConfigDict,
   # The schedule's constants do not change the program; durations in epochs
   # would need the dataset size, so count one step per epoch.
   total = config_lib.steps("total", config, 1)
-  tx = optim.build_optimizer(config.optimizer, total, 1)
+  tx = train.optimizer(run_setup, total, 1)
   spec = example_spec(config)
   _, _, target = train.abstract_train_state(run_setup, config, tx, spec)
   shardings = jax.tree.map(lambda t: t.sharding, target)

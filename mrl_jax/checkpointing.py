@@ -116,6 +116,44 @@ class Checkpointer:
     return self._manager.restore(
         step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
 
+  def read_meta(self, step: int) -> dict[str, Any]:
+    """The meta item at `step`: {"step", "fingerprint", "config"}."""
+    return self._read_meta(step)
+
+  def saved_state_tree(self, step: int) -> PyTree:
+    """Orbax's record of the state at `step`: nested dicts of array
+    metadata (shape, dtype), e.g. {"params": {...}, "opt_state": [...]}."""
+    return self._manager.item_metadata(step)["state"].tree
+
+  def restore_part(self, step: int, part: PyTree) -> PyTree:
+    """Restores only `part`'s arrays of the state at `step`, e.g. another
+    run's {"params": {"backbone": ...}} without its optimizer state.
+
+    Args:
+      part: nested dicts, a sub-tree of the saved state, whose leaves are
+        `jax.ShapeDtypeStruct`s carrying the shardings to restore onto.
+    Raises:
+      UnreadableCheckpointError: a file differs from its recorded sha256,
+        or the arrays cannot be read.
+    """
+    try:
+      self._verify_checksums(step)
+      # StandardRestore reads whole trees; PyTreeRestore reads the same
+      # format and can leave the rest of the checkpoint on disk.
+      with ocp.PyTreeCheckpointer() as reader:
+        return reader.restore(
+            os.path.join(self._step_dir(step), "state"),
+            args=ocp.args.PyTreeRestore(
+                item=part,
+                restore_args=ocp.checkpoint_utils.construct_restore_args(
+                    part),
+                partial_restore=True))
+    except Exception as e:  # pylint: disable=broad-except
+      raise UnreadableCheckpointError(
+          f"cannot read the checkpoint at step {step} in {self.directory} "
+          f"({_one_line(e)}); restore its files or point at another "
+          "workdir") from e
+
   def _check_fingerprint(self, meta: dict[str, Any]) -> None:
     # Facts a checkpoint lacks were not recorded by the version that wrote
     # it; restore_latest's check of the state's tree covers what they change.
@@ -295,6 +333,12 @@ def _layout(tree: PyTree) -> dict[str, tuple[tuple[int, ...], str]]:
   """{'opt_state/0/mu/...': (shape, dtype)} for every array of a tree."""
   return {"/".join(k): (tuple(v.shape), np.dtype(v.dtype).name)
           for k, v in ocp.tree.to_flat_dict(tree).items()}
+
+
+def layout_diff(saved: PyTree, wanted: PyTree) -> str:
+  """One phrase naming how two trees' arrays (paths, shapes, dtypes)
+  differ, '' if they match; `saved` e.g. from `saved_state_tree`."""
+  return _layout_diff(_layout(saved), _layout(wanted))
 
 
 def _layout_diff(saved: dict[str, Any], wanted: dict[str, Any]) -> str:

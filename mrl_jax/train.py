@@ -20,6 +20,7 @@ from mrl_jax import config_lib
 from mrl_jax import errors
 from mrl_jax import metric_writer
 from mrl_jax import optim
+from mrl_jax import param_lock
 from mrl_jax import sharding
 from mrl_jax import sharding_rules
 from mrl_jax import tasks
@@ -44,6 +45,7 @@ class Setup:
   fingerprint: dict[str, Any]
   sharding_rules: tuple[Any, ...]  # compiled config.sharding
   grad_accum_steps: int
+  lock: param_lock.Lock | None = None  # parameters copied, never trained
 
 
 def setup(config: ml_collections.ConfigDict,
@@ -73,7 +75,15 @@ def setup(config: ml_collections.ConfigDict,
   optim.build_optimizer(config.optimizer, 1, 1)  # validates optimizer fields
   return Setup(config, task, model, dims, weights, loss_fn, mesh,
                _fingerprint(config, task, dims), rules,
-               config.get("grad_accum_steps", 1))
+               config.get("grad_accum_steps", 1), task.locked_params(config))
+
+
+def optimizer(run_setup: Setup, total_steps: int,
+              steps_per_epoch: int) -> optax.GradientTransformation:
+  """config.optimizer's transformation, holding locked parameters still."""
+  return param_lock.hold(
+      optim.build_optimizer(run_setup.config.optimizer, total_steps,
+                            steps_per_epoch), run_setup.lock)
 
 
 def _fingerprint(config: ml_collections.ConfigDict, task: tasks.Task,
@@ -183,7 +193,12 @@ def _init_or_restore(run_setup: Setup, config: ml_collections.ConfigDict,
     return restored[0], shardings
   logging.info("no checkpoint in %s: initialising from scratch",
                ckpt.directory)
-  return jax.jit(init, out_shardings=shardings)(rng), shardings
+  state = jax.jit(init, out_shardings=shardings)(rng)
+  if run_setup.lock is not None:
+    state = param_lock.load(run_setup.lock, state, target)
+    logging.info("%s: read from %s, locked", run_setup.lock.what,
+                 run_setup.lock.from_workdir)
+  return state, shardings
 
 
 def _raise_if_nonfinite(state: step_lib.TrainState,
@@ -318,6 +333,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
     errors.RunError: another run holds workdir, or a save failed.
   """
   run_setup = setup(config)
+  if run_setup.lock is not None:
+    _check_lock_source(config, run_setup, workdir)
   with workdir_lock.exclusive(workdir, "train", jax.process_index() == 0):
     ckpt = checkpointing.Checkpointer(
         os.path.join(workdir, "checkpoints"), run_setup.fingerprint,
@@ -329,6 +346,26 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
       raise
     ckpt.close()
   return summary
+
+
+def _check_lock_source(config: ml_collections.ConfigDict, run_setup: Setup,
+                       workdir: str) -> None:
+  """A fresh run will copy its locked parameters from another workdir:
+  checks them against the model before anything is written or compiled
+  (reads metadata only). A resumed run does not read that workdir."""
+  ckpt = checkpointing.Checkpointer(os.path.join(workdir, "checkpoints"), {},
+                                    read_only=True)
+  resumes = ckpt.latest_step() is not None
+  ckpt.close()
+  if resumes:
+    return
+  example = pipeline.example_spec(
+      config.data, pipeline.open_source(config.data, config.data.train_split))
+  variables = jax.eval_shape(
+      lambda rng: run_setup.task.init_variables(run_setup.model, rng,
+                                                example),
+      jax.random.key(config.seed, impl="rbg"))
+  param_lock.check_source(run_setup.lock, variables)
 
 
 def _train(config: ml_collections.ConfigDict, run_setup: Setup,
@@ -347,7 +384,7 @@ def _train(config: ml_collections.ConfigDict, run_setup: Setup,
                    source, shards, jax.process_index(), jax.process_count()))
   per_epoch = pipeline.steps_per_epoch(source, config.batch_size, shards)
   total = config_lib.steps("total", config, per_epoch)
-  tx = optim.build_optimizer(config.optimizer, total, per_epoch)
+  tx = optimizer(run_setup, total, per_epoch)
   state, state_sh = _init_or_restore(run_setup, config, tx, ckpt,
                                      pipeline.example_spec(config.data, source))
   train_step = jit_train_step(run_setup, tx, state_sh, config.seed)
@@ -417,7 +454,7 @@ def restore_latest(config: ml_collections.ConfigDict, workdir: str
   run_setup.task.bind_data(config, source, workdir, writer=False)
   # The optimizer state is restored too (one checkpoint format); its schedule
   # does not matter here.
-  tx = optim.build_optimizer(config.optimizer, 1, 1)
+  tx = optimizer(run_setup, 1, 1)
   _, _, target = abstract_train_state(
       run_setup, config, tx, pipeline.example_spec(config.data, source))
   restored = ckpt.restore_latest(target)

@@ -10,6 +10,11 @@ every m < d.
 Parameters: `image_tower` (any registered backbone), `text_tower` (a
 registered text encoder; its sentence embedding is `Bert.pool`'s),
 `image_projection` and `text_projection` (Dense to d).
+
+A locked tower (LiT, `TwoTower.locked`) always runs in inference mode (its
+BatchNorm statistics are not updated, no dropout) and its features are cut
+off from the gradient, so the backward pass skips it; its projection still
+trains.
 """
 from typing import Any
 
@@ -21,6 +26,12 @@ from mrl_jax.mrl import contrastive
 
 Dtype = Any
 _INIT = nn.initializers.truncated_normal(0.02)
+LOCKABLE = ("image", "text")
+
+
+def _held(features: jax.Array, locked: bool) -> jax.Array:
+  # No cotangent flows into a locked tower: XLA drops its backward pass.
+  return jax.lax.stop_gradient(features) if locked else features
 
 
 class TwoTower(nn.Module):
@@ -31,11 +42,14 @@ class TwoTower(nn.Module):
     text_tower: (input_ids, segment_ids, input_mask) -> BertOutput.
     embed_dim: d, the shared width both towers are projected to.
     dtype: compute dtype of the projections; parameters stay float32.
+    locked: None, or the tower ("image" / "text") whose parameters are
+      held fixed (LOCKABLE).
   """
   image_tower: nn.Module
   text_tower: nn.Module
   embed_dim: int
   dtype: Dtype = jnp.float32
+  locked: str | None = None
 
   def setup(self):
     if self.embed_dim < 1:
@@ -47,13 +61,17 @@ class TwoTower(nn.Module):
 
   def encode_image(self, images: jax.Array, *, train: bool) -> jax.Array:
     """[B, H, W, C] -> raw image embeddings [B, d]."""
-    return self.image_projection(self.image_tower(images, train=train))
+    locked = self.locked == "image"
+    features = self.image_tower(images, train=train and not locked)
+    return self.image_projection(_held(features, locked))
 
   def encode_text(self, input_ids: jax.Array, input_mask: jax.Array, *,
                   train: bool) -> jax.Array:
     """[B, L] ids and 0/1 padding mask -> raw text embeddings [B, d]."""
-    out = self.text_tower(input_ids, None, input_mask, train=train)
-    return self.text_projection(out.embedding)
+    locked = self.locked == "text"
+    out = self.text_tower(input_ids, None, input_mask,
+                          train=train and not locked)
+    return self.text_projection(_held(out.embedding, locked))
 
   def __call__(self, images: jax.Array, input_ids: jax.Array,
                input_mask: jax.Array, *,

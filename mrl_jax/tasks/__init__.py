@@ -20,6 +20,7 @@ import jax
 import ml_collections
 import tensorflow as tf
 
+from mrl_jax import param_lock
 from mrl_jax import train_step as step_lib
 from mrl_jax.tasks import classification
 from mrl_jax.tasks import contrastive
@@ -51,6 +52,11 @@ class Task(Protocol):
   def fingerprint(self, config: ml_collections.ConfigDict) -> dict[str, Any]:
     """What a checkpoint must share with the config, beyond the common
     fields (model, head, nesting, dataset, optimizer)."""
+
+  def locked_params(self, config: ml_collections.ConfigDict
+                    ) -> param_lock.Lock | None:
+    """The parameters a fresh run copies from another workdir and never
+    trains (param_lock.py), or None; a one-line ValueError, no I/O."""
 
   def raw_example_spec(self, config: ml_collections.ConfigDict
                        ) -> dict[str, tf.TensorSpec]:

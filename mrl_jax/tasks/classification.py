@@ -46,6 +46,9 @@ class Classification:
       out["class_names"] = list(config.data.class_names)
     return out
 
+  def locked_params(self, config: ml_collections.ConfigDict) -> None:
+    del config  # every parameter trains
+
   def raw_example_spec(self, config: ml_collections.ConfigDict
                        ) -> dict[str, tf.TensorSpec]:
     """An encoded image when data.skip_decode, else uint8 [H, W, C]; class

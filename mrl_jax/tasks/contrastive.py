@@ -9,7 +9,9 @@ config.text_model the text tower, config.contrastive the shared width d,
 the loss (softmax = ALIGN, sigmoid = SigLIP), label smoothing and whether
 each nesting dim has its own temperature. config.mrl.head is "mrl" (the
 nesting list, default halving d down to 8) or "ff" (the plain model: d only,
-evaluated at the nesting list's first m dims).
+evaluated at the nesting list's first m dims). config.contrastive.locked
+starts one tower from another workdir's checkpoint and locks it (LiT,
+tasks/locked_tower.py).
 
 Evaluation (`evaluate`) embeds the whole eval split and reports per dim:
 image->text and text->image Recall@K, the cosine span of matching vs random
@@ -26,6 +28,7 @@ import numpy as np
 import tensorflow as tf
 
 from mrl_jax import model_flops
+from mrl_jax import param_lock
 from mrl_jax import train_step as step_lib
 from mrl_jax.data import image_text
 from mrl_jax.data import pipeline
@@ -36,6 +39,7 @@ from mrl_jax.models import registry
 from mrl_jax.models import two_tower
 from mrl_jax.mrl import contrastive
 from mrl_jax.mrl import nesting
+from mrl_jax.tasks import locked_tower
 from mrl_jax.tasks import workdir_tokenizer
 
 HEADS = ("mrl", "ff")
@@ -94,7 +98,8 @@ class Contrastive:
       raise ValueError(f"config.contrastive.loss={opts.loss!r}; use one of "
                        f"{', '.join(contrastive.KINDS)}")
     towers = two_tower.TwoTower(image, text, d,
-                                classifier.DTYPES[config.model.dtype])
+                                classifier.DTYPES[config.model.dtype],
+                                locked=locked_tower.tower(config))
     return two_tower.ContrastiveTwoTower(
         towers, opts.loss, len(dims) if opts.per_dim_temperature else None,
         dims)
@@ -118,7 +123,12 @@ class Contrastive:
             "text_model_kwargs": dict(config.text_model.get("kwargs", {})),
             "embed_dim": config.contrastive.embed_dim,
             "loss": config.contrastive.loss,
-            "per_dim_temperature": config.contrastive.per_dim_temperature}
+            "per_dim_temperature": config.contrastive.per_dim_temperature,
+            "locked": locked_tower.fingerprint(config)}
+
+  def locked_params(self, config: ml_collections.ConfigDict
+                    ) -> param_lock.Lock | None:
+    return locked_tower.from_config(config)
 
   def raw_example_spec(self, config: ml_collections.ConfigDict
                        ) -> dict[str, tf.TensorSpec]:

@@ -96,6 +96,9 @@ class MaskedLanguageModelling:
     return {"prefix_norm": bool(config.mrl.get("prefix_norm", False)),
             "corpus": dict(config.data.corpus)}
 
+  def locked_params(self, config: ml_collections.ConfigDict) -> None:
+    del config  # every parameter trains
+
   def raw_example_spec(self, config: ml_collections.ConfigDict
                        ) -> dict[str, tf.TensorSpec]:
     return {"input_ids": tf.TensorSpec([config.data.corpus.seq_len],

@@ -41,3 +41,31 @@ def test_a_width_below_one_is_refused():
     _model(0).init(jax.random.key(0), jnp.zeros((1, 28, 28, 1)),
                    jnp.zeros((1, 4), jnp.int32), jnp.ones((1, 4)),
                    train=False)
+
+
+@pytest.mark.parametrize("locked", ["image", "text"])
+def test_a_locked_tower_gets_no_gradient_and_keeps_its_statistics(locked):
+  model = _model().clone(locked=locked)
+  rng = np.random.default_rng(0)
+  images = jnp.asarray(rng.uniform(size=(4, 28, 28, 1)), jnp.float32)
+  ids = jnp.asarray(rng.integers(4, 64, (4, 6)))
+  variables = model.init(jax.random.key(0), images, ids, ids > 0, train=False)
+
+  def loss(params):
+    (z_img, z_txt), updates = model.apply(
+        {**variables, "params": params}, images, ids, ids > 0, train=True,
+        mutable=["batch_stats"], rngs={"dropout": jax.random.key(1)})
+    return (z_img * z_txt).sum(), updates["batch_stats"]
+
+  grads, stats = jax.grad(loss, has_aux=True)(variables["params"])
+  other = {"image": "text", "text": "image"}[locked]
+  assert not any(np.any(g) for g in jax.tree.leaves(
+      grads[f"{locked}_tower"]))
+  assert all(np.any(g) for g in jax.tree.leaves(grads[f"{locked}_projection"]))
+  assert any(np.any(g) for g in jax.tree.leaves(grads[f"{other}_tower"]))
+  # Inference mode: a locked image tower's BatchNorm statistics stay put.
+  moved = jax.tree.map(lambda a, b: bool(np.any(a != b)),
+                       stats["image_tower"],
+                       variables["batch_stats"]["image_tower"])
+  assert not any(jax.tree.leaves(moved)) if locked == "image" else all(
+      jax.tree.leaves(moved))
