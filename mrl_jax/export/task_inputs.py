@@ -207,12 +207,7 @@ class ContrastiveInputs:
   views = False
 
   def __init__(self, config: ml_collections.ConfigDict, workdir: str):
-    """Raises ValueError: config.export.text_embeddings is not a bool."""
     text = (config.get("export") or {}).get("text_embeddings", False)
-    if not isinstance(text, bool):
-      raise ValueError(f"config.export.text_embeddings={text!r} must be "
-                       "True (also export the captions' text-tower "
-                       "embeddings) or False")
     self.split_arrays = self.arrays if text else ("embeddings",)
     self._images = ImageInputs(config)
     self.data, self._text_model = config.data, config.text_model
