@@ -403,10 +403,13 @@ def _check_params(where: str, params_dir: str, abstract: dict[str, Any],
     ValueError: naming the field of encoder.json that disagrees.
   """
   try:
-    stored = ocp.StandardCheckpointer().metadata(params_dir).item_metadata
+    stored, why = ocp.StandardCheckpointer().metadata(
+        params_dir).item_metadata, "no checkpoint metadata"
   except (FileNotFoundError, ValueError) as e:
-    raise ValueError(f"{params_dir} holds no params checkpoint "
-                     f"({' '.join(str(e).split())[:200]}); {_AGAIN}") from None
+    stored, why = None, " ".join(str(e).split())[:200]
+  if stored is None:  # e.g. the folder is missing
+    raise ValueError(f"{params_dir} holds no params checkpoint ({why}); "
+                     f"{_AGAIN}")
   shapes = [{jax.tree_util.keystr(k): tuple(a.shape) for k, a in
              jax.tree_util.tree_flatten_with_path(dict(tree))[0]}
             for tree in (stored.tree, abstract)]
