@@ -1,8 +1,8 @@
 """Self-contained encoder bundles: `--mode=export_encoder` and `load_encoder`.
 
 A bundle is what a downstream team needs to embed images (or, from an mlm
-workdir, texts) at any nesting dim, without training code, optimizer state
-or the config file:
+workdir, texts; from a contrastive one, both) at any nesting dim, without
+training code, optimizer state or the config file:
 
   DIR/encoder/
     encoder.json   model name, kwargs and dtype, embedding_dim, nesting list,
@@ -14,6 +14,12 @@ or the config file:
                    {"params": ..., "batch_stats": ...} (no heads; a text
                    bundle holds the BERT encoder without the MLM head)
     tokenizer.model  text bundles: the sentencepiece model it was trained with
+
+A two-tower bundle (the contrastive task) is a bundle per tower: its
+encoder.json says "modality": "image_text", "towers": ["image", "text"],
+and DIR/encoder/image/ and DIR/encoder/text/ are an image and a text bundle
+as above whose encoder.json adds "projection": d (the tower is followed by
+its Dense to the shared width d; params {"tower", "projection"}).
 
 A new bundle is written to DIR/encoder.new and swapped in by renames once it
 is complete, so a killed export leaves the previous bundle in place (between
@@ -27,7 +33,10 @@ the two renames it is DIR/encoder.old, which the next export puts back).
 MRL retrieval does (each prefix normalised separately); `dim=None` keeps all
 d. Any 1 <= m <= d works, but only the nesting dims were trained. A text
 bundle loads as a `TextEncoder`: `encoder.embed(["a text", ...], dim=m)` ->
-[n, m], tokenized with the bundle's tokenizer (no TensorFlow either).
+[n, m], tokenized with the bundle's tokenizer (no TensorFlow either). A
+two-tower bundle loads as a `TwoTowerEncoder`: `embed_images(images, dim=m)`
+and `embed_texts(texts, dim=m)` (its `.image` and `.text` encoders) embed
+into one space, so image->text retrieval compares them directly.
 
 `save_tf_saved_model(encoder, path)` converts a loaded bundle with jax2tf for
 TensorFlow serving stacks (raw embeddings; truncate and normalise there).
