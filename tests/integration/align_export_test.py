@@ -40,25 +40,17 @@ pytestmark = pytest.mark.skipif(
     reason="needs openclipart-svg and librsvg2-bin (scripts/setup.sh)")
 
 
-def launch(workdir, *flags):
-  proc = subprocess.run(
-      [sys.executable, "-m", "mrl_jax.main", f"--config={SMOKE}",
-       f"--workdir={workdir}", *flags],
-      cwd=REPO, capture_output=True, text=True, timeout=300)
-  assert proc.returncode == 0, proc.stderr[-3000:]
-  return proc
-
-
 @pytest.fixture(scope="module", name="reference")
 def fixture_reference(tmp_path_factory):
   """The smoke run, exported (float32, both towers) and bundled by the
   launcher."""
   workdir = str(tmp_path_factory.mktemp("align_export"))
   launch_ok(SMOKE, workdir)
-  proc = launch(workdir, "--mode=export", "--config.export.dtype=float32",
-                "--config.export.text_embeddings=True")
+  proc = launch_ok(SMOKE, workdir, "--mode=export",
+                   "--config.export.dtype=float32",
+                   "--config.export.text_embeddings=True", timeout=300)
   assert f"validation[:128]: {split_dirs(workdir)[1]}" in proc.stdout
-  proc = launch(workdir, "--mode=export_encoder")
+  proc = launch_ok(SMOKE, workdir, "--mode=export_encoder", timeout=300)
   assert f"encoder bundle: {workdir}/encoder" in proc.stdout
   return workdir
 
