@@ -67,6 +67,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       "prompts": ("a drawing of {}.", "clipart of {}.",
                   "an illustration of {}.", "{}.")})
   config.mrl = config_lib.mrl_section(arg.head)
+  # --mode=export: the image tower's embeddings of the train and eval splits
+  # with their categories, for --mode=knn / probe / baselines.
+  config.export = ml_collections.ConfigDict({
+      "splits": (), "dtype": "float16", "examples_per_shard": 8192,
+      "text_embeddings": False})  # True: the captions' too
   config.optimizer = config_lib.optimizer_section(
       "adamw", learning_rate=1e-3, weight_decay=1e-4, warmup_steps=50,
       schedule="cosine")
@@ -85,6 +90,12 @@ def _smoke(config: ml_collections.ConfigDict) -> None:
                          eval_batch_size=64, every_steps=3,
                          train_split="train[:512]",
                          eval_split="validation[:128]", shuffle_buffer=512)
+  config.export.examples_per_shard = 256
+  # The slice has categories with a single drawing: 1-shot and all-shot
+  # probes only.
+  config.probe = ml_collections.ConfigDict(
+      {"shots": (1, 0), "seeds": 2, "steps": 30})
+  config.baselines = ml_collections.ConfigDict({"steps": 30})
   config.model.kwargs.widths = (8, 16)
   config.model.kwargs.embed_dim = 32
   config.text_model.name = "bert_mu"

@@ -178,15 +178,16 @@ def setup_error(config) -> str:
   return str(e.value)
 
 
-def launch_ok(config_spec: str, workdir: str,
+def launch_ok(config_spec: str, workdir: str, *flags: str,
               timeout: int = 900) -> subprocess.CompletedProcess:
-  """`python -m mrl_jax.main --config=config_spec --workdir=workdir` from
-  the repository root; asserts it succeeded (its stderr tail if not)."""
+  """`python -m mrl_jax.main --config=config_spec --workdir=workdir flags`
+  from the repository root; asserts it succeeded (its stderr tail if
+  not)."""
   repo = pathlib.Path(__file__).resolve().parents[1]
   proc = subprocess.run(
       [sys.executable, "-m", "mrl_jax.main", f"--config={config_spec}",
-       f"--workdir={workdir}"], cwd=repo, capture_output=True, text=True,
-      timeout=timeout)
+       f"--workdir={workdir}", *flags], cwd=repo, capture_output=True,
+      text=True, timeout=timeout)
   assert proc.returncode == 0, proc.stderr[-3000:]
   return proc
 

@@ -218,8 +218,65 @@ def test_adaptive_on_an_mlm_config_says_it_has_no_class_heads(
 def test_export_of_a_task_without_export_inputs_is_one_line_error(
     tmp_path, config_module):
   config = config_module("default").get_config("smoke")
-  config.task = "contrastive"
+  config.task = "segmentation"
   for export in (embedding_writer.export_embeddings, encoder.export_encoder):
-    with pytest.raises(ValueError, match="config.task='contrastive': "
+    with pytest.raises(ValueError, match="config.task='segmentation': "
                        "--mode=export and --mode=export_encoder support"):
       export(config, str(tmp_path))
+
+
+def test_contrastive_export_defaults_to_the_image_towers_embeddings(
+    config_module, tmp_path):
+  config = config_module("align_openclipart").get_config()
+  inputs = task_inputs.get(config, str(tmp_path))
+  settings = embedding_writer._export_settings(  # pylint: disable=protected-access
+      config, inputs)
+  assert settings["splits"] == ("train", "validation")
+  assert settings["logits_splits"] == () and settings["views"] is None
+  assert inputs.split_arrays == ("embeddings",)
+  config.export.text_embeddings = True
+  assert task_inputs.get(config, str(tmp_path)).split_arrays == (
+      "embeddings", "text_embeddings")
+  assert embedding_files.exported_dataset(config).num_classes == 22
+
+
+@pytest.mark.parametrize("field,value,match", [
+    ("logits_splits", ("validation",), "model has no class logits"),
+    ("views", {"count": 2, "preprocess": "flip_lr"}, "no augmented views"),
+])
+def test_bad_contrastive_export_settings_fail_before_any_work(
+    field, value, match, config_module, tmp_path):
+  config = config_module("align_openclipart").get_config("smoke")
+  config.export[field] = value
+  with pytest.raises(ValueError, match=match):
+    embedding_writer.export_embeddings(config, str(tmp_path))
+  assert os.listdir(tmp_path) == []
+
+
+def test_two_tower_bundle_without_the_workdirs_tokenizer_says_where_it_is(
+    tmp_path, config_module):
+  config = config_module("align_openclipart").get_config("smoke")
+  with pytest.raises(errors.RunError, match=r"tokenizer\.model is missing: "
+                     "the tokenizer this workdir's model was trained with; "
+                     r"copy it there \(it is the tokenizer.model stored with "
+                     r"the prepared openclipart dataset\)"):
+    encoder.export_encoder(config, str(tmp_path))
+  assert os.listdir(tmp_path) == []
+
+
+@pytest.mark.parametrize("spec,mean,std", [
+    ("resize(32)|value_range(-1, 1)", 0.5, 0.5),
+    ("value_range(0, 1)", 0.0, 1.0),
+    ("normalize('fashion_mnist')", None, None),
+])
+def test_bundle_normalisation_reproduces_the_preprocess_op(spec, mean, std):
+  import tensorflow as tf  # pylint: disable=import-outside-toplevel
+  from mrl_jax.data import preprocess  # pylint: disable=import-outside-toplevel
+  norm = task_inputs._normalisation(spec)  # pylint: disable=protected-access
+  if mean is not None:
+    assert (norm["mean"], norm["std"]) == ([mean], [std])
+  pixels = np.arange(256, dtype=np.uint8).reshape(16, 16, 1)
+  want = preprocess.build(spec.split("|")[-1])(
+      {"image": tf.constant(pixels)}, seed=[0, 0])["image"].numpy()
+  got = (pixels / 255.0 - np.asarray(norm["mean"])) / np.asarray(norm["std"])
+  np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)

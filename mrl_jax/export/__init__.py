@@ -4,7 +4,8 @@
                        logits) of TFDS splits, in resumable shards that record
                        the checkpoint they come from
   task_inputs.py       what each trainer task embeds: images through the
-                       backbone, or labelled text through the BERT encoder
+                       backbone, labelled text through the BERT encoder, or
+                       image-text pairs through a two-tower model's towers
   embedding_files.py   export paths and readers, numpy and json only (no
                        TensorFlow, no Flax): what evaluators and users import
   encoder.py           --mode=export_encoder bundles and `load_encoder`

@@ -1,10 +1,13 @@
 """Embedding export (mode=export): full-dim embeddings of TFDS splits on disk.
 
 What is embedded depends on the trainer task (task_inputs.py): config.data's
-images through the backbone (and the heads' logits), or, for the mlm task,
-the labelled text of config.export.dataset through the BERT encoder's pooled
-embedding; the shards, provenance and layout below are the same (the
-digest of the weights then covers the tokenizer too).
+images through the backbone (and the heads' logits); for the mlm task, the
+labelled text of config.export.dataset through the BERT encoder's pooled
+embedding (the digest of the weights then covers the tokenizer too); for the
+contrastive task, config.data's images through the image tower (and, with
+config.export.text_embeddings, their captions through the text tower as
+"text_embeddings" [n, d]); the shards, provenance and layout below are the
+same.
 
 Downstream evaluators (k-NN, retrieval, adaptive classification) read these
 instead of re-running the backbone. Layout, per split:
@@ -329,7 +332,7 @@ def export_embeddings(config: ml_collections.ConfigDict,
     out[name] = out_dir
 
   for split in settings["splits"]:
-    keys = ("embeddings",)
+    keys = tuple(inputs.split_arrays)
     if split in settings["logits_splits"]:
       keys += ("logits", "flip_logits") if settings["flip_tta"] else (
           "logits",)

@@ -1,8 +1,8 @@
 """Self-contained encoder bundles: `--mode=export_encoder` and `load_encoder`.
 
 A bundle is what a downstream team needs to embed images (or, from an mlm
-workdir, texts) at any nesting dim, without training code, optimizer state
-or the config file:
+workdir, texts; from a contrastive one, both) at any nesting dim, without
+training code, optimizer state or the config file:
 
   DIR/encoder/
     encoder.json   model name, kwargs and dtype, embedding_dim, nesting list,
@@ -17,6 +17,12 @@ or the config file:
                    sentencepiece model or a WordPiece vocab.txt, see
                    data/tokenizer.py)
 
+A two-tower bundle (the contrastive task) is a bundle per tower: its
+encoder.json says "modality": "image_text", "towers": ["image", "text"],
+and DIR/encoder/image/ and DIR/encoder/text/ are an image and a text bundle
+as above whose encoder.json adds "projection": d (the tower is followed by
+its Dense to the shared width d; params {"tower", "projection"}).
+
 A new bundle is written to DIR/encoder.new and swapped in by renames once it
 is complete, so a killed export leaves the previous bundle in place (between
 the two renames it is DIR/encoder.old, which the next export puts back).
@@ -29,7 +35,10 @@ the two renames it is DIR/encoder.old, which the next export puts back).
 MRL retrieval does (each prefix normalised separately); `dim=None` keeps all
 d. Any 1 <= m <= d works, but only the nesting dims were trained. A text
 bundle loads as a `TextEncoder`: `encoder.embed(["a text", ...], dim=m)` ->
-[n, m], tokenized with the bundle's tokenizer (no TensorFlow either).
+[n, m], tokenized with the bundle's tokenizer (no TensorFlow either). A
+two-tower bundle loads as a `TwoTowerEncoder`: `embed_images(images, dim=m)`
+and `embed_texts(texts, dim=m)` (its `.image` and `.text` encoders) embed
+into one space, so image->text retrieval compares them directly.
 
 `save_tf_saved_model(encoder, path)` converts a loaded bundle with jax2tf for
 TensorFlow serving stacks (raw embeddings; truncate and normalise there).
@@ -54,6 +63,7 @@ from mrl_jax import errors
 from mrl_jax.data import tokenizer as tok
 from mrl_jax.models import bert
 from mrl_jax.models import classifier
+from mrl_jax.models import projected_tower
 from mrl_jax.models import registry
 
 FORMAT_VERSION = 1
@@ -85,8 +95,9 @@ def _swap_in(new: str, out: str) -> None:
 
 
 def export_encoder(config: ml_collections.ConfigDict, workdir: str) -> str:
-  """Writes the latest checkpoint's encoder (backbone, or the mlm task's
-  BERT without the MLM head) as a bundle in DIR/encoder.
+  """Writes the latest checkpoint's encoder (backbone, the mlm task's BERT
+  without the MLM head, or both towers of a two-tower model, each with its
+  projection) as a bundle in DIR/encoder.
 
   Returns:
     the bundle directory (replaced, once the new bundle is complete, if it
@@ -97,7 +108,7 @@ def export_encoder(config: ml_collections.ConfigDict, workdir: str) -> str:
   from mrl_jax import train  # training code is only needed to export
   from mrl_jax.export import task_inputs
   inputs = task_inputs.get(config, workdir)
-  how_to_prepare, files = inputs.bundle()
+  parts = inputs.bundle()
   run_setup, state, _ = train.restore_latest(config, workdir)
   variables = inputs.encoder_variables(state)
   out = os.path.join(os.path.abspath(workdir), "encoder")
@@ -106,22 +117,22 @@ def export_encoder(config: ml_collections.ConfigDict, workdir: str) -> str:
     _tidy(out)
   multihost_utils.sync_global_devices("export_encoder: tidied")
   ckpt = ocp.StandardCheckpointer()
-  ckpt.save(os.path.join(new, "params"), variables)
+  for folder, tree in variables.items():
+    ckpt.save(os.path.join(new, folder, "params"), tree)
   ckpt.wait_until_finished()
-  metadata = {
+  provenance = {
       "format_version": FORMAT_VERSION,
-      "model": {"name": config.model.name, "dtype": config.model.dtype,
-                "kwargs": dict(config.model.get("kwargs", {}))},
       "embedding_dim": inputs.encoder(run_setup.model).embedding_dim,
       "nesting": list(run_setup.nesting_dims), "head": config.mrl.head,
       "step": int(state.step), "dataset": config.data.name,
-      **how_to_prepare,
-      "config": json.loads(config.to_json()),
   }
   if jax.process_index() == 0:
-    for name, contents in files.items():
-      atomic_files.write_bytes(os.path.join(new, name), contents)
-    atomic_files.write_json(os.path.join(new, "encoder.json"), metadata)
+    for folder, (fields, files) in parts.items():
+      for name, contents in files.items():
+        atomic_files.write_bytes(os.path.join(new, folder, name), contents)
+      atomic_files.write_json(
+          os.path.join(new, folder, "encoder.json"),
+          {**provenance, **fields, "config": json.loads(config.to_json())})
     _swap_in(new, out)
   multihost_utils.sync_global_devices("export_encoder: swapped")
   return out
@@ -177,11 +188,26 @@ class Encoder:
     resized, cropped and normalised with `normalize_pixels`).
 
     Raises:
-      ValueError: if dim is not in 1..d.
+      ValueError: images are not [B, H, W, C] numbers (e.g. texts), or dim
+        is not in 1..d.
     """
+    self._check_images(images)
     self._check_dim(dim)
     return self._jitted(self.variables, (images,), dim=dim,
                         normalize=normalize)
+
+  def _check_images(self, images: Any) -> None:
+    # Shapes and dtypes only, so that the check also runs under a user's jit.
+    channels = self.metadata["preprocessing"]["input_shape"][-1]
+    dtype = (images.dtype if hasattr(images, "dtype")
+             else np.asarray(images).dtype)
+    shape = np.shape(images)
+    if dtype.kind in "USO" or len(shape) != 4 or shape[-1] != channels:
+      got = ("text" if dtype.kind in "USO" else
+             f"{dtype} of shape {tuple(shape)}")
+      raise ValueError(f"images must be an array [B, H, W, {channels}] of "
+                       f"preprocessed pixels, got {got}; texts go to a text "
+                       "encoder (embed_texts of a two-tower bundle)")
 
   __call__ = embed
 
@@ -251,6 +277,37 @@ class TextEncoder(Encoder):
                      "embed(texts)")
 
 
+class TwoTowerEncoder:
+  """A loaded two-tower bundle: an image and a text encoder whose
+  embeddings share one space (image->text retrieval compares them).
+
+  Attributes:
+    metadata: the bundle's top-level encoder.json.
+    image: the image tower (an Encoder).
+    text: the text tower (a TextEncoder).
+    embedding_dim: d, of both towers.
+    nesting: the trained nesting dims.
+  """
+
+  def __init__(self, image: Encoder, text: TextEncoder,
+               metadata: dict[str, Any]):
+    self.image, self.text, self.metadata = image, text, metadata
+    self.embedding_dim, self.nesting = image.embedding_dim, image.nesting
+
+  def embed_images(self, images: jax.Array, dim: int | None = None,
+                   normalize: bool = True) -> jax.Array:
+    """[B, dim or d] float32 of preprocessed images [B, H, W, C], as
+    `Encoder.embed` (self.image.metadata["preprocessing"] says how to
+    prepare them; `self.image.normalize_pixels` scales pixels)."""
+    return self.image.embed(images, dim=dim, normalize=normalize)
+
+  def embed_texts(self, texts: Sequence[str], dim: int | None = None,
+                  normalize: bool = True) -> jax.Array:
+    """[len(texts), dim or d] float32 of raw texts, as `TextEncoder.embed`
+    (tokenized with the bundle's tokenizer)."""
+    return self.text.embed(texts, dim=dim, normalize=normalize)
+
+
 _AGAIN = "export the bundle again with --mode=export_encoder"
 
 
@@ -276,11 +333,14 @@ def _is_text(metadata: dict[str, Any]) -> bool:
   return metadata.get("modality", "image") == "text"
 
 
-def _read_metadata(path: str) -> dict[str, Any]:
-  """encoder.json, checked for every field loading uses (not the params).
+_MODALITIES = ("image", "text", "image_text")
+
+
+def _read_json(path: str) -> dict[str, Any]:
+  """A bundle's encoder.json, checked to be an object of a known modality.
 
   Raises:
-    ValueError: one line naming the file and the field.
+    ValueError: one line naming the file.
   """
   where = os.path.join(path, "encoder.json")
   if not os.path.isfile(where):
@@ -294,9 +354,19 @@ def _read_metadata(path: str) -> dict[str, Any]:
   if not isinstance(metadata, dict):
     raise ValueError(f"{where} holds {type(metadata).__name__}, not an "
                      f"object; {_AGAIN}")
-  if metadata.get("modality", "image") not in ("image", "text"):
+  if metadata.get("modality", "image") not in _MODALITIES:
     raise ValueError(f"{where}: 'modality' is {metadata['modality']!r}, not "
-                     f"'image' or 'text'; {_AGAIN}")
+                     f"one of {', '.join(map(repr, _MODALITIES))}; {_AGAIN}")
+  return metadata
+
+
+def _check_metadata(metadata: dict[str, Any], where: str) -> None:
+  """Checks a one-encoder bundle's encoder.json (`where`) for every field
+  loading uses (not the params).
+
+  Raises:
+    ValueError: one line naming the file and the field.
+  """
   inputs = ((("preprocessing.max_length", int),
              ("preprocessing.tokenizer", str)) if _is_text(metadata) else
             (("preprocessing.input_shape", list),))
@@ -326,7 +396,13 @@ def _read_metadata(path: str) -> dict[str, Any]:
       isinstance(norm.get(k), list) for k in ("mean", "std"))):
     raise ValueError(f"{where}: 'normalisation' is {norm!r}, not null or "
                      f"{{'mean': [...], 'std': [...]}}; {_AGAIN}")
-  return metadata
+  projection = metadata.get("projection")
+  if projection is not None and not (
+      isinstance(projection, int) and not isinstance(projection, bool)
+      and projection > 0):
+    raise ValueError(f"{where}: 'projection' is {projection!r}, not null or "
+                     f"a positive int (the width the tower is projected "
+                     f"to); {_AGAIN}")
 
 
 def _check_params(where: str, params_dir: str, abstract: dict[str, Any],
@@ -338,10 +414,13 @@ def _check_params(where: str, params_dir: str, abstract: dict[str, Any],
     ValueError: naming the field of encoder.json that disagrees.
   """
   try:
-    stored = ocp.StandardCheckpointer().metadata(params_dir).item_metadata
+    stored, why = ocp.StandardCheckpointer().metadata(
+        params_dir).item_metadata, "no checkpoint metadata"
   except (FileNotFoundError, ValueError) as e:
-    raise ValueError(f"{params_dir} holds no params checkpoint "
-                     f"({' '.join(str(e).split())[:200]}); {_AGAIN}") from None
+    stored, why = None, " ".join(str(e).split())[:200]
+  if stored is None:  # e.g. the folder is missing
+    raise ValueError(f"{params_dir} holds no params checkpoint ({why}); "
+                     f"{_AGAIN}")
   shapes = [{jax.tree_util.keystr(k): tuple(a.shape) for k, a in
              jax.tree_util.tree_flatten_with_path(dict(tree))[0]}
             for tree in (stored.tree, abstract)]
@@ -354,8 +433,11 @@ def _check_params(where: str, params_dir: str, abstract: dict[str, Any],
           f"{_AGAIN}")
 
 
-def _model_and_inputs(metadata: dict[str, Any]) -> tuple[Any, tuple[Any, ...]]:
-  """The module encoder.json names and its dummy inputs (one example).
+def _model_and_inputs(metadata: dict[str, Any]
+                      ) -> tuple[Any, Any, tuple[Any, ...]]:
+  """The module encoder.json describes, the registry model it starts with
+  (the module itself, or the tower a two-tower bundle projects) and its
+  dummy inputs (one example).
 
   Raises:
     TypeError, ValueError: the registry cannot build it.
@@ -363,15 +445,21 @@ def _model_and_inputs(metadata: dict[str, Any]) -> tuple[Any, tuple[Any, ...]]:
   model = metadata["model"]
   dtype = classifier.DTYPES[model["dtype"]]
   if _is_text(metadata):
-    module = registry.build_text_encoder(model["name"], dtype=dtype,
-                                         **model["kwargs"])
+    tower = registry.build_text_encoder(model["name"], dtype=dtype,
+                                        **model["kwargs"])
     ids = jax.ShapeDtypeStruct(
         (1, metadata["preprocessing"]["max_length"]), jnp.int32)
-    return module, (ids, None, ids)
-  module = registry.build_backbone(model["name"], dtype=dtype,
-                                   **model["kwargs"])
-  shape = (1, *metadata["preprocessing"]["input_shape"])
-  return module, (jax.ShapeDtypeStruct(shape, jnp.float32),)
+    example = (ids, None, ids)
+  else:
+    tower = registry.build_backbone(model["name"], dtype=dtype,
+                                    **model["kwargs"])
+    shape = (1, *metadata["preprocessing"]["input_shape"])
+    example = (jax.ShapeDtypeStruct(shape, jnp.float32),)
+  if metadata.get("projection") is None:
+    return tower, tower, example
+  module = projected_tower.ProjectedTower(tower, metadata["projection"],
+                                          dtype)
+  return module, tower, example
 
 
 def _load_tokenizer(path: str, metadata: dict[str, Any],
@@ -403,34 +491,38 @@ def _load_tokenizer(path: str, metadata: dict[str, Any],
   return tokenizer
 
 
-def load_encoder(path: str) -> Encoder:
+def load_encoder(path: str) -> Encoder | TwoTowerEncoder:
   """Loads a bundle written by `--mode=export_encoder` (path: its folder).
 
   encoder.json is checked field by field, and against the params: the model
   it names must have exactly the params' arrays, and give embedding_dim
   features; a text bundle's tokenizer must be the recorded one and fit the
-  vocabulary.
+  vocabulary. A two-tower bundle's towers are bundles of their own (its
+  folders image/ and text/), each loaded so.
 
   Returns:
-    an Encoder (images) or a TextEncoder (texts), as encoder.json's
-    "modality" says.
+    an Encoder (images), a TextEncoder (texts) or a TwoTowerEncoder (both),
+    as encoder.json's "modality" says.
   Raises:
     ValueError: one line naming the file and field, if path holds no bundle
       or a malformed one, or encoder.json does not match the params.
   """
-  metadata = _read_metadata(path)
+  metadata = _read_json(path)
+  if metadata.get("modality") == "image_text":
+    return _load_two_tower(path, metadata)
   where = os.path.join(path, "encoder.json")
+  _check_metadata(metadata, where)
   model = metadata["model"]
   try:
-    module, example = _model_and_inputs(metadata)
+    module, tower, example = _model_and_inputs(metadata)
   except (TypeError, ValueError) as e:
     raise ValueError(f"{where}: 'model' {model['name']!r} with kwargs "
                      f"{model['kwargs']} cannot be built ("
                      f"{' '.join(str(e).split())}); {_AGAIN}") from None
-  if _is_text(metadata) and example[0].shape[1] > module.max_len:
+  if _is_text(metadata) and example[0].shape[1] > tower.max_len:
     raise ValueError(f"{where}: 'preprocessing.max_length' is "
                      f"{example[0].shape[1]}, beyond the model's position "
-                     f"table (max_len={module.max_len}); {_AGAIN}")
+                     f"table (max_len={tower.max_len}); {_AGAIN}")
   abstract = jax.eval_shape(
       lambda *x: module.init(jax.random.key(0), *x, train=False), *example)
   params_dir = os.path.join(os.path.abspath(path), "params")
@@ -442,7 +534,7 @@ def load_encoder(path: str) -> Encoder:
                      f"{metadata['embedding_dim']}, but its params give "
                      f"{dim}-dim embeddings; {_AGAIN}")
   if _is_text(metadata):  # checked before the params are read
-    tokenizer = _load_tokenizer(path, metadata, module.vocab_size)
+    tokenizer = _load_tokenizer(path, metadata, tower.vocab_size)
   device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
   target = jax.tree.map(
       lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=device),
@@ -451,6 +543,32 @@ def load_encoder(path: str) -> Encoder:
   if _is_text(metadata):
     return TextEncoder(module, variables, metadata, tokenizer)
   return Encoder(module, variables, metadata)
+
+
+def _load_two_tower(path: str, metadata: dict[str, Any]) -> TwoTowerEncoder:
+  """A two-tower bundle: its image/ and text/ bundles, checked to be one
+  image and one text encoder of the same width.
+
+  Raises:
+    ValueError: one line naming the file and what is wrong.
+  """
+  where = os.path.join(path, "encoder.json")
+  towers = metadata.get("towers")
+  if towers != ["image", "text"]:
+    raise ValueError(f"{where}: 'towers' is {towers!r}, not ['image', "
+                     f"'text']; {_AGAIN}")
+  image, text = (load_encoder(os.path.join(path, side)) for side in towers)
+  for side, encoder, kind in (("image", image, Encoder),
+                              ("text", text, TextEncoder)):
+    if type(encoder) is not kind:  # pylint: disable=unidiomatic-typecheck
+      raise ValueError(f"{os.path.join(path, side)} holds a "
+                       f"{type(encoder).__name__}, not the {side} tower; "
+                       f"{_AGAIN}")
+  if image.embedding_dim != text.embedding_dim:
+    raise ValueError(f"{where}: the image tower's embeddings are "
+                     f"{image.embedding_dim}-dim, the text tower's "
+                     f"{text.embedding_dim}-dim; {_AGAIN}")
+  return TwoTowerEncoder(image, text, metadata)
 
 
 def save_tf_saved_model(encoder: Encoder, path: str) -> str:

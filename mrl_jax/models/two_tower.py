@@ -9,7 +9,9 @@ every m < d.
 
 Parameters: `image_tower` (any registered backbone), `text_tower` (a
 registered text encoder; its sentence embedding is `Bert.pool`'s),
-`image_projection` and `text_projection` (Dense to d).
+`image_projection` and `text_projection` (Dense to d,
+`projected_tower.projection`). `tower_variables` takes one tower and its
+projection out, as encoder bundles store them.
 
 A locked tower (LiT, `TwoTower.locked`) always runs in inference mode (its
 BatchNorm statistics are not updated, no dropout) and its features are cut
@@ -22,11 +24,12 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from mrl_jax.models import projected_tower
 from mrl_jax.mrl import contrastive
 
 Dtype = Any
-_INIT = nn.initializers.truncated_normal(0.02)
-LOCKABLE = ("image", "text")
+SIDES = ("image", "text")
+LOCKABLE = SIDES  # either tower can be locked
 
 
 def _held(features: jax.Array, locked: bool) -> jax.Array:
@@ -54,10 +57,15 @@ class TwoTower(nn.Module):
   def setup(self):
     if self.embed_dim < 1:
       raise ValueError(f"two-tower embed_dim={self.embed_dim} must be >= 1")
-    dense = lambda: nn.Dense(self.embed_dim, dtype=self.dtype,
-                             param_dtype=jnp.float32, kernel_init=_INIT)
-    self.image_projection = dense()
-    self.text_projection = dense()
+    self.image_projection = projected_tower.projection(self.embed_dim,
+                                                       self.dtype)
+    self.text_projection = projected_tower.projection(self.embed_dim,
+                                                      self.dtype)
+
+  @property
+  def embedding_dim(self) -> int:
+    """d, the width of both towers' embeddings."""
+    return self.embed_dim
 
   def encode_image(self, images: jax.Array, *, train: bool) -> jax.Array:
     """[B, H, W, C] -> raw image embeddings [B, d]."""
@@ -116,3 +124,24 @@ class ContrastiveTwoTower(nn.Module):
   def encode_text(self, input_ids: jax.Array, input_mask: jax.Array, *,
                   train: bool) -> jax.Array:
     return self.towers.encode_text(input_ids, input_mask, train=train)
+
+
+def tower_variables(variables: dict[str, Any], side: str) -> dict[str, Any]:
+  """One tower's variables in a ContrastiveTwoTower's, as a
+  `projected_tower.ProjectedTower` of that tower takes them.
+
+  Args:
+    variables: {"params", "batch_stats"} of a ContrastiveTwoTower.
+    side: "image" or "text".
+  Returns:
+    {"params": {"tower", "projection"}} (+ {"batch_stats": {"tower"}} when
+    the tower has batch statistics).
+  """
+  towers = variables["params"]["towers"]
+  out = {"params": {"tower": towers[f"{side}_tower"],
+                    "projection": towers[f"{side}_projection"]}}
+  stats = (variables.get("batch_stats") or {}).get("towers", {}).get(
+      f"{side}_tower")
+  if stats:
+    out["batch_stats"] = {"tower": stats}
+  return out

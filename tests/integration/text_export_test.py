@@ -202,7 +202,8 @@ def test_text_bundle_with_another_tokenizer_is_refused(bundle, tmp_path):
 
 
 @pytest.mark.parametrize("field, value, match", [
-    ("modality", "audio", "'modality' is 'audio', not 'image' or 'text'"),
+    ("modality", "audio", "'modality' is 'audio', not one of 'image', "
+     "'text', 'image_text'"),
     ("preprocessing.max_length", "64", "'preprocessing.max_length' is '64', "
      "expected int"),
     ("preprocessing.max_length", 100, "'preprocessing.max_length' is 100, "

@@ -4,6 +4,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from mrl_jax.models import projected_tower
 from mrl_jax.models import registry
 from mrl_jax.models import two_tower
 
@@ -69,3 +70,26 @@ def test_a_locked_tower_gets_no_gradient_and_keeps_its_statistics(locked):
                        variables["batch_stats"]["image_tower"])
   assert not any(jax.tree.leaves(moved)) if locked == "image" else all(
       jax.tree.leaves(moved))
+
+
+def test_each_tower_alone_gives_the_two_tower_embeddings():
+  # What an encoder bundle loads per tower: ProjectedTower with
+  # tower_variables, equal to the trained model's encode_image / encode_text.
+  towers = _model()
+  model = two_tower.ContrastiveTwoTower(towers, nesting_dims=(8, 24))
+  images = jnp.asarray(np.random.default_rng(1).uniform(size=(3, 28, 28, 1)),
+                       jnp.float32)
+  ids = jnp.array([[2, 7, 9, 3, 0], [2, 5, 3, 0, 0], [2, 8, 8, 8, 3]])
+  variables = model.init(jax.random.key(0), images, ids, ids > 0, train=False)
+  inputs = {"image": (images,), "text": (ids, None, ids > 0)}
+  for side, tower in (("image", towers.image_tower),
+                      ("text", towers.text_tower)):
+    alone = projected_tower.ProjectedTower(tower, 24)
+    side_variables = two_tower.tower_variables(variables, side)
+    assert set(side_variables["params"]) == {"tower", "projection"}
+    # The CNN's batch statistics come along; BERT has none.
+    assert ("batch_stats" in side_variables) == (side == "image")
+    want = model.apply(variables, *[x for x in inputs[side] if x is not None],
+                       train=False, method=f"encode_{side}")
+    np.testing.assert_array_equal(
+        alone.apply(side_variables, *inputs[side], train=False), want)
