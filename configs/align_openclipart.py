@@ -30,6 +30,7 @@ from ml_collections import config_dict
 
 from mrl_jax import config_lib
 from mrl_jax.data import image_text
+from mrl_jax.mrl import nesting
 
 _VOCAB, _TEXT_LEN = 2048, 32
 _IMAGE = 32  # pixels: the 64-px drawings resized for the 2-core budget
@@ -72,6 +73,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.export = ml_collections.ConfigDict({
       "splits": (), "dtype": "float16", "examples_per_shard": 8192,
       "text_embeddings": False})  # True: the captions' too
+  # --mode=baselines of the plain (ff) model: its first m dims and SVD to m
+  # dims, at the nesting list.
+  config.baselines = ml_collections.ConfigDict({
+      "methods": ("truncate", "svd"),
+      "dims": nesting.default_nesting(config.contrastive.embed_dim)})
   config.optimizer = config_lib.optimizer_section(
       "adamw", learning_rate=1e-3, weight_decay=1e-4, warmup_steps=50,
       schedule="cosine")
@@ -95,7 +101,8 @@ def _smoke(config: ml_collections.ConfigDict) -> None:
   # probes only.
   config.probe = ml_collections.ConfigDict(
       {"shots": (1, 0), "seeds": 2, "steps": 30})
-  config.baselines = ml_collections.ConfigDict({"steps": 30})
+  config.baselines.steps = 30
+  config.baselines.dims = (8, 16, 32)
   config.model.kwargs.widths = (8, 16)
   config.model.kwargs.embed_dim = 32
   config.text_model.name = "bert_mu"

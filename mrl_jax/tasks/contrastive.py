@@ -18,6 +18,7 @@ image->text and text->image Recall@K, the cosine span of matching vs random
 pairs, and zero-shot top-1 over the split's categories with
 config.contrastive.prompts (evaluators/cross_modal.py).
 """
+import functools
 from typing import Any
 
 import flax.linen as nn
@@ -59,6 +60,15 @@ def _nested(flat: dict[str, Any]) -> dict[str, dict[str, float]]:
     if sep:
       out.setdefault(name, {})[dim] = value
   return out
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _encode_prompts(model: nn.Module, variables: Any, ids: jax.Array,
+                    mask: jax.Array) -> jax.Array:
+  """[N, L] prompt ids and mask -> raw text embeddings [N, d]; compiled once
+  per model (the module is the static key), not at every evaluation."""
+  return model.apply(variables, ids, mask, train=False,
+                     method=model.encode_text)
 
 
 def eval_dims(config: ml_collections.ConfigDict) -> tuple[int, ...]:
@@ -220,11 +230,9 @@ class Contrastive:
     texts = [t.format(n.replace("_", " ")) for n in names for t in templates]
     ids, mask = image_text.load_tokenizer(source.builder).encode_padded(
         texts, config.data.image_text.seq_len)
-    model = run_setup.model
-    encode = jax.jit(lambda p, i, m: model.apply(
-        {"params": p, "batch_stats": state.batch_stats}, i, m, train=False,
-        method=model.encode_text))
-    z = np.asarray(encode(state.params, ids, mask))
+    z = np.asarray(_encode_prompts(
+        run_setup.model, {"params": state.params,
+                          "batch_stats": state.batch_stats}, ids, mask))
     return z.reshape(len(names), len(templates), -1)
 
   def as_scalars(self, summary: dict[str, Any],
