@@ -44,3 +44,18 @@ def test_tables_claims_and_plots(tmp_path):
   report.plot(r, str(tmp_path))
   for png in ("mlm_accuracy_vs_dim.png", "lexnames_vs_dim.png"):
     assert (tmp_path / png).stat().st_size > 1000
+
+
+def test_an_earlier_results_json_fills_what_is_missing(tmp_path):
+  report = _load_report()
+  _write(tmp_path, "ff32", "eval", {"step": 600,
+                                    "mlm_accuracy": {"32": 0.134}})
+  earlier = {"mlm": {"mrl_e": {"8": 0.1}, "ff": {"8": 0.2, "32": 0.5}},
+             "knn": {"mrl_e": {"8": 0.3}}, "probe": {},
+             "steps": {"mrl_e": 600}}
+  r = report.fill_from(report.collect(str(tmp_path)),
+                       json.loads(json.dumps(earlier)))
+  # New numbers win; the earlier ones fill only the gaps.
+  assert r["mlm"]["ff"] == {8: 0.2, 32: 0.134}
+  assert r["mlm"]["mrl_e"] == {8: 0.1} and r["knn"]["mrl_e"] == {8: 0.3}
+  assert r["steps"]["mrl_e"] == 600

@@ -6,7 +6,10 @@ claim check and plots (experiments/text_mlm/reproduce.sh runs it last).
 
 Reads ROOT/<model>/{eval,knn,probe,baselines}_summary.json for the models
 mrl_e, mrl, mrl_e_pn (MRL-E with per-prefix LayerNorm), ff8, ff32 and ff128;
-anything missing is reported as missing (never guessed). Writes
+anything missing is reported as missing (never guessed), unless --keep
+names an earlier results.json to take it from (models run at another
+time with the same recipe: `MODELS=ff32 bash reproduce.sh` adds one model
+to the committed table without rerunning the others). Writes
 OUT/results.md, OUT/results.json, OUT/mlm_accuracy_vs_dim.png and
 OUT/lexnames_vs_dim.png.
 """
@@ -32,6 +35,9 @@ CLAIM_GAP = 0.005
 def _define_flags() -> None:
   flags.DEFINE_string("root", "workdirs/text_mlm", "Workdirs of the models.")
   flags.DEFINE_string("out", "experiments/text_mlm", "Output directory.")
+  flags.DEFINE_string(
+      "keep", None, "An earlier results.json: numbers missing under --root "
+      "(workdirs deleted, or models not rerun) are taken from it.")
 
 
 def _load(root: str, name: str, kind: str) -> dict[str, Any]:
@@ -69,6 +75,20 @@ def collect(root: str) -> dict[str, Any]:
   return {"mlm": mlm, "knn": knn, "probe": probe,
           "steps": {name: _load(root, name, "eval").get("step")
                     for name in (*NESTED, *(f"ff{k}" for k in FF_DIMS))}}
+
+
+def fill_from(r: dict[str, Any], earlier: dict[str, Any]) -> dict[str, Any]:
+  """r with every number it lacks taken from an earlier collect() result
+  (as read back from results.json: dims are strings there)."""
+  for kind in ("mlm", "knn", "probe"):
+    for series, table in earlier.get(kind, {}).items():
+      mine = r[kind].setdefault(series, {})
+      for d, value in table.items():
+        mine.setdefault(int(d), value)
+  for name, step in earlier.get("steps", {}).items():
+    if r["steps"].get(name) is None:
+      r["steps"][name] = step
+  return r
 
 
 def _cell(table: dict[int, float], d: int) -> str:
@@ -146,6 +166,9 @@ def plot(r: dict[str, Any], out_dir: str) -> None:
 def main(argv) -> None:
   del argv
   r = collect(FLAGS.root)
+  if FLAGS.keep:
+    with open(FLAGS.keep) as f:
+      r = fill_from(r, json.load(f))
   os.makedirs(FLAGS.out, exist_ok=True)
   with open(os.path.join(FLAGS.out, "results.md"), "w") as f:
     f.write(markdown(r))
