@@ -34,7 +34,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 # tf.data must not grab the (fake) accelerators.
 os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
 
-CONFIG_DIR = pathlib.Path(__file__).resolve().parents[1] / "configs"
+REPO = pathlib.Path(__file__).resolve().parents[1]
+CONFIG_DIR = REPO / "configs"
 INTEGRATION_DIR = pathlib.Path(__file__).resolve().parent / "integration"
 
 
@@ -78,13 +79,25 @@ FOLDER_CONFIGS = ("image_folder", "text_folder", "image_text_folder")
 @pytest.fixture(name="config_module", scope="session")
 def fixture_config_module():
   """Returns load(name) -> the module configs/<name>.py (not a package)."""
-  def load(name: str):
-    spec = importlib.util.spec_from_file_location(f"configs_{name}",
-                                                  CONFIG_DIR / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-  return load
+  return lambda name: load_script(f"configs/{name}.py")
+
+
+def load_script(path: str):
+  """Imports a repository file that is not in a package (configs/*.py,
+  experiments/*/report.py) as a module; `path` is relative to the repo."""
+  name = path.removesuffix(".py").replace("/", "_")
+  spec = importlib.util.spec_from_file_location(name, REPO / path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+def write_summary(workdir_root: pathlib.Path, name: str, kind: str,
+                  summary: dict) -> None:
+  """workdir_root/name/<kind>_summary.json, as a run's mode writes it."""
+  (workdir_root / name).mkdir(parents=True, exist_ok=True)
+  (workdir_root / name / f"{kind}_summary.json").write_text(
+      json.dumps(summary))
 
 
 def write_image_tree(root: pathlib.Path, splits: dict[str, int],

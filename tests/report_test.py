@@ -1,24 +1,11 @@
 """experiments/fashion_mnist/report.py on hand-made summaries: the table,
 the claims check (holds / FAILS / missing) and the PNGs."""
-import importlib.util
 import json
 import pathlib
 
-REPORT = (pathlib.Path(__file__).resolve().parents[1] /
-          "experiments/fashion_mnist/report.py")
+from conftest import REPO, load_script, write_summary
+
 DIMS = (8, 16, 32, 64, 128)
-
-
-def _load_report():
-  spec = importlib.util.spec_from_file_location("report", REPORT)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
-
-
-def _write(root, name, kind, obj):
-  (root / name).mkdir(parents=True, exist_ok=True)
-  (root / name / f"{kind}_summary.json").write_text(json.dumps(obj))
 
 
 def _retrieval_run(database, rows, points, speedup):
@@ -34,16 +21,16 @@ def _retrieval_run(database, rows, points, speedup):
 
 def test_report_table_claims_and_plots(tmp_path):
   root, out = tmp_path / "runs", tmp_path / "out"
-  _write(root, "mrl", "eval", {"top1": {str(d): 0.90 + d / 10_000
-                                        for d in DIMS}})
-  _write(root, "mrl", "knn", {f"knn/top1/d={d}": 0.88 for d in DIMS})
+  write_summary(root, "mrl", "eval",
+                {"top1": {str(d): 0.90 + d / 10_000 for d in DIMS}})
+  write_summary(root, "mrl", "knn", {f"knn/top1/d={d}": 0.88 for d in DIMS})
   # FF-8 one point above MRL-8 (a failed claim), FF-16 below; others absent.
-  _write(root, "ff8", "eval", {"top1": {"8": 0.9108}})
-  _write(root, "ff16", "eval", {"top1": {"16": 0.9000}})
-  _write(root, "ff128", "baselines", {
+  write_summary(root, "ff8", "eval", {"top1": {"8": 0.9108}})
+  write_summary(root, "ff16", "eval", {"top1": {"16": 0.9000}})
+  write_summary(root, "ff128", "baselines", {
       **{f"svd/linear_top1/d={d}": 0.5 for d in DIMS},
       **{f"random/linear_top1/d={d}": 0.3 for d in DIMS}})
-  _write(root, "mrl", "adaptive", {
+  write_summary(root, "mrl", "adaptive", {
       "nesting": list(DIMS), "seeds": [0, 1], "num_fit": 2, "num_eval": 8,
       "accuracy": {"16": 0.90, "128": 0.92},
       "expected_dim": {"16": 10.0, "128": 20.0},
@@ -60,7 +47,7 @@ def test_report_table_claims_and_plots(tmp_path):
                 "jax_over_faiss_per_round": [0.9, 1.05, 0.95],
                 "jax_fraction_of_sgemm": 0.93,
                 "faiss_fraction_of_sgemm": 0.98}}))
-  report = _load_report()
+  report = load_script("experiments/fashion_mnist/report.py")
   r = report.write(str(root), str(out))
   text = (out / "results.md").read_text()
   assert "database train_views16: 960,000 rows, 2,000 queries" in text
@@ -94,11 +81,11 @@ def test_reproduce_script_report_stage(tmp_path):
   import subprocess  # pylint: disable=import-outside-toplevel
   import sys  # pylint: disable=import-outside-toplevel
   root = tmp_path / "runs"
-  _write(root, "mrl", "eval", {"top1": {str(d): 0.9 for d in DIMS}})
+  write_summary(root, "mrl", "eval", {"top1": {str(d): 0.9 for d in DIMS}})
   env = {**os.environ, "STAGES": "train eval report", "MODELS": "",
          "PY": sys.executable, "MRL_REPRO_ROOT": str(root),
          "MRL_REPRO_OUT": str(tmp_path / "out")}
-  proc = subprocess.run(["bash", str(REPORT.parent / "reproduce.sh")],
+  proc = subprocess.run(["bash", str(REPO / "experiments/fashion_mnist/reproduce.sh")],
                         env=env, capture_output=True, text=True, timeout=300)
   assert proc.returncode == 0, proc.stderr[-2000:]
   assert "| 8 | 90.00 | missing |" in proc.stdout
@@ -108,26 +95,26 @@ def test_reproduce_script_report_stage(tmp_path):
 def test_lowdim_section_tables_claims_and_plot(tmp_path):
   root, out = tmp_path / "runs", tmp_path / "out"
   low = (1, 2, 4) + DIMS
-  _write(root, "mrl_min1", "eval", {"top1": {str(d): 0.5 + d / 1000
-                                             for d in low}})
-  _write(root, "mrl_min1", "knn", {f"knn/top1/d={d}": 0.4 for d in low})
-  _write(root, "mrl_min1", "pairs", {
+  write_summary(root, "mrl_min1", "eval",
+                {"top1": {str(d): 0.5 + d / 1000 for d in low}})
+  write_summary(root, "mrl_min1", "knn", {f"knn/top1/d={d}": 0.4 for d in low})
+  write_summary(root, "mrl_min1", "pairs", {
       **{f"pairs/knn_top1/d={d}": 0.2 for d in low},
       **{f"pairs/linear_top1/d={d}": 0.3 for d in low}})
-  _write(root, "mrl", "eval", {"top1": {str(d): 0.5 + d / 1000 + 0.01
-                                        for d in DIMS}})
+  write_summary(root, "mrl", "eval",
+                {"top1": {str(d): 0.5 + d / 1000 + 0.01 for d in DIMS}})
   # FF-1 above MRL-1 (a failed claim), FF-2 and FF-4 below; no FF-4 pairs.
-  _write(root, "ff1", "eval", {"top1": {"1": 0.6}})
-  _write(root, "ff2", "eval", {"top1": {"2": 0.4}})
-  _write(root, "ff4", "eval", {"top1": {"4": 0.4}})
-  _write(root, "ff1", "pairs", {"pairs/knn_top1/d=1": 0.1,
+  write_summary(root, "ff1", "eval", {"top1": {"1": 0.6}})
+  write_summary(root, "ff2", "eval", {"top1": {"2": 0.4}})
+  write_summary(root, "ff4", "eval", {"top1": {"4": 0.4}})
+  write_summary(root, "ff1", "pairs", {"pairs/knn_top1/d=1": 0.1,
                                 "pairs/linear_top1/d=1": 0.1})
-  _write(root, "ff2", "pairs", {"pairs/knn_top1/d=2": 0.1,
+  write_summary(root, "ff2", "pairs", {"pairs/knn_top1/d=2": 0.1,
                                 "pairs/linear_top1/d=2": 0.1})
-  _write(root, "ff128", "baselines", {
+  write_summary(root, "ff128", "baselines", {
       **{f"svd/linear_top1/d={d}": 0.48 for d in low},
       **{f"random/linear_top1/d={d}": 0.2 for d in low}})
-  report = _load_report()
+  report = load_script("experiments/fashion_mnist/report.py")
   r = report.write(str(root), str(out))
   assert "Low-dim" not in (out / "results.md").read_text()
   text = (out / "results_lowdim.md").read_text()

@@ -1,35 +1,22 @@
 """experiments/text_mlm/report.py on hand-made summaries: the tables, the
 claim check (holds / FAILS / missing) and the PNGs."""
-import importlib.util
 import json
-import pathlib
 
-REPORT = (pathlib.Path(__file__).resolve().parents[1] /
-          "experiments/text_mlm/report.py")
-
-
-def _load_report():
-  spec = importlib.util.spec_from_file_location("text_mlm_report", REPORT)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
-
-
-def _write(root, name, kind, obj):
-  (root / name).mkdir(parents=True, exist_ok=True)
-  (root / name / f"{kind}_summary.json").write_text(json.dumps(obj))
+from conftest import load_script, write_summary
 
 
 def test_tables_claims_and_plots(tmp_path):
-  report = _load_report()
+  report = load_script("experiments/text_mlm/report.py")
   dims = report.DIMS
-  _write(tmp_path, "mrl_e", "eval", {"step": 600, "mlm_accuracy": {
+  write_summary(tmp_path, "mrl_e", "eval", {"step": 600, "mlm_accuracy": {
       str(d): 0.1 + d / 1000 for d in dims}})
-  _write(tmp_path, "mrl_e", "knn", {f"knn/top1/d={d}": 0.5 for d in dims})
-  _write(tmp_path, "ff8", "eval", {"step": 600, "mlm_accuracy": {"8": 0.2}})
-  _write(tmp_path, "ff32", "eval", {"step": 600,
-                                    "mlm_accuracy": {"32": 0.134}})
-  _write(tmp_path, "ff128", "baselines", {
+  write_summary(tmp_path, "mrl_e", "knn",
+                {f"knn/top1/d={d}": 0.5 for d in dims})
+  write_summary(tmp_path, "ff8", "eval",
+                {"step": 600, "mlm_accuracy": {"8": 0.2}})
+  write_summary(tmp_path, "ff32", "eval",
+                {"step": 600, "mlm_accuracy": {"32": 0.134}})
+  write_summary(tmp_path, "ff128", "baselines", {
       **{f"truncate/knn_top1/d={d}": 0.3 for d in dims},
       **{f"svd/linear_top1/d={d}": 0.4 for d in dims}})
   r = report.collect(str(tmp_path))
@@ -47,9 +34,9 @@ def test_tables_claims_and_plots(tmp_path):
 
 
 def test_an_earlier_results_json_fills_what_is_missing(tmp_path):
-  report = _load_report()
-  _write(tmp_path, "ff32", "eval", {"step": 600,
-                                    "mlm_accuracy": {"32": 0.134}})
+  report = load_script("experiments/text_mlm/report.py")
+  write_summary(tmp_path, "ff32", "eval",
+                {"step": 600, "mlm_accuracy": {"32": 0.134}})
   earlier = {"mlm": {"mrl_e": {"8": 0.1}, "ff": {"8": 0.2, "32": 0.5}},
              "knn": {"mrl_e": {"8": 0.3}}, "probe": {},
              "steps": {"mrl_e": 600}}
