@@ -17,8 +17,9 @@ first m entries of the one shared scale and offset. The full dim is then
 exactly BERT's head, and no parameter is added.
 
 Memory: G dims x N tokens x V classes of logits are never alive at once.
-The per-dim losses are a custom VJP whose residuals are its inputs only: no
-[N, V] array is kept from the forward to the backward pass, and XLA is free
+The per-dim losses are a custom VJP whose residuals are its inputs and the
+[G, N] log-normalisers: no [N, V] array is kept from the forward to the
+backward pass, and XLA is free
 to compute each dim's forward and backward together (on TPU it shares the
 logits between them, so nothing is recomputed). BERT-Base sizes (N = 20,480
 predictions, V = 30,522, 7 dims), XLA:TPU temporaries of value_and_grad:
@@ -153,45 +154,81 @@ def check_head(head_type: str, nesting_dims: Sequence[int],
   return dims
 
 
-def _one_dim(h: jax.Array, scale: jax.Array | None, offset: jax.Array | None,
-             table: jax.Array, bias: jax.Array, targets: jax.Array,
-             m: int) -> tuple[jax.Array, jax.Array]:
-  """Losses [N] and hits [N] of the dim-m decoder."""
+def _prefix(h: jax.Array, scale: jax.Array | None, offset: jax.Array | None,
+            m: int) -> jax.Array:
+  """The dim-m decoder's input [N, m]: h's first m features, per-prefix
+  LayerNormed when `scale` is set."""
   x = h[:, :m]
   if scale is not None:
     x = layer_norm(x, scale[:m], offset[:m]).astype(h.dtype)
-  logits = jnp.einsum("nm,vm->nv", x, table[:, :m].astype(x.dtype),
-                      preferred_element_type=jnp.float32) + bias
-  loss = optax.softmax_cross_entropy_with_integer_labels(logits, targets)
-  hit = (jnp.argmax(logits, axis=-1) == targets).astype(jnp.float32)
-  return loss, hit
+  return x
+
+
+def _logits(x: jax.Array, table: jax.Array, bias: jax.Array) -> jax.Array:
+  """float32 logits [N, V] of x [N, m] against table [V, >= m], bias [V]."""
+  m = x.shape[-1]
+  return jnp.einsum("nm,vm->nv", x, table[:, :m].astype(x.dtype),
+                    preferred_element_type=jnp.float32) + bias
+
+
+def _softmax_loss(logits: jax.Array, targets: jax.Array
+                  ) -> tuple[jax.Array, jax.Array, jax.Array]:
+  """Cross-entropy [N], hits [N] and log-normalisers [N] of logits [N, V].
+
+  A hit is a target logit equal to the row's max, the max the log-normaliser
+  needs anyway: no separate argmax pass over [N, V] (on CPU an argmax costs
+  20 times a max). It equals `argmax(logits) == target` except on exact
+  ties for the max, where every tied class counts as a hit (argmax credits
+  only the lowest index).
+  """
+  top = logits.max(-1)
+  lse = top + jnp.log(jnp.exp(logits - top[:, None]).sum(-1))
+  target_logit = jnp.take_along_axis(logits, targets[:, None], -1)[:, 0]
+  return lse - target_logit, (target_logit >= top).astype(jnp.float32), lse
+
+
+def _softmax_loss_grad(logits: jax.Array, lse: jax.Array, targets: jax.Array,
+                       loss_ct: jax.Array) -> jax.Array:
+  """d(sum_n ct_n * loss_n) / d logits [N, V]: ct * (softmax - onehot)."""
+  grad = jnp.exp(logits - lse[:, None]) * loss_ct[:, None]
+  return grad.at[jnp.arange(grad.shape[0]), targets].add(-loss_ct)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(6,))
 def _per_token(h, scale, offset, tables, biases, targets, dims):
   """Losses and hits [G, N]; one dim's [N, V] logits alive at a time."""
-  losses_, hits = [], []
-  for table, bias, m in zip(tables, biases, dims):
-    loss, hit = _one_dim(h, scale, offset, table, bias, targets, m)
-    losses_.append(loss)
-    hits.append(hit)
-  return jnp.stack(losses_), jnp.stack(hits)
+  out = _per_token_fwd(h, scale, offset, tables, biases, targets, dims)
+  return out[0]
 
 
 def _per_token_fwd(h, scale, offset, tables, biases, targets, dims):
-  # Residuals are the inputs: the backward pass recomputes each dim's logits.
-  out = _per_token(h, scale, offset, tables, biases, targets, dims)
-  return out, (h, scale, offset, tables, biases, targets)
+  # Residuals: the inputs and the log-normalisers [G, N]. The backward pass
+  # recomputes each dim's logits (XLA may share them with the forward).
+  losses_, hits, lses = [], [], []
+  for table, bias, m in zip(tables, biases, dims):
+    loss, hit, lse = _softmax_loss(
+        _logits(_prefix(h, scale, offset, m), table, bias), targets)
+    losses_.append(loss)
+    hits.append(hit)
+    lses.append(lse)
+  return ((jnp.stack(losses_), jnp.stack(hits)),
+          (h, scale, offset, tables, biases, targets, jnp.stack(lses)))
 
 
 def _per_token_bwd(dims, residuals, cotangents):
-  h, scale, offset, tables, biases, targets = residuals
+  h, scale, offset, tables, biases, targets, lses = residuals
   loss_ct = cotangents[0]  # hits are not differentiable
   done = []
   for g, m in enumerate(dims):
-    _, vjp = jax.vjp(lambda *a, m=m: _one_dim(*a, targets, m)[0],
-                     h, scale, offset, tables[g], biases[g])
-    done.append(vjp(loss_ct[g]))
+    x, prefix_vjp = jax.vjp(lambda *a, m=m: _prefix(*a, m), h, scale, offset)
+    logits, linear_vjp = jax.vjp(lambda x, t, g=g: _logits(x, t, biases[g]),
+                                 x, tables[g])
+    grad = _softmax_loss_grad(logits, lses[g], targets, loss_ct[g])
+    grad_x, grad_table = linear_vjp(grad)
+    # The bias gradient as a matvec: XLA:CPU reduces the rows of an [N, V]
+    # array 25 times slower than it multiplies it by a vector of ones.
+    grad_bias = jnp.ones((1, grad.shape[0]), grad.dtype) @ grad
+    done.append((*prefix_vjp(grad_x), grad_table, grad_bias[0]))
 
   def total(i):
     grads = [d[i] for d in done]
