@@ -19,13 +19,22 @@ exactly BERT's head, and no parameter is added.
 Memory: G dims x N tokens x V classes of logits are never alive at once.
 The per-dim losses are a custom VJP whose residuals are its inputs and the
 [G, N] log-normalisers: no [N, V] array is kept from the forward to the
-backward pass, and XLA is free
-to compute each dim's forward and backward together (on TPU it shares the
-logits between them, so nothing is recomputed). BERT-Base sizes (N = 20,480
-predictions, V = 30,522, 7 dims), XLA:TPU temporaries of value_and_grad:
-4.8 GiB, about two dims' float32 logits, against 2.3 GiB for plain MLM
-and 35 GiB for logits stacked [G, N, V]. (Per-dim `jax.checkpoint` is
-worse there, 16.5 GiB: its barriers make all forward passes run first.)
+backward pass, and XLA is free to compute each dim's forward and backward
+together (it shares the logits between them, so nothing is recomputed).
+BERT-Base sizes (N = 20,480 predictions, V = 30,522, 7 dims), XLA:TPU
+temporaries of value_and_grad: 4.8 GiB, about two dims' float32 logits,
+against 2.3 GiB for plain MLM and 35 GiB for logits stacked [G, N, V].
+(Per-dim `jax.checkpoint` is worse there, 16.5 GiB: its barriers make all
+forward passes run first.)
+
+Compute: one table and bias for every dim without per-prefix norm (MRL-E,
+FF) take `_tied_per_token`, which walks the dims from the widest down:
+dim m_{g-1}'s logits are dim m_g's less the product of the columns between
+them, and the gradient of each column block is the running sum of the
+logit gradients of the dims that read it times the block. The decoder's
+matmuls then cost 4/3 of plain MLM's instead of twice (m_1 + ... + m_G =
+1,524 columns against 768 for 12..768). A hit (accuracy) is a target
+logit equal to the row's max (`_softmax_loss`).
 """
 import functools
 from collections.abc import Sequence
@@ -225,10 +234,7 @@ def _per_token_bwd(dims, residuals, cotangents):
                                  x, tables[g])
     grad = _softmax_loss_grad(logits, lses[g], targets, loss_ct[g])
     grad_x, grad_table = linear_vjp(grad)
-    # The bias gradient as a matvec: XLA:CPU reduces the rows of an [N, V]
-    # array 25 times slower than it multiplies it by a vector of ones.
-    grad_bias = jnp.ones((1, grad.shape[0]), grad.dtype) @ grad
-    done.append((*prefix_vjp(grad_x), grad_table, grad_bias[0]))
+    done.append((*prefix_vjp(grad_x), grad_table, _column_sum(grad)))
 
   def total(i):
     grads = [d[i] for d in done]
@@ -238,6 +244,75 @@ def _per_token_bwd(dims, residuals, cotangents):
 
 
 _per_token.defvjp(_per_token_fwd, _per_token_bwd)
+
+
+def _block_logits(x: jax.Array, table: jax.Array) -> jax.Array:
+  """float32 x [N, k] @ table [V, k].T: one column block's share of logits."""
+  return jnp.einsum("nk,vk->nv", x, table.astype(x.dtype),
+                    preferred_element_type=jnp.float32)
+
+
+def _tied_logits_downward(h: jax.Array, table: jax.Array, bias: jax.Array,
+                          dims: tuple[int, ...]):
+  """Yields (g, logits [N, V] of dim g) from the widest dim down.
+
+  With one table, dim m_{g-1}'s logits are dim m_g's less the product of
+  columns m_{g-1}..m_g: all G dims cost one full-width matmul, not
+  m_1 + ... + m_G columns. (Rounding: the narrow dims' logits carry the
+  wide ones' float32 error, a few ulps of the full logits.)
+  """
+  logits = _block_logits(h[:, :dims[-1]], table[:, :dims[-1]]) + bias
+  for g in reversed(range(len(dims))):
+    yield g, logits
+    if g:
+      block = slice(dims[g - 1], dims[g])
+      logits = logits - _block_logits(h[:, block], table[:, block])
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4,))
+def _tied_per_token(h, table, bias, targets, dims):
+  """`_per_token` for one table and bias shared by every dim, no prefix
+  norm (MRL-E, FF): losses and hits [G, N]."""
+  return _tied_per_token_fwd(h, table, bias, targets, dims)[0]
+
+
+def _tied_per_token_fwd(h, table, bias, targets, dims):
+  out = [None] * len(dims)
+  for g, logits in _tied_logits_downward(h, table, bias, dims):
+    out[g] = _softmax_loss(logits, targets)
+  losses_, hits, lses = (jnp.stack(o) for o in zip(*out))
+  return (losses_, hits), (h, table, bias, targets, lses)
+
+
+def _tied_per_token_bwd(dims, residuals, cotangents):
+  """Column block k..m_g of h and the table is read by dims g..G, so its
+  gradient is the sum of those dims' logit gradients times the block: one
+  running sum, one full-width pair of matmuls for all G dims."""
+  h, table, bias, targets, lses = residuals
+  loss_ct = cotangents[0]  # hits are not differentiable
+  grad_sum, grad_h, grad_table = None, [], []
+  for g, logits in _tied_logits_downward(h, table, bias, dims):
+    grad = _softmax_loss_grad(logits, lses[g], targets, loss_ct[g])
+    grad_sum = grad if grad_sum is None else grad_sum + grad
+    block = slice(dims[g - 1] if g else 0, dims[g])
+    _, block_vjp = jax.vjp(_block_logits, h[:, block], table[:, block])
+    grad_x, grad_t = block_vjp(grad_sum)
+    grad_h.insert(0, grad_x)
+    grad_table.insert(0, grad_t)
+  tail = h.shape[-1] - dims[-1]  # columns no dim reads
+  grad_h.append(jnp.zeros((h.shape[0], tail), grad_h[0].dtype))
+  grad_table.append(jnp.zeros((table.shape[0], tail), grad_table[0].dtype))
+  return (jnp.concatenate(grad_h, -1), jnp.concatenate(grad_table, -1),
+          _column_sum(grad_sum), None)
+
+
+_tied_per_token.defvjp(_tied_per_token_fwd, _tied_per_token_bwd)
+
+
+def _column_sum(a: jax.Array) -> jax.Array:
+  """a [N, V] summed over N, as a matvec: XLA:CPU reduces the rows of an
+  [N, V] array ~25 times slower than it multiplies it by a vector of ones."""
+  return (jnp.ones((1, a.shape[0]), a.dtype) @ a)[0]
 
 
 def nested_mlm_per_token(decoder: MlmDecoder, targets: jax.Array
@@ -250,10 +325,21 @@ def nested_mlm_per_token(decoder: MlmDecoder, targets: jax.Array
   Returns:
     (losses [G, N], hits [G, N] in {0, 1}).
   """
+  targets = targets.reshape(-1).astype(jnp.int32)
+  dims = tuple(decoder.nesting_dims)
+  if decoder.norm_scale is None and _one_decoder(decoder):
+    return _tied_per_token(decoder.h, decoder.tables[0], decoder.biases[0],
+                           targets, dims)
   return _per_token(decoder.h, decoder.norm_scale, decoder.norm_offset,
-                    tuple(decoder.tables), tuple(decoder.biases),
-                    targets.reshape(-1).astype(jnp.int32),
-                    tuple(decoder.nesting_dims))
+                    tuple(decoder.tables), tuple(decoder.biases), targets,
+                    dims)
+
+
+def _one_decoder(decoder: MlmDecoder) -> bool:
+  """Whether every dim reads the same table and bias (NestedMlmHead's tied
+  heads pass the one word-embedding array G times)."""
+  return (all(t is decoder.tables[0] for t in decoder.tables)
+          and all(b is decoder.biases[0] for b in decoder.biases))
 
 
 def nested_mlm_loss(decoder: MlmDecoder, masked_ids: jax.Array,

@@ -137,6 +137,43 @@ def test_accuracy_per_dim_counts_only_real_predictions():
   assert metrics["weight"] == 3
 
 
+def test_shared_decoder_matches_per_dim_decoders():
+  """The one-table path (each narrower dim's logits are the wider one's less
+  a column block's product) agrees with decoding every dim from scratch, at
+  logits as large as a trained BERT's."""
+  rng = np.random.default_rng(1)
+  n, v, d, dims = 64, 300, 96, (6, 12, 24, 48, 96)
+  h = jnp.asarray(rng.normal(size=(n, d)) * 2.0, jnp.float32)
+  table = jnp.asarray(rng.normal(size=(v, d)), jnp.float32)
+  bias = jnp.asarray(rng.normal(size=v), jnp.float32)
+  targets = jnp.asarray(rng.integers(0, v, n), jnp.int32)
+
+  def per_token(h, table, bias, shared):
+    # Distinct (equal) arrays per dim take the general per-dim path.
+    tables = (table,) * len(dims) if shared else tuple(
+        table + 0.0 for _ in dims)
+    biases = (bias,) * len(dims) if shared else tuple(
+        bias + 0.0 for _ in dims)
+    return mlm.nested_mlm_per_token(
+        mlm.MlmDecoder(h, None, None, tables, biases, dims), targets)
+
+  def objective(h, table, bias, shared):
+    losses, _ = per_token(h, table, bias, shared)
+    return (losses * jnp.arange(1.0, len(dims) + 1)[:, None]).sum()
+
+  for shared in (True, False):
+    losses, hits = jax.jit(per_token, static_argnums=3)(h, table, bias, shared)
+    grads = jax.jit(jax.grad(objective, argnums=(0, 1, 2)),
+                    static_argnums=3)(h, table, bias, shared)
+    if shared:
+      want = losses, hits, grads
+  assert float(want[0].mean()) > 10  # large logits: the hard case
+  np.testing.assert_allclose(want[0], losses, rtol=1e-5)
+  np.testing.assert_array_equal(want[1], hits)
+  for a, b in zip(want[2], grads):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+
+
 def _hits(logits, targets):
   """Hits of `nested_mlm_per_token` for given logits [N, V]: one dim of
   width V whose decoder is the identity, so h is the logits."""
@@ -247,10 +284,11 @@ def test_backward_pass_saves_no_logits(capsys):
 
 
 @pytest.mark.slow  # compile-heavy
-def test_sharded_step_equals_one_device():
+@pytest.mark.parametrize("prefix_norm", [False, True])  # one table; per dim
+def test_sharded_step_equals_one_device(prefix_norm):
   """Loss and gradients of encoder + nested MLM with fsdp_tp rules on 8 fake
   devices (data 2 x fsdp 2 x model 2) equal the single-device ones."""
-  model = _model(dims=(8, 16, 32), prefix_norm=True)
+  model = _model(dims=(8, 16, 32), prefix_norm=prefix_norm)
   rng = np.random.default_rng(3)
   ids = jnp.asarray(rng.integers(5, 40, (8, 12)), jnp.int32)
   seg, mask = jnp.zeros_like(ids), jnp.ones_like(ids)
