@@ -173,11 +173,15 @@ def _prefix(h: jax.Array, scale: jax.Array | None, offset: jax.Array | None,
   return x
 
 
+def _block_logits(x: jax.Array, table: jax.Array) -> jax.Array:
+  """float32 x [N, k] @ table [V, k].T (without the bias)."""
+  return jnp.einsum("nk,vk->nv", x, table.astype(x.dtype),
+                    preferred_element_type=jnp.float32)
+
+
 def _logits(x: jax.Array, table: jax.Array, bias: jax.Array) -> jax.Array:
   """float32 logits [N, V] of x [N, m] against table [V, >= m], bias [V]."""
-  m = x.shape[-1]
-  return jnp.einsum("nm,vm->nv", x, table[:, :m].astype(x.dtype),
-                    preferred_element_type=jnp.float32) + bias
+  return _block_logits(x, table[:, :x.shape[-1]]) + bias
 
 
 def _softmax_loss(logits: jax.Array, targets: jax.Array
@@ -246,12 +250,6 @@ def _per_token_bwd(dims, residuals, cotangents):
 _per_token.defvjp(_per_token_fwd, _per_token_bwd)
 
 
-def _block_logits(x: jax.Array, table: jax.Array) -> jax.Array:
-  """float32 x [N, k] @ table [V, k].T: one column block's share of logits."""
-  return jnp.einsum("nk,vk->nv", x, table.astype(x.dtype),
-                    preferred_element_type=jnp.float32)
-
-
 def _tied_logits_downward(h: jax.Array, table: jax.Array, bias: jax.Array,
                           dims: tuple[int, ...]):
   """Yields (g, logits [N, V] of dim g) from the widest dim down.
@@ -261,7 +259,7 @@ def _tied_logits_downward(h: jax.Array, table: jax.Array, bias: jax.Array,
   m_1 + ... + m_G columns. (Rounding: the narrow dims' logits carry the
   wide ones' float32 error, a few ulps of the full logits.)
   """
-  logits = _block_logits(h[:, :dims[-1]], table[:, :dims[-1]]) + bias
+  logits = _logits(h[:, :dims[-1]], table, bias)
   for g in reversed(range(len(dims))):
     yield g, logits
     if g:
@@ -285,9 +283,9 @@ def _tied_per_token_fwd(h, table, bias, targets, dims):
 
 
 def _tied_per_token_bwd(dims, residuals, cotangents):
-  """Column block k..m_g of h and the table is read by dims g..G, so its
-  gradient is the sum of those dims' logit gradients times the block: one
-  running sum, one full-width pair of matmuls for all G dims."""
+  """Columns m_{g-1}..m_g of h and the table are read by dims g..G, so
+  their gradient is the sum of those dims' logit gradients times the block:
+  one running sum, one full-width pair of matmuls for all G dims."""
   h, table, bias, targets, lses = residuals
   loss_ct = cotangents[0]  # hits are not differentiable
   grad_sum, grad_h, grad_table = None, [], []
