@@ -22,10 +22,12 @@ The per-dim losses are a custom VJP whose residuals are its inputs and the
 backward pass, and XLA is free to compute each dim's forward and backward
 together (it shares the logits between them, so nothing is recomputed).
 BERT-Base sizes (N = 20,480 predictions, V = 30,522, 7 dims), XLA:TPU
-temporaries of value_and_grad: 4.8 GiB, about two dims' float32 logits,
-against 2.3 GiB for plain MLM and 35 GiB for logits stacked [G, N, V].
-(Per-dim `jax.checkpoint` is worse there, 16.5 GiB: its barriers make all
-forward passes run first.)
+temporaries of value_and_grad with a decoder per dim (`_per_token`): 4.8
+GiB, about two dims' float32 logits, against 2.3 GiB for plain MLM and 35
+GiB for logits stacked [G, N, V]. (Per-dim `jax.checkpoint` is worse
+there, 16.5 GiB: its barriers make all forward passes run first.) The
+shared-table path below keeps one dim's logits, their gradient and the
+running sum of gradients alive; its XLA:TPU figure is not measured.
 
 Compute: one table and bias for every dim without per-prefix norm (MRL-E,
 FF) take `_tied_per_token`, which walks the dims from the widest down:
