@@ -17,14 +17,26 @@ first m entries of the one shared scale and offset. The full dim is then
 exactly BERT's head, and no parameter is added.
 
 Memory: G dims x N tokens x V classes of logits are never alive at once.
-The per-dim losses are a custom VJP whose residuals are its inputs only: no
-[N, V] array is kept from the forward to the backward pass, and XLA is free
-to compute each dim's forward and backward together (on TPU it shares the
-logits between them, so nothing is recomputed). BERT-Base sizes (N = 20,480
-predictions, V = 30,522, 7 dims), XLA:TPU temporaries of value_and_grad:
-4.8 GiB, about two dims' float32 logits, against 2.3 GiB for plain MLM
-and 35 GiB for logits stacked [G, N, V]. (Per-dim `jax.checkpoint` is
-worse there, 16.5 GiB: its barriers make all forward passes run first.)
+The per-dim losses are a custom VJP whose residuals are its inputs and the
+[G, N] log-normalisers: no [N, V] array is kept from the forward to the
+backward pass, and XLA is free to compute each dim's forward and backward
+together (it shares the logits between them, so nothing is recomputed).
+BERT-Base sizes (N = 20,480 predictions, V = 30,522, 7 dims), XLA:TPU
+temporaries of value_and_grad with a decoder per dim (`_per_token`): 4.8
+GiB, about two dims' float32 logits, against 2.3 GiB for plain MLM and 35
+GiB for logits stacked [G, N, V]. (Per-dim `jax.checkpoint` is worse
+there, 16.5 GiB: its barriers make all forward passes run first.) The
+shared-table path below keeps one dim's logits, their gradient and the
+running sum of gradients alive; its XLA:TPU figure is not measured.
+
+Compute: one table and bias for every dim without per-prefix norm (MRL-E,
+FF) take `_tied_per_token`, which walks the dims from the widest down:
+dim m_{g-1}'s logits are dim m_g's less the product of the columns between
+them, and the gradient of each column block is the running sum of the
+logit gradients of the dims that read it times the block. The decoder's
+matmuls then cost 4/3 of plain MLM's instead of twice (m_1 + ... + m_G =
+1,524 columns against 768 for 12..768). A hit (accuracy) is a target
+logit equal to the row's max (`_softmax_loss`).
 """
 import functools
 from collections.abc import Sequence
@@ -153,45 +165,82 @@ def check_head(head_type: str, nesting_dims: Sequence[int],
   return dims
 
 
-def _one_dim(h: jax.Array, scale: jax.Array | None, offset: jax.Array | None,
-             table: jax.Array, bias: jax.Array, targets: jax.Array,
-             m: int) -> tuple[jax.Array, jax.Array]:
-  """Losses [N] and hits [N] of the dim-m decoder."""
+def _prefix(h: jax.Array, scale: jax.Array | None, offset: jax.Array | None,
+            m: int) -> jax.Array:
+  """The dim-m decoder's input [N, m]: h's first m features, per-prefix
+  LayerNormed when `scale` is set."""
   x = h[:, :m]
   if scale is not None:
     x = layer_norm(x, scale[:m], offset[:m]).astype(h.dtype)
-  logits = jnp.einsum("nm,vm->nv", x, table[:, :m].astype(x.dtype),
-                      preferred_element_type=jnp.float32) + bias
-  loss = optax.softmax_cross_entropy_with_integer_labels(logits, targets)
-  hit = (jnp.argmax(logits, axis=-1) == targets).astype(jnp.float32)
-  return loss, hit
+  return x
+
+
+def _block_logits(x: jax.Array, table: jax.Array) -> jax.Array:
+  """float32 x [N, k] @ table [V, k].T (without the bias)."""
+  return jnp.einsum("nk,vk->nv", x, table.astype(x.dtype),
+                    preferred_element_type=jnp.float32)
+
+
+def _logits(x: jax.Array, table: jax.Array, bias: jax.Array) -> jax.Array:
+  """float32 logits [N, V] of x [N, m] against table [V, >= m], bias [V]."""
+  return _block_logits(x, table[:, :x.shape[-1]]) + bias
+
+
+def _softmax_loss(logits: jax.Array, targets: jax.Array
+                  ) -> tuple[jax.Array, jax.Array, jax.Array]:
+  """Cross-entropy [N], hits [N] and log-normalisers [N] of logits [N, V].
+
+  A hit is a target logit equal to the row's max, the max the log-normaliser
+  needs anyway: no separate argmax pass over [N, V] (on CPU an argmax costs
+  20 times a max). It equals `argmax(logits) == target` except on exact
+  ties for the max, where every tied class counts as a hit (argmax credits
+  only the lowest index).
+  """
+  top = logits.max(-1)
+  lse = top + jnp.log(jnp.exp(logits - top[:, None]).sum(-1))
+  target_logit = jnp.take_along_axis(logits, targets[:, None], -1)[:, 0]
+  return lse - target_logit, (target_logit >= top).astype(jnp.float32), lse
+
+
+def _softmax_loss_grad(logits: jax.Array, lse: jax.Array, targets: jax.Array,
+                       loss_ct: jax.Array) -> jax.Array:
+  """d(sum_n ct_n * loss_n) / d logits [N, V]: ct * (softmax - onehot)."""
+  grad = jnp.exp(logits - lse[:, None]) * loss_ct[:, None]
+  return grad.at[jnp.arange(grad.shape[0]), targets].add(-loss_ct)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(6,))
 def _per_token(h, scale, offset, tables, biases, targets, dims):
   """Losses and hits [G, N]; one dim's [N, V] logits alive at a time."""
-  losses_, hits = [], []
-  for table, bias, m in zip(tables, biases, dims):
-    loss, hit = _one_dim(h, scale, offset, table, bias, targets, m)
-    losses_.append(loss)
-    hits.append(hit)
-  return jnp.stack(losses_), jnp.stack(hits)
+  out = _per_token_fwd(h, scale, offset, tables, biases, targets, dims)
+  return out[0]
 
 
 def _per_token_fwd(h, scale, offset, tables, biases, targets, dims):
-  # Residuals are the inputs: the backward pass recomputes each dim's logits.
-  out = _per_token(h, scale, offset, tables, biases, targets, dims)
-  return out, (h, scale, offset, tables, biases, targets)
+  # Residuals: the inputs and the log-normalisers [G, N]. The backward pass
+  # recomputes each dim's logits (XLA may share them with the forward).
+  losses_, hits, lses = [], [], []
+  for table, bias, m in zip(tables, biases, dims):
+    loss, hit, lse = _softmax_loss(
+        _logits(_prefix(h, scale, offset, m), table, bias), targets)
+    losses_.append(loss)
+    hits.append(hit)
+    lses.append(lse)
+  return ((jnp.stack(losses_), jnp.stack(hits)),
+          (h, scale, offset, tables, biases, targets, jnp.stack(lses)))
 
 
 def _per_token_bwd(dims, residuals, cotangents):
-  h, scale, offset, tables, biases, targets = residuals
+  h, scale, offset, tables, biases, targets, lses = residuals
   loss_ct = cotangents[0]  # hits are not differentiable
   done = []
   for g, m in enumerate(dims):
-    _, vjp = jax.vjp(lambda *a, m=m: _one_dim(*a, targets, m)[0],
-                     h, scale, offset, tables[g], biases[g])
-    done.append(vjp(loss_ct[g]))
+    x, prefix_vjp = jax.vjp(lambda *a, m=m: _prefix(*a, m), h, scale, offset)
+    logits, linear_vjp = jax.vjp(lambda x, t, g=g: _logits(x, t, biases[g]),
+                                 x, tables[g])
+    grad = _softmax_loss_grad(logits, lses[g], targets, loss_ct[g])
+    grad_x, grad_table = linear_vjp(grad)
+    done.append((*prefix_vjp(grad_x), grad_table, _column_sum(grad)))
 
   def total(i):
     grads = [d[i] for d in done]
@@ -201,6 +250,69 @@ def _per_token_bwd(dims, residuals, cotangents):
 
 
 _per_token.defvjp(_per_token_fwd, _per_token_bwd)
+
+
+def _tied_logits_downward(h: jax.Array, table: jax.Array, bias: jax.Array,
+                          dims: tuple[int, ...]):
+  """Yields (g, logits [N, V] of dim g) from the widest dim down.
+
+  With one table, dim m_{g-1}'s logits are dim m_g's less the product of
+  columns m_{g-1}..m_g: all G dims cost one full-width matmul, not
+  m_1 + ... + m_G columns. (Rounding: the narrow dims' logits carry the
+  wide ones' float32 error, a few ulps of the full logits.)
+  """
+  logits = _logits(h[:, :dims[-1]], table, bias)
+  for g in reversed(range(len(dims))):
+    yield g, logits
+    if g:
+      block = slice(dims[g - 1], dims[g])
+      logits = logits - _block_logits(h[:, block], table[:, block])
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4,))
+def _tied_per_token(h, table, bias, targets, dims):
+  """`_per_token` for one table and bias shared by every dim, no prefix
+  norm (MRL-E, FF): losses and hits [G, N]."""
+  return _tied_per_token_fwd(h, table, bias, targets, dims)[0]
+
+
+def _tied_per_token_fwd(h, table, bias, targets, dims):
+  out = [None] * len(dims)
+  for g, logits in _tied_logits_downward(h, table, bias, dims):
+    out[g] = _softmax_loss(logits, targets)
+  losses_, hits, lses = (jnp.stack(o) for o in zip(*out))
+  return (losses_, hits), (h, table, bias, targets, lses)
+
+
+def _tied_per_token_bwd(dims, residuals, cotangents):
+  """Columns m_{g-1}..m_g of h and the table are read by dims g..G, so
+  their gradient is the sum of those dims' logit gradients times the block:
+  one running sum, one full-width pair of matmuls for all G dims."""
+  h, table, bias, targets, lses = residuals
+  loss_ct = cotangents[0]  # hits are not differentiable
+  grad_sum, grad_h, grad_table = None, [], []
+  for g, logits in _tied_logits_downward(h, table, bias, dims):
+    grad = _softmax_loss_grad(logits, lses[g], targets, loss_ct[g])
+    grad_sum = grad if grad_sum is None else grad_sum + grad
+    block = slice(dims[g - 1] if g else 0, dims[g])
+    _, block_vjp = jax.vjp(_block_logits, h[:, block], table[:, block])
+    grad_x, grad_t = block_vjp(grad_sum)
+    grad_h.insert(0, grad_x)
+    grad_table.insert(0, grad_t)
+  tail = h.shape[-1] - dims[-1]  # columns no dim reads
+  grad_h.append(jnp.zeros((h.shape[0], tail), grad_h[0].dtype))
+  grad_table.append(jnp.zeros((table.shape[0], tail), grad_table[0].dtype))
+  return (jnp.concatenate(grad_h, -1), jnp.concatenate(grad_table, -1),
+          _column_sum(grad_sum), None)
+
+
+_tied_per_token.defvjp(_tied_per_token_fwd, _tied_per_token_bwd)
+
+
+def _column_sum(a: jax.Array) -> jax.Array:
+  """a [N, V] summed over N, as a matvec: XLA:CPU reduces the rows of an
+  [N, V] array ~25 times slower than it multiplies it by a vector of ones."""
+  return (jnp.ones((1, a.shape[0]), a.dtype) @ a)[0]
 
 
 def nested_mlm_per_token(decoder: MlmDecoder, targets: jax.Array
@@ -213,10 +325,21 @@ def nested_mlm_per_token(decoder: MlmDecoder, targets: jax.Array
   Returns:
     (losses [G, N], hits [G, N] in {0, 1}).
   """
+  targets = targets.reshape(-1).astype(jnp.int32)
+  dims = tuple(decoder.nesting_dims)
+  if decoder.norm_scale is None and _one_decoder(decoder):
+    return _tied_per_token(decoder.h, decoder.tables[0], decoder.biases[0],
+                           targets, dims)
   return _per_token(decoder.h, decoder.norm_scale, decoder.norm_offset,
-                    tuple(decoder.tables), tuple(decoder.biases),
-                    targets.reshape(-1).astype(jnp.int32),
-                    tuple(decoder.nesting_dims))
+                    tuple(decoder.tables), tuple(decoder.biases), targets,
+                    dims)
+
+
+def _one_decoder(decoder: MlmDecoder) -> bool:
+  """Whether every dim reads the same table and bias (NestedMlmHead's tied
+  heads pass the one word-embedding array G times)."""
+  return (all(t is decoder.tables[0] for t in decoder.tables)
+          and all(b is decoder.biases[0] for b in decoder.biases))
 
 
 def nested_mlm_loss(decoder: MlmDecoder, masked_ids: jax.Array,

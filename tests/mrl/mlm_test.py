@@ -126,14 +126,80 @@ def test_loss_and_gradients_match_numpy(tied, prefix_norm):
 def test_accuracy_per_dim_counts_only_real_predictions():
   # Dim 1 reads feature 0 only; the target is the class whose row matches.
   table = jnp.array([[1.0, 0.0], [-1.0, 0.0], [0.0, 1.0]])
-  h = jnp.array([[1.0, 0.0], [-1.0, 0.0], [0.0, 1.0], [0.0, 1.0]])
+  h = jnp.array([[1.0, 0.0], [-1.0, 0.0], [-0.5, 1.0], [-1.0, 0.0]])
   decoder = mlm.MlmDecoder(h, None, None, (table, table),
                            (jnp.zeros(3), jnp.zeros(3)), (1, 2))
   _, metrics = mlm.nested_mlm_loss(decoder, jnp.array([[0, 1, 2, 0]]),
                                    jnp.array([[1, 1, 1, 0]]))
-  # Dim 1 cannot tell class 2 (feature 1) apart; dim 2 can. Slot 4 is padding.
+  # Dim 1, blind to feature 1, takes the third prediction for class 1; dim 2
+  # gets it right. Slot 4 is padding (a miss in both dims, not counted).
   np.testing.assert_allclose(metrics["accuracy"], [2 / 3, 1.0])
   assert metrics["weight"] == 3
+
+
+def test_shared_decoder_matches_per_dim_decoders():
+  """The one-table path (each narrower dim's logits are the wider one's less
+  a column block's product) agrees with decoding every dim from scratch, at
+  logits as large as a trained BERT's."""
+  rng = np.random.default_rng(1)
+  n, v, d, dims = 64, 300, 96, (6, 12, 24, 48, 96)
+  h = jnp.asarray(rng.normal(size=(n, d)) * 2.0, jnp.float32)
+  table = jnp.asarray(rng.normal(size=(v, d)), jnp.float32)
+  bias = jnp.asarray(rng.normal(size=v), jnp.float32)
+  targets = jnp.asarray(rng.integers(0, v, n), jnp.int32)
+
+  def per_token(h, table, bias, shared):
+    # Distinct (equal) arrays per dim take the general per-dim path.
+    tables = (table,) * len(dims) if shared else tuple(
+        table + 0.0 for _ in dims)
+    biases = (bias,) * len(dims) if shared else tuple(
+        bias + 0.0 for _ in dims)
+    return mlm.nested_mlm_per_token(
+        mlm.MlmDecoder(h, None, None, tables, biases, dims), targets)
+
+  def objective(h, table, bias, shared):
+    losses, _ = per_token(h, table, bias, shared)
+    return (losses * jnp.arange(1.0, len(dims) + 1)[:, None]).sum()
+
+  for shared in (True, False):
+    losses, hits = jax.jit(per_token, static_argnums=3)(h, table, bias, shared)
+    grads = jax.jit(jax.grad(objective, argnums=(0, 1, 2)),
+                    static_argnums=3)(h, table, bias, shared)
+    if shared:
+      want = losses, hits, grads
+  assert float(want[0].mean()) > 10  # large logits: the hard case
+  np.testing.assert_allclose(want[0], losses, rtol=1e-5)
+  np.testing.assert_array_equal(want[1], hits)
+  for a, b in zip(want[2], grads):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+
+
+def _hits(logits, targets):
+  """Hits of `nested_mlm_per_token` for given logits [N, V]: one dim of
+  width V whose decoder is the identity, so h is the logits."""
+  n, v = logits.shape
+  decoder = mlm.MlmDecoder(jnp.asarray(logits), None, None, (jnp.eye(v),),
+                           (jnp.zeros(v),), (v,))
+  _, hits = mlm.nested_mlm_per_token(decoder, jnp.asarray(targets))
+  return np.asarray(hits[0])
+
+
+def test_hits_equal_argmax_without_ties():
+  rng = np.random.default_rng(0)
+  logits = rng.normal(size=(200, 50)).astype(np.float32)
+  top2 = np.sort(logits, -1)[:, -2:]
+  assert (top2[:, 1] > top2[:, 0]).all()  # no ties for the max
+  targets = np.where(rng.uniform(size=200) < 0.5, logits.argmax(-1),
+                     rng.integers(0, 50, 200))
+  want = (logits.argmax(-1) == targets).astype(np.float32)
+  assert 0 < want.mean() < 1
+  np.testing.assert_array_equal(_hits(logits, targets), want)
+
+
+def test_a_tie_for_the_max_is_a_hit_for_every_tied_class():
+  # argmax would credit only class 1, the lowest tied index.
+  logits = np.array([[0.0, 2.0, 1.0, 2.0]] * 3, np.float32)
+  np.testing.assert_array_equal(_hits(logits, [1, 3, 2]), [1.0, 1.0, 0.0])
 
 
 def _model(head_type="mrl_e", dims=(8, 16, 32), prefix_norm=False):
@@ -218,10 +284,11 @@ def test_backward_pass_saves_no_logits(capsys):
 
 
 @pytest.mark.slow  # compile-heavy
-def test_sharded_step_equals_one_device():
+@pytest.mark.parametrize("prefix_norm", [False, True])  # one table; per dim
+def test_sharded_step_equals_one_device(prefix_norm):
   """Loss and gradients of encoder + nested MLM with fsdp_tp rules on 8 fake
   devices (data 2 x fsdp 2 x model 2) equal the single-device ones."""
-  model = _model(dims=(8, 16, 32), prefix_norm=True)
+  model = _model(dims=(8, 16, 32), prefix_norm=prefix_norm)
   rng = np.random.default_rng(3)
   ids = jnp.asarray(rng.integers(5, 40, (8, 12)), jnp.int32)
   seg, mask = jnp.zeros_like(ids), jnp.ones_like(ids)
