@@ -36,7 +36,9 @@ them, and the gradient of each column block is the running sum of the
 logit gradients of the dims that read it times the block. The decoder's
 matmuls then cost 4/3 of plain MLM's instead of twice (m_1 + ... + m_G =
 1,524 columns against 768 for 12..768). A hit (accuracy) is a target
-logit equal to the row's max (`_softmax_loss`).
+logit equal to the row's max (`_softmax_loss`); evaluation splits exact
+ties among the tied classes (`split_ties`), so a collapsed model with
+constant logits scores 1/V, not 1.
 """
 import functools
 from collections.abc import Sequence
@@ -186,20 +188,27 @@ def _logits(x: jax.Array, table: jax.Array, bias: jax.Array) -> jax.Array:
   return _block_logits(x, table[:, :x.shape[-1]]) + bias
 
 
-def _softmax_loss(logits: jax.Array, targets: jax.Array
+def _softmax_loss(logits: jax.Array, targets: jax.Array,
+                  split_ties: bool = False
                   ) -> tuple[jax.Array, jax.Array, jax.Array]:
   """Cross-entropy [N], hits [N] and log-normalisers [N] of logits [N, V].
 
   A hit is a target logit equal to the row's max, the max the log-normaliser
   needs anyway: no separate argmax pass over [N, V] (on CPU an argmax costs
   20 times a max). It equals `argmax(logits) == target` except on exact
-  ties for the max, where every tied class counts as a hit (argmax credits
-  only the lowest index).
+  ties for the max: the train step's metric counts every tied class as a
+  hit; `split_ties` (evaluation) gives each 1/k of a hit for k tied
+  classes, the expected accuracy of a random tie-break, for one more pass
+  over [N, V].
   """
   top = logits.max(-1)
   lse = top + jnp.log(jnp.exp(logits - top[:, None]).sum(-1))
   target_logit = jnp.take_along_axis(logits, targets[:, None], -1)[:, 0]
-  return lse - target_logit, (target_logit >= top).astype(jnp.float32), lse
+  hits = (target_logit >= top).astype(jnp.float32)
+  if split_ties:
+    tied = (logits == top[:, None]).astype(jnp.float32)
+    hits = hits / (tied @ jnp.ones((tied.shape[-1],), jnp.float32))
+  return lse - target_logit, hits, lse
 
 
 def _softmax_loss_grad(logits: jax.Array, lse: jax.Array, targets: jax.Array,
@@ -209,20 +218,23 @@ def _softmax_loss_grad(logits: jax.Array, lse: jax.Array, targets: jax.Array,
   return grad.at[jnp.arange(grad.shape[0]), targets].add(-loss_ct)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(6,))
-def _per_token(h, scale, offset, tables, biases, targets, dims):
+@functools.partial(jax.custom_vjp, nondiff_argnums=(6, 7))
+def _per_token(h, scale, offset, tables, biases, targets, dims, split_ties):
   """Losses and hits [G, N]; one dim's [N, V] logits alive at a time."""
-  out = _per_token_fwd(h, scale, offset, tables, biases, targets, dims)
+  out = _per_token_fwd(h, scale, offset, tables, biases, targets, dims,
+                       split_ties)
   return out[0]
 
 
-def _per_token_fwd(h, scale, offset, tables, biases, targets, dims):
+def _per_token_fwd(h, scale, offset, tables, biases, targets, dims,
+                   split_ties):
   # Residuals: the inputs and the log-normalisers [G, N]. The backward pass
   # recomputes each dim's logits (XLA may share them with the forward).
   losses_, hits, lses = [], [], []
   for table, bias, m in zip(tables, biases, dims):
     loss, hit, lse = _softmax_loss(
-        _logits(_prefix(h, scale, offset, m), table, bias), targets)
+        _logits(_prefix(h, scale, offset, m), table, bias), targets,
+        split_ties)
     losses_.append(loss)
     hits.append(hit)
     lses.append(lse)
@@ -230,7 +242,8 @@ def _per_token_fwd(h, scale, offset, tables, biases, targets, dims):
           (h, scale, offset, tables, biases, targets, jnp.stack(lses)))
 
 
-def _per_token_bwd(dims, residuals, cotangents):
+def _per_token_bwd(dims, split_ties, residuals, cotangents):
+  del split_ties  # hits are not differentiable
   h, scale, offset, tables, biases, targets, lses = residuals
   loss_ct = cotangents[0]  # hits are not differentiable
   done = []
@@ -269,25 +282,26 @@ def _tied_logits_downward(h: jax.Array, table: jax.Array, bias: jax.Array,
       logits = logits - _block_logits(h[:, block], table[:, block])
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(4,))
-def _tied_per_token(h, table, bias, targets, dims):
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5))
+def _tied_per_token(h, table, bias, targets, dims, split_ties):
   """`_per_token` for one table and bias shared by every dim, no prefix
   norm (MRL-E, FF): losses and hits [G, N]."""
-  return _tied_per_token_fwd(h, table, bias, targets, dims)[0]
+  return _tied_per_token_fwd(h, table, bias, targets, dims, split_ties)[0]
 
 
-def _tied_per_token_fwd(h, table, bias, targets, dims):
+def _tied_per_token_fwd(h, table, bias, targets, dims, split_ties):
   out = [None] * len(dims)
   for g, logits in _tied_logits_downward(h, table, bias, dims):
-    out[g] = _softmax_loss(logits, targets)
+    out[g] = _softmax_loss(logits, targets, split_ties)
   losses_, hits, lses = (jnp.stack(o) for o in zip(*out))
   return (losses_, hits), (h, table, bias, targets, lses)
 
 
-def _tied_per_token_bwd(dims, residuals, cotangents):
+def _tied_per_token_bwd(dims, split_ties, residuals, cotangents):
   """Columns m_{g-1}..m_g of h and the table are read by dims g..G, so
   their gradient is the sum of those dims' logit gradients times the block:
   one running sum, one full-width pair of matmuls for all G dims."""
+  del split_ties  # hits are not differentiable
   h, table, bias, targets, lses = residuals
   loss_ct = cotangents[0]  # hits are not differentiable
   grad_sum, grad_h, grad_table = None, [], []
@@ -315,24 +329,28 @@ def _column_sum(a: jax.Array) -> jax.Array:
   return (jnp.ones((1, a.shape[0]), a.dtype) @ a)[0]
 
 
-def nested_mlm_per_token(decoder: MlmDecoder, targets: jax.Array
+def nested_mlm_per_token(decoder: MlmDecoder, targets: jax.Array,
+                         split_ties: bool = False
                          ) -> tuple[jax.Array, jax.Array]:
   """Per-token cross-entropy and hits for every nesting dim.
 
   Args:
     decoder: from `NestedMlmHead`, h [N, d].
     targets: original token ids at the gathered positions [N].
+    split_ties: a target tied with k-1 other classes for the max is 1/k of
+      a hit (evaluation); False counts it as a hit (the train step's cheap
+      metric, see `_softmax_loss`).
   Returns:
-    (losses [G, N], hits [G, N] in {0, 1}).
+    (losses [G, N], hits [G, N] in [0, 1]).
   """
   targets = targets.reshape(-1).astype(jnp.int32)
   dims = tuple(decoder.nesting_dims)
   if decoder.norm_scale is None and _one_decoder(decoder):
     return _tied_per_token(decoder.h, decoder.tables[0], decoder.biases[0],
-                           targets, dims)
+                           targets, dims, split_ties)
   return _per_token(decoder.h, decoder.norm_scale, decoder.norm_offset,
                     tuple(decoder.tables), tuple(decoder.biases), targets,
-                    dims)
+                    dims, split_ties)
 
 
 def _one_decoder(decoder: MlmDecoder) -> bool:

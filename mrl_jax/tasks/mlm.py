@@ -132,7 +132,8 @@ class MaskedLanguageModelling:
 
     def eval_step(state, batch):
       decoder = _apply(model, {"params": state.params}, batch, False)
-      losses, hits = mlm.nested_mlm_per_token(decoder, batch["masked_ids"])
+      losses, hits = mlm.nested_mlm_per_token(decoder, batch["masked_ids"],
+                                              split_ties=True)
       weight = (batch["masked_weights"] * batch["mask"][:, None]).reshape(-1)
       return {"loss": losses @ weight, "correct": hits @ weight,
               "predictions": weight.sum(), "count": batch["mask"].sum()}

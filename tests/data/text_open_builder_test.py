@@ -198,7 +198,7 @@ def _bad_tokenizer(tmp_path: pathlib.Path) -> str:
      RunError, r"c.txt: byte offset 2 \(0xef\) is not UTF-8"),
     (lambda t: (t / "junk.model").write_bytes(b"junk") and {
         "tokenizer_path": str(t / "junk.model")}, RunError,
-     "is not a sentencepiece model"),
+     "is neither a sentencepiece model nor a WordPiece vocab.txt"),
     (lambda t: {"tokenizer_path": _bad_tokenizer(t)}, RunError,
      "special token ids .* differ"),
     (lambda t: {"seq_len": 2}, ValueError, "seq_len=2 leaves no room"),

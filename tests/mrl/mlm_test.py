@@ -174,13 +174,14 @@ def test_shared_decoder_matches_per_dim_decoders():
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
 
 
-def _hits(logits, targets):
+def _hits(logits, targets, split_ties=False):
   """Hits of `nested_mlm_per_token` for given logits [N, V]: one dim of
   width V whose decoder is the identity, so h is the logits."""
   n, v = logits.shape
   decoder = mlm.MlmDecoder(jnp.asarray(logits), None, None, (jnp.eye(v),),
                            (jnp.zeros(v),), (v,))
-  _, hits = mlm.nested_mlm_per_token(decoder, jnp.asarray(targets))
+  _, hits = mlm.nested_mlm_per_token(decoder, jnp.asarray(targets),
+                                     split_ties)
   return np.asarray(hits[0])
 
 
@@ -194,12 +195,22 @@ def test_hits_equal_argmax_without_ties():
   want = (logits.argmax(-1) == targets).astype(np.float32)
   assert 0 < want.mean() < 1
   np.testing.assert_array_equal(_hits(logits, targets), want)
+  np.testing.assert_array_equal(_hits(logits, targets, True), want)
 
 
 def test_a_tie_for_the_max_is_a_hit_for_every_tied_class():
   # argmax would credit only class 1, the lowest tied index.
   logits = np.array([[0.0, 2.0, 1.0, 2.0]] * 3, np.float32)
   np.testing.assert_array_equal(_hits(logits, [1, 3, 2]), [1.0, 1.0, 0.0])
+
+
+def test_evaluation_splits_a_tie_among_the_tied_classes():
+  logits = np.array([[0.0, 2.0, 1.0, 2.0]] * 3, np.float32)
+  np.testing.assert_array_equal(_hits(logits, [1, 3, 2], True),
+                                [0.5, 0.5, 0.0])
+  # A collapsed model (constant logits) scores 1/V, not 1.
+  np.testing.assert_allclose(_hits(np.zeros((4, 8), np.float32), [0, 1, 2, 7],
+                                   True), [1 / 8] * 4)
 
 
 def _model(head_type="mrl_e", dims=(8, 16, 32), prefix_norm=False):
