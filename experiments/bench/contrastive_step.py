@@ -28,7 +28,8 @@ forms: `nested` (`sharded_nested_contrastive_loss` over the 7 dims: one
 dim's blocks alive at a time), `unrolled` (the sum of 7 one-dim calls, each
 its own custom VJP: XLA may keep every dim's blocks at once) and `plain`
 (the 768 dim alone). Reported: the compiled temporaries per chip. Empty
---score_topology skips this part (it needs libtpu, `pip install '.[aot]'`).
+--score_topology skips this part (it needs libtpu, `pip install '.[aot]'`);
+empty --models skips the step part.
 
 Goal: nested / plain step <= 1.03.
 """
@@ -178,9 +179,10 @@ def print_table(results: dict[str, Any]) -> None:
         f"{results['dtype']}  rounds {results['rounds']}  loadavg "
         f"{results['loadavg_start'][0]:.2f} -> "
         f"{results['loadavg_end'][0]:.2f}")
-  print(f"{'towers':<20}{'head':<6}{'median s':>9}{'x ff':>7}"
-        f"{'rounds min..max':>17}{'CPU s':>8}{'x ff':>7}{'XLA GF':>9}"
-        f"{'x ff':>7}")
+  if results["models"]:
+    print(f"{'towers':<20}{'head':<6}{'median s':>9}{'x ff':>7}"
+          f"{'rounds min..max':>17}{'CPU s':>8}{'x ff':>7}{'XLA GF':>9}"
+          f"{'x ff':>7}")
   for models, res in results["models"].items():
     r = res["ratios"]["mrl/ff"]
     for head, v in res["variants"].items():
@@ -207,7 +209,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
   """Flags (argparse, so `main` can be called in-process by tests)."""
   parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   parser.add_argument("--models", default="vit_b16:bert_base",
-                      help="comma-separated image:text tower pairs")
+                      help="comma-separated image:text tower pairs; empty: "
+                      "only the loss-alone compile")
   parser.add_argument("--batch", type=int, default=4)
   parser.add_argument("--rounds", type=int, default=6)
   parser.add_argument("--dtype", default="float32",
@@ -219,7 +222,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
   args = parser.parse_args(argv)
   if min(args.rounds, args.batch, args.score_batch) < 1:
     parser.error("--rounds, --batch and --score_batch must be positive")
-  if any(m.count(":") != 1 for m in args.models.split(",")):
+  if args.models and any(m.count(":") != 1 for m in args.models.split(",")):
     parser.error(f"--models={args.models}: write image:text pairs, e.g. "
                  "vit_b16:bert_base")
   return args
@@ -235,7 +238,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
       "cpu_count": os.cpu_count(), "jax": jax.__version__,
       "batch": args.batch, "dtype": args.dtype, "rounds": args.rounds,
       "loadavg_start": os.getloadavg(), "models": {}}
-  bench_steps.run_models(results, bench_model, args, device)
+  if args.models:
+    bench_steps.run_models(results, bench_model, args, device)
   if args.score_topology:
     dims = tuple(config_lib.load_config(CONFIG).mrl.nesting_dims)
     results["score_memory"] = score_memory(dims, args)
