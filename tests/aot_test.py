@@ -42,3 +42,13 @@ def test_example_spec_follows_the_preprocessing(config_module):
   # Progressive resizing 32 -> 64 in smoke: the largest size (memory peak).
   assert spec["image"].shape == (64, 64, 3)
   assert spec["label"].shape == () and spec["label"].dtype.kind == "i"
+
+
+def test_example_spec_of_the_align_config_needs_no_data(config_module):
+  """configs/align_vit_b16_bert.py names a dataset that need not exist:
+  the shapes come from its preprocess strings alone."""
+  spec = aot.example_spec(config_module("align_vit_b16_bert").get_config())
+  assert spec["image"].shape == (224, 224, 3)
+  assert spec["image"].dtype.kind == "f"
+  assert spec["input_ids"].shape == spec["input_mask"].shape == (64,)
+  assert spec["label"].shape == ()

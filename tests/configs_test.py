@@ -28,7 +28,8 @@ JFT_CLASSES = 1000
 
 def test_all_configs_are_tested():
   assert {"default", "image_folder", "resnet50_imagenet", "vit_b16_imagenet",
-          "vit_b16_jft", "text_mlm", "bert_base_mlm"} <= set(CONFIGS)
+          "vit_b16_jft", "text_mlm", "bert_base_mlm",
+          "align_openclipart", "align_vit_b16_bert"} <= set(CONFIGS)
 
 
 @pytest.mark.parametrize("arg", [None, "smoke", "head=mrl_e", "smoke,head=ff"])
@@ -58,6 +59,7 @@ def test_config_validates(name, arg, config_module, image_tree):
     ("vit_b16_imagenet", (12, 24, 48, 96, 192, 384, 768)),
     ("vit_b16_jft", (12, 24, 48, 96, 192, 384, 768)),
     ("bert_base_mlm", (12, 24, 48, 96, 192, 384, 768)),
+    ("align_vit_b16_bert", (12, 24, 48, 96, 192, 384, 768)),
 ])
 def test_paper_nesting(name, dims, config_module):
   assert train.setup(config_module(name).get_config()).nesting_dims == dims
@@ -183,6 +185,33 @@ def test_bert_base_mlm_recipe(config_module):
   assert (ff.nesting_dims, ff.model.head_type) == ((768,), "ff")
   assert train.setup(config_module("bert_base_mlm").get_config(
       "head=ff,ff_dim=96")).nesting_dims == (96,)
+
+
+def test_align_vit_b16_bert_recipe(config_module):
+  """ALIGN-MRL (paper section 4.2, App. C): ViT-B/16 + BERT-Base ([CLS])
+  at d = 768, batch 4096 for 1M steps, Adafactor linear decay from 1e-3,
+  ALIGN's softmax with one temperature at 1.0 and label smoothing 0.1."""
+  module = config_module("align_vit_b16_bert")
+  config = module.get_config()
+  s = train.setup(config)
+  opt, towers = config.optimizer, s.model.towers
+  assert (config.task, config.data.name) == ("contrastive", "coco_captions")
+  assert (config.model.name, config.text_model.name) == ("vit_b16",
+                                                         "bert_base")
+  assert (towers.text_tower.hidden, towers.text_tower.pool,
+          towers.embed_dim) == (768, "cls", 768)
+  assert s.relative_importance == (1.0,) * 7
+  assert (config.total_steps, config.batch_size) == (1_000_000, 4096)
+  assert (opt.name, opt.learning_rate, opt.schedule, opt.factored,
+          opt.momentum) == ("adafactor", 1e-3, "linear", True, None)
+  assert (s.model.kind, s.model.num_temperatures) == ("softmax", None)
+  assert config.contrastive.label_smoothing == 0.1
+  assert s.model.nesting_dims == (12, 24, 48, 96, 192, 384, 768)
+  ff = train.setup(module.get_config("head=ff"))
+  assert ff.model.nesting_dims == (768,)
+  sigmoid = train.setup(module.get_config("loss=sigmoid,dataset=my_pairs"))
+  assert sigmoid.model.kind == "sigmoid"
+  assert sigmoid.config.data.name == "my_pairs"
 
 
 def _check_summary(workdir, config):

@@ -1,9 +1,10 @@
-"""What both benchmarks share: the real train step on synthetic data.
+"""What the train-step benchmarks share: the real train step on synthetic data.
 
 Imported by the scripts in this directory (run as
 `python experiments/bench/<script>.py`, which puts this directory on the path).
 """
 from collections.abc import Callable
+import dataclasses
 import functools
 import time
 from typing import Any
@@ -12,8 +13,10 @@ import jax
 import ml_collections
 import optax
 
+from mrl_jax import aot
 from mrl_jax import atomic_files
 from mrl_jax import optim
+from mrl_jax import train
 from mrl_jax import train_step as step_lib
 from mrl_jax.models import classifier
 from mrl_jax.models import registry
@@ -88,6 +91,52 @@ def compile_step(model_name: str, head_type: str, dtype: Any,
   return {"step": compiled, "state": state, "head": head,
           "embedding_dim": backbone.embedding_dim,
           "compile_s": time.perf_counter() - start, "lowered": lowered}
+
+
+@dataclasses.dataclass
+class TrainerVariant:
+  """One compiled trainer step (`train.jit_train_step`) and its live
+  (donated) state."""
+  nesting_dims: tuple[int, ...]
+  step: Callable[..., Any]
+  state: Any
+  batch: dict[str, jax.Array]
+  compile_s: float
+  flops_per_step: float
+  temp_bytes: int
+  cpu_s: list[float] = dataclasses.field(default_factory=list)
+
+  def timed_step(self) -> float:
+    """Runs one step to completion; returns its wall time in seconds and
+    records the process's CPU seconds in `cpu_s`."""
+    start, start_cpu = time.perf_counter(), time.process_time()
+    self.state, metrics = self.step(self.state, self.batch)
+    jax.block_until_ready((self.state, metrics))
+    self.cpu_s.append(time.process_time() - start_cpu)
+    return time.perf_counter() - start
+
+
+def trainer_variant(config: ml_collections.ConfigDict,
+                    make_batch: Callable[[Any, dict[str, Any]],
+                                         dict[str, jax.Array]]
+                    ) -> TrainerVariant:
+  """The trainer's own jitted step of `config` on the default device,
+  initialised and AOT-compiled, on the batch `make_batch(run_setup,
+  example_spec)` gives (synthetic, of `aot.example_spec`'s shapes)."""
+  run_setup = train.setup(config, [jax.devices()[0]])
+  tx = optim.build_optimizer(config.optimizer, 10, 1)
+  spec = aot.example_spec(config)
+  init, rng, target = train.abstract_train_state(run_setup, config, tx, spec)
+  shardings = jax.tree.map(lambda t: t.sharding, target)
+  state = jax.jit(init, out_shardings=shardings)(rng)
+  batch = make_batch(run_setup, spec)
+  step = train.jit_train_step(run_setup, tx, shardings, config.seed)
+  start = time.perf_counter()
+  compiled = step.lower(state, batch).compile()
+  compile_s = time.perf_counter() - start
+  return TrainerVariant(run_setup.nesting_dims, compiled, state, batch,
+                        compile_s, flops(compiled.cost_analysis()),
+                        compiled.memory_analysis().temp_size_in_bytes)
 
 
 def run_models(results: dict[str, Any],

@@ -36,21 +36,17 @@ fewer --rounds for a shorter run.
 Goal: nested / plain step time <= 1.05 for BERT-Base.
 """
 import argparse
-import dataclasses
 import os
 import statistics
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import ml_collections
 
-from mrl_jax import aot
 from mrl_jax import config_lib
-from mrl_jax import optim
-from mrl_jax import train
 from mrl_jax.mrl import mlm
 
 import bench_steps  # experiments/bench/bench_steps.py
@@ -104,51 +100,16 @@ def synthetic_batch(spec: dict[str, jax.ShapeDtypeStruct], batch: int,
   }
 
 
-@dataclasses.dataclass
-class Variant:
-  """One compiled train step and its live (donated) state."""
-  nesting_dims: tuple[int, ...]
-  step: Callable[..., Any]
-  state: Any
-  batch: dict[str, jax.Array]
-  compile_s: float
-  flops_per_step: float
-  temp_bytes: int
-  cpu_s: list[float] = dataclasses.field(default_factory=list)
-
-  def timed_step(self) -> float:
-    """Runs one step to completion; returns its wall time in seconds and
-    records the process's CPU seconds in `cpu_s`."""
-    start, start_cpu = time.perf_counter(), time.process_time()
-    self.state, metrics = self.step(self.state, self.batch)
-    jax.block_until_ready((self.state, metrics))
-    self.cpu_s.append(time.process_time() - start_cpu)
-    return time.perf_counter() - start
-
-
 def build_variant(model_name: str, head: str,
-                  args: argparse.Namespace) -> Variant:
+                  args: argparse.Namespace) -> bench_steps.TrainerVariant:
   """The trainer's jitted step of one head, initialised and compiled."""
   config = bench_config(model_name, head, args)
-  device = jax.devices()[0]
-  run_setup = train.setup(config, [device])
-  tx = optim.build_optimizer(config.optimizer, 10, 1)
-  spec = aot.example_spec(config)
-  init, rng, target = train.abstract_train_state(run_setup, config, tx, spec)
-  shardings = jax.tree.map(lambda t: t.sharding, target)
-  state = jax.jit(init, out_shardings=shardings)(rng)
-  batch = synthetic_batch(spec, config.batch_size,
-                          run_setup.model.encoder.vocab_size)
-  step = train.jit_train_step(run_setup, tx, shardings, config.seed)
-  start = time.perf_counter()
-  compiled = step.lower(state, batch).compile()
-  compile_s = time.perf_counter() - start
-  return Variant(run_setup.nesting_dims, compiled, state, batch, compile_s,
-                 bench_steps.flops(compiled.cost_analysis()),
-                 compiled.memory_analysis().temp_size_in_bytes)
+  return bench_steps.trainer_variant(
+      config, lambda run_setup, spec: synthetic_batch(
+          spec, config.batch_size, run_setup.model.encoder.vocab_size))
 
 
-def decoder_alone(variant: Variant, head: str,
+def decoder_alone(variant: bench_steps.TrainerVariant, head: str,
                   dims: tuple[int, ...] | None = None) -> dict[str, float]:
   """Median seconds (wall and process CPU) and XLA FLOPs of
   value_and_grad(decoder + nested MLM loss) on random states, at the
@@ -217,7 +178,7 @@ def bench_model(model_name: str, args: argparse.Namespace) -> dict[str, Any]:
           "decoder_per_dim": decoder_per_dim(variants)}
 
 
-def decoder_per_dim(variants: dict[str, Variant]) -> dict[str, Any]:
+def decoder_per_dim(variants: dict[str, bench_steps.TrainerVariant]) -> dict[str, Any]:
   """The tied decoder + loss alone at single dims (the smallest, middle and
   full nesting dim): how much of a dim's cost does not scale with m."""
   if "mrl_e" not in variants:

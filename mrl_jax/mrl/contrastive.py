@@ -250,7 +250,8 @@ def _reduce(per_row: tuple[jax.Array, ...], weights: Sequence[float],
   loss, hit, positive, negative = per_row
   total, per_dim = losses.weighted_nested_loss(loss, weights)
   batch = loss.shape[-1]
-  negative_mean = negative.sum(-1) / max(batch * (batch - 1), 1)
+  # A float: B (B - 1) passes int32 from B = 46,341 (ALIGN-scale batches).
+  negative_mean = negative.sum(-1) / float(max(batch * (batch - 1), 1))
   return total, {"loss": per_dim, "accuracy": hit.mean(-1),
                  "cosine_gap": positive.mean(-1) - negative_mean,
                  "temperature": 1.0 / scale}

@@ -96,3 +96,17 @@ def test_committed_reports_are_the_commands_run_reports_runs():
     topology = re.search(r"--topology=(\S+)", command).group(1)
     assert report["topology"] == topology, name
     assert f"_b{report['global_batch']}_" in name, name
+
+
+@needs_libtpu
+def test_aot_compiles_the_align_smoke_config_without_its_dataset(
+    tmp_path, config_module):
+  """configs/align_vit_b16_bert.py (two towers, Adafactor, the sharded
+  nested softmax) at smoke size on 4 chips; its TFDS dataset is absent."""
+  config = config_module("align_vit_b16_bert").get_config("smoke")
+  config.data.data_dir = str(tmp_path / "no_tfds")
+  report = aot.run(config, str(tmp_path), "v5e:2x2")
+  assert report["chips"] == 4 and report["fits"]
+  assert report["example_shapes"]["image"] == [32, 32, 3]
+  assert report["example_shapes"]["input_ids"] == [64]
+  assert not (tmp_path / "no_tfds").exists()

@@ -106,6 +106,40 @@ def test_mlm_step_reports_nested_over_plain(tmp_path):
       _assert_positive_finite(value, f"decoder_per_dim.{m}.{key}")
 
 
+def test_contrastive_step_reports_nested_over_plain(tmp_path):
+  """Tiny towers; the loss-alone compile on a 4-chip TPU slice when libtpu
+  is installed."""
+  out = tmp_path / "contrastive_step.json"
+  topology = "v5e:2x2" if importlib.util.find_spec("libtpu") else ""
+  returned = _load("contrastive_step").main([
+      "--models=vit_mu:bert_mu", "--batch=2", "--rounds=1",
+      f"--score_topology={topology}", "--score_batch=64", f"--out={out}"])
+  results = _read_json(out, returned)
+  res = results["models"]["vit_mu:bert_mu"]
+  # The config's nesting on d = 768 projections of both tiny towers.
+  assert res["variants"]["mrl"]["nesting_dims"] == [12, 24, 48, 96, 192,
+                                                    384, 768]
+  assert res["variants"]["ff"]["nesting_dims"] == [768]
+  for head, v in res["variants"].items():
+    assert len(v["step_s"]) == 1
+    for key in ("step_s_median", "step_cpu_s_median", "compile_s",
+                "xla_flops_per_step", "temp_bytes"):
+      _assert_positive_finite(v[key], f"{head}.{key}")
+  for key, value in res["ratios"]["mrl/ff"].items():
+    _assert_positive_finite(value, f"mrl/ff.{key}")
+  if topology:
+    scores = results["score_memory"]
+    assert (scores["chips"], scores["rows_per_chip"]) == (4, 16)
+    assert set(scores["forms"]) == {"nested", "unrolled", "plain"}
+    for form, mem in scores["forms"].items():
+      _assert_positive_finite(mem["argument_bytes"], f"{form}.arguments")
+
+
+def test_contrastive_step_rejects_a_model_without_its_pair():
+  with pytest.raises(SystemExit):
+    _load("contrastive_step").parse_args(["--models=vit_b16"])
+
+
 def test_mlm_step_rejects_heads_without_baseline():
   with pytest.raises(SystemExit):
     _load("mlm_step").parse_args(["--heads=mrl_e,mrl"])

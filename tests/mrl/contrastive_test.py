@@ -253,3 +253,12 @@ def test_one_dims_scores_alive_at_a_time(kind):
   stats = jax.jit(jax.grad(loss, argnums=(0, 1, 2, 3))).lower(
       x, x, s, s).compile().memory_analysis()
   assert stats.temp_size_in_bytes < len(dims) * b * b * 4
+
+
+def test_the_loss_traces_at_a_batch_whose_pair_count_passes_int32():
+  """B = 65,536: B (B - 1) negative pairs do not fit int32 (traced only)."""
+  z = jax.ShapeDtypeStruct((65536, 8), jnp.float32)
+  total, metrics = jax.eval_shape(
+      lambda a, b: contrastive.nested_contrastive_loss(
+          a, b, (4, 8), log_temperature=0.0), z, z)
+  assert total.shape == () and metrics["cosine_gap"].shape == (2,)
