@@ -32,9 +32,14 @@ float32 parameters and optimizer state, replicated over the 64 chips (pure
 data parallelism). ALIGN itself trained its towers (EfficientNet-L2 +
 BERT-Large) on 1.8B noisy alt-text pairs, which are not public.
 
-Data: a prepared TFDS image-text dataset given by name, whose raw examples
-are those of data/captioned_images.py (image, caption, input_ids [L] of a
-tokenizer stored with it, label, id); splits "train" and "validation".
+Data: any prepared TFDS image-caption dataset by name
+(data/tfds_image_text.py; field map `--config.data.image_text.image_key`,
+`caption_key` (default COCO's "captions/text"), `label_key`), copied once
+with its tokenized captions next to it; splits "train" and "val" (COCO's
+Karpathy names; `--config.data.eval_split=` for others).
+The text tower's vocabulary is BERT's: pass its WordPiece file with
+`--config.data.image_text.tokenizer_path=/path/to/vocab.txt` (otherwise a
+30,522-piece sentencepiece tokenizer is trained on the train captions).
 `--mode=aot` reads no data: the example shapes come from the preprocess
 strings alone. Compiled for v4:4x4x4 (64 chips, experiments/aot/README.md)
 it fits with 24.6 GiB of the 32 free per chip, at 1.013x the towers' model
@@ -72,7 +77,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
                                   checkpoint_every_steps=10_000)
   config.task = "contrastive"
   config.data = config_lib.data_section(
-      arg.dataset, num_classes=None, eval_split="validation", cache=False,
+      arg.dataset, num_classes=None, eval_split="val", cache=False,
       shuffle_buffer=50_000, **preprocess(IMAGE),
       image_text=image_text.section(seq_len=TEXT_LEN, vocab_size=VOCAB))
   config.model = config_lib.model_section("vit_b16", "bfloat16")

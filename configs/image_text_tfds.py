@@ -18,8 +18,9 @@ Arguments (comma-separated): `name=`, `data_dir=`, the field map
 feature or a sequence of them, whose first caption is used), `label_key=`
 (an integer class feature; a ClassLabel's names give zero-shot evaluation,
 which is skipped without one), `id_key=`; `train_split=` (default train),
-`eval_split=` (default val); `tokenizer=<a sentencepiece .model>` (default:
-one trained on the train split's captions, `vocab=` pieces, default 8192),
+`eval_split=` (default val); `tokenizer=<a sentencepiece .model or a BERT
+vocab.txt>` (default: one trained on the train split's captions, `vocab=`
+pieces, default 8192),
 `seq_len=` (caption tokens, default 32); and configs/align_openclipart.py's
 `smoke`, `head=mrl|ff`, `loss=softmax|sigmoid`, `per_dim_temperature`,
 `steps=`. With `tokenizer=`, `vocab=` must be its vocabulary size.
