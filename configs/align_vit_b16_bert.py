@@ -104,7 +104,7 @@ def _smoke(config: ml_collections.ConfigDict) -> None:
   config_lib.apply_smoke(config, total_steps=6, batch_size=32,
                          eval_batch_size=64, every_steps=3,
                          train_split="train[:512]",
-                         eval_split="validation[:128]", shuffle_buffer=512,
+                         eval_split="val[:128]", shuffle_buffer=512,
                          **preprocess(32))
   config.model.name = "vit_mu"
   config.text_model.name = "bert_mu"

@@ -6,6 +6,8 @@ Imported by the scripts in this directory (run as
 from collections.abc import Callable
 import dataclasses
 import functools
+import os
+import platform
 import time
 from typing import Any
 
@@ -22,6 +24,28 @@ from mrl_jax.models import classifier
 from mrl_jax.models import registry
 from mrl_jax.mrl import heads
 from mrl_jax.mrl import losses
+
+def cpu_model() -> str:
+  """The CPU's marketing name on Linux, else the architecture."""
+  try:
+    with open("/proc/cpuinfo") as f:
+      for line in f:
+        if line.startswith("model name"):
+          return line.split(":", 1)[1].strip()
+  except OSError:
+    pass
+  return platform.machine()
+
+
+def results_header(device: Any, **fields: Any) -> dict[str, Any]:
+  """The machine, the load at the start and the run's settings (`fields`),
+  which every step benchmark's results begin with; "models" is filled by
+  `run_models`."""
+  return {"device": f"{device.platform}:{device.device_kind}",
+          "processor": cpu_model(), "cpu_count": os.cpu_count(),
+          "jax": jax.__version__, **fields,
+          "loadavg_start": os.getloadavg(), "models": {}}
+
 
 NUM_CLASSES = 1000
 LABEL_SMOOTHING = 0.1

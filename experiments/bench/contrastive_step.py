@@ -232,12 +232,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
   """Runs the benchmark; prints the table, writes --out, returns results."""
   args = parse_args(argv)
   device = jax.devices()[0]
-  results: dict[str, Any] = {
-      "device": f"{device.platform}:{device.device_kind}",
-      "processor": mrl_overhead.cpu_model(),
-      "cpu_count": os.cpu_count(), "jax": jax.__version__,
-      "batch": args.batch, "dtype": args.dtype, "rounds": args.rounds,
-      "loadavg_start": os.getloadavg(), "models": {}}
+  results = bench_steps.results_header(
+      device, batch=args.batch, dtype=args.dtype, rounds=args.rounds)
   if args.models:
     bench_steps.run_models(results, bench_model, args, device)
   if args.score_topology:

@@ -44,7 +44,7 @@ import tensorflow as tf
 from mrl_jax import atomic_files
 from mrl_jax.data import preprocess
 
-from mrl_overhead import cpu_model  # experiments/bench/mrl_overhead.py
+from bench_steps import cpu_model  # experiments/bench/bench_steps.py
 
 MEAN = np.array([0.485, 0.456, 0.406], np.float32) * 255
 STD = np.array([0.229, 0.224, 0.225], np.float32) * 255

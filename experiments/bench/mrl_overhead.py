@@ -42,7 +42,6 @@ Record results with the machine and its load (the JSON holds both).
 import argparse
 import dataclasses
 import os
-import platform
 import statistics
 import time
 from collections.abc import Callable, Sequence
@@ -227,18 +226,6 @@ def print_table(results: dict[str, Any]) -> None:
             f"(6 x MACs); vs FF: {adds}")
 
 
-def cpu_model() -> str:
-  """The CPU's marketing name on Linux, else the architecture."""
-  try:
-    with open("/proc/cpuinfo") as f:
-      for line in f:
-        if line.startswith("model name"):
-          return line.split(":", 1)[1].strip()
-  except OSError:
-    pass
-  return platform.machine()
-
-
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
   """Flags (argparse, so `main` can be called in-process by tests)."""
   parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -264,13 +251,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
   """Runs the benchmark; prints the table, writes --out, returns results."""
   args = parse_args(argv)
   device = jax.devices()[0]
-  results: dict[str, Any] = {
-      "device": f"{device.platform}:{device.device_kind}",
-      "processor": cpu_model(),
-      "cpu_count": os.cpu_count(), "jax": jax.__version__,
-      "batch": args.batch, "image_size": args.image_size,
-      "rounds": args.rounds, "num_classes": bench_steps.NUM_CLASSES,
-      "loadavg_start": os.getloadavg(), "models": {}}
+  results = bench_steps.results_header(
+      device, batch=args.batch, image_size=args.image_size,
+      rounds=args.rounds, num_classes=bench_steps.NUM_CLASSES)
   bench_steps.run_models(results, bench_model, args, device)
   results["loadavg_end"] = os.getloadavg()
   return bench_steps.report(results, print_table, args.out)
