@@ -266,7 +266,8 @@ def _run_eval(config, run_setup: Setup, eval_step, state,
   source = pipeline.open_source(data_cfg, data_cfg.eval_split)
   batches = pipeline.eval_batches(data_cfg, source, config.eval_batch_size,
                                   sharding.batch_sharding(run_setup.mesh))
-  return run_setup.task.evaluate(run_setup, eval_step, state, batches)
+  return run_setup.task.evaluate(run_setup, eval_step, state, batches,
+                                 source)
 
 
 def _finish(config, run_setup: Setup, eval_step, state, workdir: str,

@@ -207,7 +207,9 @@ def extra_eval_sets(cfg: ml_collections.ConfigDict
 
   Each entry is {"name": TFDS name, "split": split, "class_subset": a key of
   evaluators/class_subsets.SUBSETS or None}; the other fields (data_dir,
-  eval_preprocess, ...) are config.data's.
+  eval_preprocess, ...) are config.data's unless the entry sets them (None
+  removes one: `"image_text": None` reads an image-only set next to
+  image-text data).
   """
   out = {}
   for label, entry in (cfg.get("extra_eval_sets") or {}).items():
@@ -221,6 +223,14 @@ def extra_eval_sets(cfg: ml_collections.ConfigDict
       del sub["extra_eval_sets"]
       sub.name, sub.eval_split = entry.name, entry.split
       sub.class_subset = entry.get("class_subset")
+      for key, value in entry.items():
+        if key in ("name", "split", "class_subset"):
+          continue
+        if value is None:
+          if key in sub:
+            del sub[key]
+        else:
+          sub[key] = value
     out[label] = sub
   return out
 

@@ -342,6 +342,14 @@ def pad_and_random_crop(pad: int) -> Op:
 
 
 @register
+def gray_to_rgb() -> Op:
+  """[H, W, 1] -> [H, W, 3], the gray level in every channel (an RGB model
+  scoring a grayscale set, e.g. a two-tower model on Fashion-MNIST)."""
+  return _map(lambda image: tf.image.grayscale_to_rgb(image)
+              if image.shape[-1] == 1 else image)
+
+
+@register
 def value_range(vmin: float, vmax: float) -> Op:
   """[H, W, C] in 0..255 (uint8 or float) -> float32 in [vmin, vmax]."""
   scale = (vmax - vmin) / 255.0

@@ -73,9 +73,10 @@ class Task(Protocol):
     """step(state, batch) -> per-dim sums over the batch's real rows."""
 
   def evaluate(self, run_setup: Any, eval_step: Any, state: Any,
-               batches: Any) -> dict[str, Any]:
-    """Runs the eval step over the batches -> the eval summary
-    (eval_summary.json), with "task" and "step"."""
+               batches: Any, source: Any) -> dict[str, Any]:
+    """Runs the eval step over the batches of `source` (its class names
+    name the classes) -> the eval summary (eval_summary.json), with "task"
+    and "step"."""
 
   def as_scalars(self, summary: dict[str, Any],
                  split: str) -> dict[str, float]:

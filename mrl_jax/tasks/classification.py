@@ -71,7 +71,8 @@ class Classification:
         run_setup.model, run_setup.loss_fn, run_setup.relative_importance)
 
   def evaluate(self, run_setup: Any, eval_step: Any, state: Any,
-               batches: Any) -> dict[str, Any]:
+               batches: Any, source: Any) -> dict[str, Any]:
+    del source  # the heads know the classes
     return evaluator.evaluate(eval_step, state, batches,
                               run_setup.nesting_dims)
 

@@ -186,29 +186,39 @@ class Contrastive:
     model = run_setup.model
 
     def eval_step(state, batch):
-      z_image, z_text, _ = _apply(
-          model, {"params": state.params, "batch_stats": state.batch_stats},
-          batch, False)
+      variables = {"params": state.params, "batch_stats": state.batch_stats}
+      if "input_ids" not in batch:  # an image-only set (zero-shot only)
+        z_image = model.apply(variables, batch["image"], train=False,
+                              method=model.encode_image)
+        return {"image": z_image, "label": batch["label"],
+                "mask": batch["mask"]}
+      z_image, z_text, _ = _apply(model, variables, batch, False)
       return {"image": z_image, "text": z_text, "label": batch["label"],
               "mask": batch["mask"]}
     return eval_step
 
   def evaluate(self, run_setup: Any, eval_step: Any, state: Any,
-               batches: Any) -> dict[str, Any]:
-    rows: dict[str, list[np.ndarray]] = {"image": [], "text": [], "label": []}
+               batches: Any, source: Any) -> dict[str, Any]:
+    """Image-text pairs: recall both ways, cosine span and zero-shot; an
+    image-only set (an extra eval set such as Fashion-MNIST): zero-shot
+    over its class names."""
+    rows: dict[str, list[np.ndarray]] = {}
     for batch in batches:
       out = jax.tree.map(np.asarray, eval_step(state, batch))
-      keep = out["mask"] > 0
-      for key in rows:
-        rows[key].append(out[key][keep])
-    images, texts, labels = (np.concatenate(rows[k]) for k in
-                             ("image", "text", "label"))
+      keep = out.pop("mask") > 0
+      for key, value in out.items():
+        rows.setdefault(key, []).append(value[keep])
+    images, labels = np.concatenate(rows["image"]), np.concatenate(
+        rows["label"])
     dims = eval_dims(run_setup.config)
     opts = run_setup.config.contrastive
-    flat = {**cross_modal.recall(images, texts, np.arange(len(texts)), dims,
-                                 ks=tuple(opts.recall_ks)),
-            **cross_modal.cosine_span(images, texts, dims)}
-    prompts = self._class_prompts(run_setup, state)
+    flat = {}
+    if "text" in rows:
+      texts = np.concatenate(rows["text"])
+      flat.update(cross_modal.recall(images, texts, np.arange(len(texts)),
+                                     dims, ks=tuple(opts.recall_ks)))
+      flat.update(cross_modal.cosine_span(images, texts, dims))
+    prompts = self._class_prompts(run_setup, state, source.class_names)
     if prompts is not None and (labels >= 0).any():
       labelled = labels >= 0
       flat.update(cross_modal.zero_shot(images[labelled], labels[labelled],
@@ -217,18 +227,18 @@ class Contrastive:
             "nesting": [int(d) for d in dims],
             "num_examples": len(images), **_nested(flat)}
 
-  def _class_prompts(self, run_setup: Any, state: Any) -> np.ndarray | None:
-    """Text embeddings [C, T, d] of the eval split's C class names in the T
-    templates of config.contrastive.prompts; None when the split has no
-    class names or no prompts are configured."""
+  def _class_prompts(self, run_setup: Any, state: Any,
+                     names: Any) -> np.ndarray | None:
+    """Text embeddings [C, T, d] of C class names in the T templates of
+    config.contrastive.prompts, tokenized as the captions are; None when
+    there are no class names or no prompts are configured."""
     config = run_setup.config
     templates = tuple(config.contrastive.get("prompts") or ())
-    source = pipeline.open_source(config.data, config.data.eval_split)
-    names = source.class_names
     if not templates or not names:
       return None
     texts = [t.format(n.replace("_", " ")) for n in names for t in templates]
-    ids, mask = image_text.load_tokenizer(source.builder).encode_padded(
+    captions = pipeline.open_source(config.data, config.data.eval_split)
+    ids, mask = image_text.load_tokenizer(captions.builder).encode_padded(
         texts, config.data.image_text.seq_len)
     z = np.asarray(_encode_prompts(
         run_setup.model, {"params": state.params,
@@ -250,6 +260,12 @@ class Contrastive:
     for dim in summary["nesting"]:
       lines.append(f"{dim:>6}  " + "  ".join(
           f"{summary[c][str(dim)]:>14.4f}" for c in columns))
+    for label, extra in summary.get("extra_eval", {}).items():
+      if "zero_shot/top1" in extra:
+        lines.append(f"zero-shot top-1 on {label} ({extra['num_examples']} "
+                     "images): " + ", ".join(
+                         f"{d}: {v:.4f}"
+                         for d, v in extra["zero_shot/top1"].items()))
     return "\n".join(lines)
 
   def forward_macs(self, model: nn.Module, variables: Any,

@@ -120,7 +120,8 @@ class MaskedLanguageModelling:
     return objective
 
   def evaluate(self, run_setup: Any, eval_step: Any, state: Any,
-               batches: Any) -> dict[str, Any]:
+               batches: Any, source: Any) -> dict[str, Any]:
+    del source  # the heads know the classes
     return evaluator.evaluate(eval_step, state, batches,
                               run_setup.nesting_dims)
 

@@ -40,6 +40,11 @@ def test_launcher_trains_and_reports_every_dim(reference):
     assert set(summary[name]) == {"8", "16", "32"}, name
     assert all(-1 <= v <= 1 for v in summary[name].values()), name
   assert "zero_shot/top1" in stdout and "Traceback" not in stderr
+  # Zero-shot on Fashion-MNIST's class names too (an image-only extra set).
+  fmnist = summary["extra_eval"]["fashion_mnist"]
+  assert fmnist["num_examples"] == 256
+  assert set(fmnist["zero_shot/top1"]) == {"8", "16", "32"}
+  assert "zero-shot top-1 on fashion_mnist (256 images)" in stdout
   assert os.path.exists(os.path.join(workdir, workdir_tokenizer.FILE))
 
 

@@ -94,3 +94,32 @@ def test_evaluation_reports_recall_and_span_per_dim(folder_config):
   if source.total_examples <= 10:
     assert set(summary["i2t/recall@10"].values()) == {1.0}
   assert "i2t/recall@1" in s.task.format_table(summary)
+
+
+def test_an_image_only_extra_set_is_scored_zero_shot(folder_config):
+  # Fashion-MNIST next to image-text data: its gray images made RGB, its ten
+  # class names put through the prompts, no captions (so no recall).
+  config = folder_config()
+  size = pipeline.example_spec(
+      config.data, pipeline.open_source(config.data,
+                                        config.data.train_split))["image"]
+  config.data.extra_eval_sets = {"fashion_mnist": {
+      "name": "fashion_mnist", "split": "test[:40]", "image_text": None,
+      "eval_preprocess": f"gray_to_rgb|resize({size.shape[0]})|"
+                         "value_range(-1, 1)|keep('image', 'label')"}}
+  data_cfg = pipeline.extra_eval_sets(config.data)["fashion_mnist"]
+  assert "image_text" not in data_cfg and "image_text" in config.data
+  s = train.setup(config)
+  tx = optim.build_optimizer(config.optimizer, 1, 1)
+  init, rng, target = train.abstract_train_state(
+      s, config, tx, pipeline.example_spec(
+          config.data, pipeline.open_source(config.data,
+                                            config.data.eval_split)))
+  shardings = jax.tree.map(lambda t: t.sharding, target)
+  state = jax.jit(init, out_shardings=shardings)(rng)
+  summary = train._run_eval(config, s, train._jit_eval_step(s, shardings),  # pylint: disable=protected-access
+                            state, data_cfg)
+  assert summary["num_examples"] == 40
+  assert set(summary["zero_shot/top1"]) == {"8", "16", "32"}
+  assert all(0 <= v <= 1 for v in summary["zero_shot/top1"].values())
+  assert "i2t/recall@1" not in summary and "cosine/span" not in summary
