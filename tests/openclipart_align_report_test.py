@@ -10,7 +10,8 @@ def test_tables_claims_and_plot(tmp_path):
   per_dim = lambda base: {str(d): base + d / 1000 for d in DIMS}
   write_summary(tmp_path, "mrl", "eval", {
       "step": 800, "i2t/recall@1": per_dim(0.05),
-      "zero_shot/top1": per_dim(0.1), "cosine/span": per_dim(0.4)})
+      "zero_shot/top1": per_dim(0.1), "cosine/span": per_dim(0.4),
+      "extra_eval": {"fashion_mnist": {"zero_shot/top1": per_dim(0.2)}}})
   write_summary(tmp_path, "mrl", "knn",
                 {f"knn/top1/d={d}": 0.3 for d in DIMS})
   write_summary(tmp_path, "ff", "eval", {
@@ -23,6 +24,8 @@ def test_tables_claims_and_plot(tmp_path):
   assert r["metrics"]["knn/top1"] == {"mrl": {d: 0.3 for d in DIMS},
                                       "ff": {d: 0.2 for d in DIMS}}
   assert r["metrics"]["t2i/recall@1"] == {"mrl": {}, "ff": {}}
+  assert r["metrics"][report.FMNIST] == {"mrl": {d: 0.2 + d / 1000
+                                                 for d in DIMS}, "ff": {}}
   text = report.markdown(r)
   assert "1-NN above the plain model's: holds (MRL - plain = +10.00)" in text
   assert "zero-shot top-1 above the plain model's: holds (MRL - plain = " \

@@ -4,7 +4,8 @@ the paper's claim checks and plots (reproduce.sh runs it last).
   .venv/bin/python experiments/openclipart_align/report.py \
       --root=workdirs/openclipart_align --out=experiments/openclipart_align
 
-Reads ROOT/mrl/{eval,knn}_summary.json (nested loss on both towers) and
+Reads ROOT/mrl/{eval,knn}_summary.json (the eval's extra_eval holds the
+zero-shot on Fashion-MNIST) (nested loss on both towers) and
 ROOT/ff/{eval,baselines}_summary.json (the plain two-tower model, scored at
 its first m dims: the paper's baseline); anything missing is reported as missing (never
 guessed). Writes OUT/results.md, OUT/results.json and OUT/align_vs_dim.png.
@@ -22,12 +23,14 @@ import matplotlib.pyplot as plt  # pylint: disable=wrong-import-position
 FLAGS = flags.FLAGS
 
 MODELS = {"mrl": "MRL", "ff": "plain, first m dims"}
+FMNIST = "fashion_mnist/zero_shot/top1"  # eval_summary.json's extra_eval
 # eval_summary.json metrics (per dim), then the image tower's 1-NN.
 METRICS = {"i2t/recall@1": "image->text Recall@1",
            "i2t/recall@5": "image->text Recall@5",
            "t2i/recall@1": "text->image Recall@1",
            "t2i/recall@5": "text->image Recall@5",
            "zero_shot/top1": "zero-shot top-1, 22 categories",
+           FMNIST: "zero-shot top-1 on Fashion-MNIST, 10 classes",
            "cosine/span": "cosine span (matching - random pairs)",
            "knn/top1": "image tower 1-NN top-1, 22 categories"}
 PERCENT = {m for m in METRICS if m != "cosine/span"}
@@ -55,9 +58,11 @@ def collect(root: str) -> dict[str, Any]:
   for name in MODELS:
     ev = _load(root, name, "eval")
     steps[name] = ev.get("step")
+    extra = ev.get("extra_eval", {}).get("fashion_mnist", {})
     for metric in METRICS:
-      metrics[metric][name] = {int(d): v for d, v in ev.get(metric,
-                                                           {}).items()}
+      table = (extra.get("zero_shot/top1", {}) if metric == FMNIST
+               else ev.get(metric, {}))
+      metrics[metric][name] = {int(d): v for d, v in table.items()}
   # The flat 1-NN summaries: "knn/top1/d=8", "truncate/knn_top1/d=8".
   for name, kind, prefix in (("mrl", "knn", "knn/top1/d="),
                              ("ff", "baselines", "truncate/knn_top1/d=")):
@@ -128,8 +133,8 @@ def markdown(r: dict[str, Any]) -> str:
 def plot(r: dict[str, Any], out_dir: str) -> None:
   """One panel per metric: MRL vs the plain model's first m dims."""
   dims = dims_of(r)
-  panels = ("i2t/recall@1", "t2i/recall@1", "zero_shot/top1", "knn/top1",
-            "cosine/span")
+  panels = ("i2t/recall@1", "t2i/recall@1", "zero_shot/top1", FMNIST,
+            "knn/top1", "cosine/span")
   fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 3.4))
   for ax, metric in zip(axes, panels):
     for name, label in MODELS.items():
