@@ -66,8 +66,8 @@ MODES: dict[str, Mode] = {
     "pairs": Mode("mrl_jax.embedding_eval:pairs", "pairs_summary.json",
                   _METRICS, "1-NN and linear probe on the 100-class task of "
                   "ordered pairs of eval-split classes, on the exports"),
-    "export_encoder": Mode("mrl_jax.export.encoder:export_encoder", "encoder/",
-                           "mrl_jax.modes:format_encoder",
+    "export_encoder": Mode("mrl_jax.export.encoder_writer:export_encoder",
+                           "encoder/", "mrl_jax.modes:format_encoder",
                            "write the bundle mrl_jax.load_encoder reads"),
     "aot": Mode("mrl_jax.aot:run", "aot_report.json",
                 "mrl_jax.aot:format_report",

@@ -17,7 +17,7 @@ from mrl_jax.data import text_sources
 from mrl_jax.data import tokenizer as tok
 from mrl_jax.export import embedding_files
 from mrl_jax.export import embedding_writer
-from mrl_jax.export import encoder
+from mrl_jax.export import encoder_writer
 from mrl_jax.export import task_inputs
 from mrl_jax import sharding
 
@@ -165,7 +165,7 @@ def test_mlm_export_refuses_logits_and_views(field, value, match,
 
 
 @pytest.mark.parametrize("export", [embedding_writer.export_embeddings,
-                                    encoder.export_encoder])
+                                    encoder_writer.export_encoder])
 def test_mlm_export_without_the_workdirs_tokenizer_says_where_it_is(
     tmp_path, config_module, export):
   config = config_module("text_mlm").get_config("smoke")
@@ -219,7 +219,7 @@ def test_export_of_a_task_without_export_inputs_is_one_line_error(
     tmp_path, config_module):
   config = config_module("default").get_config("smoke")
   config.task = "segmentation"
-  for export in (embedding_writer.export_embeddings, encoder.export_encoder):
+  for export in (embedding_writer.export_embeddings, encoder_writer.export_encoder):
     with pytest.raises(ValueError, match="config.task='segmentation': "
                        "--mode=export and --mode=export_encoder support"):
       export(config, str(tmp_path))
@@ -260,7 +260,7 @@ def test_two_tower_bundle_without_the_workdirs_tokenizer_says_where_it_is(
                      "the tokenizer this workdir's model was trained with; "
                      r"copy it there \(it is the tokenizer.model stored with "
                      r"the prepared openclipart dataset\)"):
-    encoder.export_encoder(config, str(tmp_path))
+    encoder_writer.export_encoder(config, str(tmp_path))
   assert os.listdir(tmp_path) == []
 
 

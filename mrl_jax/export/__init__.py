@@ -8,7 +8,8 @@
                        image-text pairs through a two-tower model's towers
   embedding_files.py   export paths and readers, numpy and json only (no
                        TensorFlow, no Flax): what evaluators and users import
-  encoder.py           --mode=export_encoder bundles and `load_encoder`
+  encoder.py           encoder bundles: layout and `load_encoder`
+  encoder_writer.py    --mode=export_encoder (writes a bundle)
 
 This file imports nothing, so `mrl_jax.export.embedding_files` stays light.
 """

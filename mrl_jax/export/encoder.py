@@ -1,4 +1,5 @@
-"""Self-contained encoder bundles: `--mode=export_encoder` and `load_encoder`.
+"""Self-contained encoder bundles: the layout and `load_encoder` (the writer,
+`--mode=export_encoder`, is export/encoder_writer.py).
 
 A bundle is what a downstream team needs to embed images (or, from an mlm
 workdir, texts; from a contrastive one, both) at any nesting dim, without
@@ -23,10 +24,8 @@ and DIR/encoder/image/ and DIR/encoder/text/ are an image and a text bundle
 as above whose encoder.json adds "projection": d (the tower is followed by
 its Dense to the shared width d; params {"tower", "projection"}).
 
-A new bundle is written to DIR/encoder.new and swapped in by renames once it
-is complete, so a killed export leaves the previous bundle in place (between
-the two renames it is DIR/encoder.old, which the next export puts back).
-`load_encoder` checks encoder.json against the params before using them.
+encoder_writer.py writes a new bundle beside the old one and swaps it in
+whole. `load_encoder` checks encoder.json against the params before using them.
 
     encoder = mrl_jax.load_encoder("DIR/encoder")
     z = encoder(images, dim=64)   # [B, 64], L2-normalised prefix
@@ -48,17 +47,13 @@ import functools
 import hashlib
 import json
 import os
-import shutil
 from typing import Any
 
-from absl import logging
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 
-from mrl_jax import atomic_files
 from mrl_jax import errors
 from mrl_jax.data import tokenizer as tok
 from mrl_jax.models import bert
@@ -68,74 +63,6 @@ from mrl_jax.models import registry
 
 FORMAT_VERSION = 1
 _EPS = 1e-12  # torch.nn.functional.normalize's epsilon, as the official code
-
-
-def _tidy(out: str) -> None:
-  """Undoes what a killed export left: puts a previous bundle caught between
-  the swap's renames back, and removes an unfinished new one."""
-  if not os.path.exists(out) and os.path.exists(f"{out}.old"):
-    logging.info("restoring the previous bundle %s.old", out)
-    os.rename(f"{out}.old", out)
-  for leftover in (f"{out}.new", f"{out}.old"):
-    if os.path.exists(leftover):
-      shutil.rmtree(leftover)
-
-
-def _swap_in(new: str, out: str) -> None:
-  """Replaces the bundle `out` by the complete bundle `new`."""
-  try:
-    if os.path.exists(out):
-      os.rename(out, f"{out}.old")
-    os.rename(new, out)
-    shutil.rmtree(f"{out}.old", ignore_errors=True)
-  except OSError as e:
-    raise errors.RunError(f"could not move the new bundle {new} to {out} "
-                          f"({e.strerror}); the previous one, if any, is "
-                          f"{out} or {out}.old") from e
-
-
-def export_encoder(config: ml_collections.ConfigDict, workdir: str) -> str:
-  """Writes the latest checkpoint's encoder (backbone, the mlm task's BERT
-  without the MLM head, or both towers of a two-tower model, each with its
-  projection) as a bundle in DIR/encoder.
-
-  Returns:
-    the bundle directory (replaced, once the new bundle is complete, if it
-    exists).
-  """
-  # pylint: disable=import-outside-toplevel
-  from jax.experimental import multihost_utils
-  from mrl_jax import train  # training code is only needed to export
-  from mrl_jax.export import task_inputs
-  inputs = task_inputs.get(config, workdir)
-  parts = inputs.bundle()
-  run_setup, state, _ = train.restore_latest(config, workdir)
-  variables = inputs.encoder_variables(state)
-  out = os.path.join(os.path.abspath(workdir), "encoder")
-  new = f"{out}.new"
-  if jax.process_index() == 0:
-    _tidy(out)
-  multihost_utils.sync_global_devices("export_encoder: tidied")
-  ckpt = ocp.StandardCheckpointer()
-  for folder, tree in variables.items():
-    ckpt.save(os.path.join(new, folder, "params"), tree)
-  ckpt.wait_until_finished()
-  provenance = {
-      "format_version": FORMAT_VERSION,
-      "embedding_dim": inputs.encoder(run_setup.model).embedding_dim,
-      "nesting": list(run_setup.nesting_dims), "head": config.mrl.head,
-      "step": int(state.step), "dataset": config.data.name,
-  }
-  if jax.process_index() == 0:
-    for folder, (fields, files) in parts.items():
-      for name, contents in files.items():
-        atomic_files.write_bytes(os.path.join(new, folder, name), contents)
-      atomic_files.write_json(
-          os.path.join(new, folder, "encoder.json"),
-          {**provenance, **fields, "config": json.loads(config.to_json())})
-    _swap_in(new, out)
-  multihost_utils.sync_global_devices("export_encoder: swapped")
-  return out
 
 
 def _features(module, variables: dict[str, Any],

@@ -47,7 +47,6 @@ from typing import Any, Literal, NamedTuple
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import optax
 
 from mrl_jax.mrl import losses
 from mrl_jax.mrl import nesting as nesting_lib

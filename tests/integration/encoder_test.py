@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 import mrl_jax
-from mrl_jax.export import encoder as encoder_lib
+from mrl_jax.export import encoder_writer
 from mrl_jax import train
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(
@@ -234,7 +234,7 @@ def test_tidy_puts_back_a_bundle_caught_between_renames(tmp_path):
   (tmp_path / "encoder.old").mkdir()
   (tmp_path / "encoder.old" / "encoder.json").write_text("{}")
   (tmp_path / "encoder.new").mkdir()  # complete or not: it is redone
-  encoder_lib._tidy(str(out))  # pylint: disable=protected-access
+  encoder_writer._tidy(str(out))  # pylint: disable=protected-access
   assert sorted(os.listdir(tmp_path)) == ["encoder"]
   assert (out / "encoder.json").read_text() == "{}"
 
