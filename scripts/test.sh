@@ -8,4 +8,4 @@ bash scripts/setup.sh
 # --dist loadfile keeps a file's tests, and so its module fixtures, on one
 # worker.
 workers=$(nproc); workers=$(( workers > 4 ? 4 : workers ))
-exec .venv/bin/python -m pytest -n "$workers" --dist loadfile tests "$@"
+exec .venv/bin/python -m pytest -n "$workers" --dist loadfile --durations=25 tests "$@"
