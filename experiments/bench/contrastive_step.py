@@ -27,7 +27,9 @@ compiled for `--score_topology` (libtpu's compile-only devices, as
 forms: `nested` (`sharded_nested_contrastive_loss` over the 7 dims: one
 dim's blocks alive at a time), `unrolled` (the sum of 7 one-dim calls, each
 its own custom VJP: XLA may keep every dim's blocks at once) and `plain`
-(the 768 dim alone). Reported: the compiled temporaries per chip. Empty
+(the largest dim alone); `--score_nesting` replaces the config's dims (a
+smaller d separates what scales with d from what scales with the blocks).
+Reported: the compiled temporaries per chip. Empty
 --score_topology skips this part (it needs libtpu, `pip install '.[aot]'`);
 empty --models skips the step part.
 
@@ -35,6 +37,7 @@ Goal: nested / plain step <= 1.03.
 """
 import argparse
 import os
+import re
 import statistics
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -218,10 +221,17 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
   parser.add_argument("--score_topology", default="v4:4x4x4",
                       help="TPU slice of the loss-alone compile; empty: skip")
   parser.add_argument("--score_batch", type=int, default=65536)
+  parser.add_argument("--score_nesting", default="",
+                      help="comma-separated nesting dims of the loss-alone "
+                      "compile (d = the last); empty: the config's")
   parser.add_argument("--out", default=None, help="JSON results path")
   args = parser.parse_args(argv)
   if min(args.rounds, args.batch, args.score_batch) < 1:
     parser.error("--rounds, --batch and --score_batch must be positive")
+  if args.score_nesting and not re.fullmatch(r"\d+(,\d+)*",
+                                              args.score_nesting):
+    parser.error(f"--score_nesting={args.score_nesting}: write increasing "
+                 "dims, e.g. 12,24,48,96")
   if args.models and any(m.count(":") != 1 for m in args.models.split(",")):
     parser.error(f"--models={args.models}: write image:text pairs, e.g. "
                  "vit_b16:bert_base")
@@ -237,7 +247,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
   if args.models:
     bench_steps.run_models(results, bench_model, args, device)
   if args.score_topology:
-    dims = tuple(config_lib.load_config(CONFIG).mrl.nesting_dims)
+    dims = (tuple(int(m) for m in args.score_nesting.split(","))
+            if args.score_nesting
+            else tuple(config_lib.load_config(CONFIG).mrl.nesting_dims))
     results["score_memory"] = score_memory(dims, args)
   results["loadavg_end"] = os.getloadavg()
   return bench_steps.report(results, print_table, args.out)

@@ -113,7 +113,8 @@ def test_contrastive_step_reports_nested_over_plain(tmp_path):
   topology = "v5e:2x2" if importlib.util.find_spec("libtpu") else ""
   returned = _load("contrastive_step").main([
       "--models=vit_mu:bert_mu", "--batch=2", "--rounds=1",
-      f"--score_topology={topology}", "--score_batch=64", f"--out={out}"])
+      f"--score_topology={topology}", "--score_batch=64",
+      "--score_nesting=8,16", f"--out={out}"])
   results = _read_json(out, returned)
   res = results["models"]["vit_mu:bert_mu"]
   # The config's nesting on d = 768 projections of both tiny towers.
@@ -130,6 +131,7 @@ def test_contrastive_step_reports_nested_over_plain(tmp_path):
   if topology:
     scores = results["score_memory"]
     assert (scores["chips"], scores["rows_per_chip"]) == (4, 16)
+    assert (scores["nesting_dims"], scores["embed_dim"]) == ([8, 16], 16)
     assert set(scores["forms"]) == {"nested", "unrolled", "plain"}
     for form, mem in scores["forms"].items():
       _assert_positive_finite(mem["argument_bytes"], f"{form}.arguments")
@@ -138,6 +140,11 @@ def test_contrastive_step_reports_nested_over_plain(tmp_path):
 def test_contrastive_step_rejects_a_model_without_its_pair():
   with pytest.raises(SystemExit):
     _load("contrastive_step").parse_args(["--models=vit_b16"])
+
+
+def test_contrastive_step_rejects_unparsable_score_nesting():
+  with pytest.raises(SystemExit):
+    _load("contrastive_step").parse_args(["--score_nesting=12;24"])
 
 
 def test_mlm_step_rejects_heads_without_baseline():
