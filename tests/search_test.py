@@ -114,6 +114,13 @@ def test_equal_scores_go_to_the_lower_id():
   _assert_equal(search.search(index, INT_Q, 16, 30, chunk_rows=4), want)
 
 
+def test_default_chunk_rows_are_the_cpu_values_on_cpu():
+  """The cache-sized CPU chunks; accelerators get their own (16384)."""
+  index = search.build_index(INT_DB, mesh=MESH1)
+  assert search.default_chunk_rows(index, 64) == 1024
+  assert search.default_chunk_rows(index, 65) == 8192
+
+
 @pytest.mark.parametrize("width", [1, 64])  # two passes; chunk prefilter
 def test_group_prefilter_keeps_ties_in_id_order(width):
   # 64 rows in 8 groups of 8 (k = 2). Group 1 holds the best score (id 9)

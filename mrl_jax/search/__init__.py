@@ -72,10 +72,12 @@ def search(index: PrefixIndex, queries: Any, dim: int, k: int, *,
     queries: [Q, d_q] with d_q >= dim; only [:, :dim] is read.
     dim: prefix length m, 1 <= m <= d (any m, not only block boundaries).
     k: neighbours per query, 1 <= k <= N (may exceed `chunk_rows`).
-    chunk_rows: database rows per device per matmul / top-k step; default
-      8192, or 1024 for prefixes of at most 64 dims (low-dim shortlists are
-      faster on CPU when the [Q, C] scores stay in cache; wide scans want
-      long matmuls).
+    chunk_rows: database rows per device per matmul / top-k step. Default
+      on CPU: 8192, or 1024 for prefixes of at most 64 dims (low-dim
+      shortlists are faster when the [Q, C] scores stay in cache; wide
+      scans want long matmuls); on GPU / TPU 16384 at any dim (long
+      matmuls, few top-k merges; experiments/bench/search_accel.py times
+      the alternatives).
     query_batch_size: queries per compiled call (bounds the [Q, C] score
       memory); default all at once. A host index re-streams the database
       once per batch, so give it large batches.
@@ -87,7 +89,7 @@ def search(index: PrefixIndex, queries: Any, dim: int, k: int, *,
   plan = make_plan(index, dim, queries)
   check_k(k, index.num_rows, "k")
   if chunk_rows is None:
-    chunk_rows = 1024 if dim <= 64 else 8192
+    chunk_rows = default_chunk_rows(index, dim)
   if chunk_rows < 1 or host_chunk_rows < 1:
     raise ValueError(f"chunk_rows={chunk_rows} and host_chunk_rows="
                      f"{host_chunk_rows} must be positive")
@@ -95,6 +97,14 @@ def search(index: PrefixIndex, queries: Any, dim: int, k: int, *,
   run = functools.partial(fn, index, plan=plan, k=k, chunk_rows=chunk_rows,
                           host_chunk_rows=host_chunk_rows)
   return in_query_batches(run, query_batch_size, queries)
+
+
+def default_chunk_rows(index: PrefixIndex, dim: int) -> int:
+  """`search`'s chunk size when none is given (see its docstring): the
+  CPU values were tuned on a 2-core CPU and are not the accelerators'."""
+  if index.mesh.devices.flat[0].platform != "cpu":
+    return 16384
+  return 1024 if dim <= 64 else 8192
 
 
 def rerank(index: PrefixIndex, queries: Any, candidate_ids: Any, dim: int,

@@ -118,3 +118,30 @@ def test_fit_measures_an_exports_variances(tmp_path):
   db = synthetic_db.generate(str(tmp_path / "db"), 200, 31, 4, 5,
                              variances=v, fitted_from=str(tmp_path))
   assert db["spec"]["variances"] == str(tmp_path)
+
+
+def test_search_accel_checks_the_engine_against_plain_top_k(tmp_path):
+  """The accelerator script on CPU at a tiny scale: every method timed,
+  engine_f32 equal to lax.top_k (the tie check passes), recall reported."""
+  out = tmp_path / "accel.json"
+  proc = subprocess.run(
+      [sys.executable, os.path.join(BENCH_DIR, "search_accel.py"),
+       "--rows=70000", "--dim=64", "--classes=20", "--batches=1,40",
+       "--shortlist_dims=8", "--shortlist_k=40", "--chunk_rows=default,4096",
+       "--plain_query_batch=16", "--repeats=1", f"--out={out}"],
+      capture_output=True, text=True, check=False, timeout=600)
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  with open(out) as f:
+    results = json.load(f)
+  assert results["device"].startswith("cpu") and results["rows"] == 70000
+  assert [r["batch"] for r in results["batches"]] == [1, 40]
+  for res in results["batches"]:
+    for key, value in res.items():
+      if key.endswith("_s"):
+        assert value > 0, key
+    for chunk in ("default", "4096"):
+      ties = res[f"engine_f32_chunk{chunk}_ties"]
+      assert ties["positions_beyond_tol"] == 0, ties
+      assert res[f"engine_f32_chunk{chunk}_recall"] == 1.0
+      assert 0.9 <= res[f"engine_bf16_chunk{chunk}_recall"] <= 1.0
+    assert 0.0 < res["adaptive_Ds8_recall"] <= 1.0
