@@ -114,6 +114,11 @@ def test_equal_scores_go_to_the_lower_id():
   _assert_equal(search.search(index, INT_Q, 16, 30, chunk_rows=4), want)
 
 
+def test_an_xla_option_this_jaxlib_lacks_is_dropped_not_fatal():
+  # pylint: disable-next=protected-access
+  assert not scan._xla_accepts((("xla_cpu_no_such_option", "1"),))
+
+
 def test_default_chunk_rows_are_the_cpu_values_on_cpu():
   """The cache-sized CPU chunks; accelerators get their own (16384)."""
   index = search.build_index(INT_DB, mesh=MESH1)

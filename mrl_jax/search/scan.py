@@ -34,10 +34,27 @@ def _scan_options(mesh: Mesh, plan: Plan) -> dict[str, str] | None:
   leave only the matmul to YNNPACK and the epilogue to XLA's own fusions
   (docs/design.md, "Search").
   """
-  if mesh.devices.flat[0].platform != "cpu" or not plan.whole:
+  if (mesh.devices.flat[0].platform != "cpu" or not plan.whole
+      or not _xla_accepts(_WIDE_SCAN_OPTIONS)):
     return None
-  return {"xla_cpu_experimental_ynn_fusion_type":
-          "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT"}
+  return dict(_WIDE_SCAN_OPTIONS)
+
+
+_WIDE_SCAN_OPTIONS = (("xla_cpu_experimental_ynn_fusion_type",
+                       "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT"),)
+
+
+@functools.cache
+def _xla_accepts(options: tuple[tuple[str, str], ...]) -> bool:
+  """Whether this jaxlib's XLA:CPU knows the options: an experimental flag
+  can vanish in an upgrade, which must cost speed, not every wide search."""
+  try:
+    x = jax.device_put(np.float32(0), jax.devices("cpu")[0])
+    jax.jit(lambda x: x + 1, compiler_options=dict(options)).lower(
+        x).compile()
+  except Exception:  # pylint: disable=broad-except  # XLA raises many kinds
+    return False
+  return True
 
 
 def _used(index: PrefixIndex, plan: Plan
