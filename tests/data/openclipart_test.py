@@ -15,6 +15,8 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
+from conftest import REPO
+from mrl_jax import config_lib
 from mrl_jax.data import captioned_images
 from mrl_jax.data import image_text
 from mrl_jax.data import openclipart
@@ -362,9 +364,13 @@ def test_pipeline_source_examples(svg_tree, tmp_path, monkeypatch):
 @pytest.mark.skipif(not openclipart.SVG_DIR.is_dir() or
                     shutil.which("rsvg-convert") is None,
                     reason="Debian openclipart-svg / librsvg2-bin missing")
-def test_real_package(tmp_path):
-  builder = openclipart.Openclipart(data_dir=tmp_path)
-  builder.download_and_prepare()
+def test_real_package():
+  # The dataset the launcher tests read (TFDS's data dir, prepared once
+  # under its lock by whichever comes first), not a second copy: preparing
+  # rasterises every drawing.
+  builder = image_text.open_image_text(config_lib.load_config(
+      f"{REPO}/configs/align_openclipart.py:smoke").data)
+  assert isinstance(builder, openclipart.Openclipart)
   splits = builder.info.splits
   assert sum(splits[s].num_examples for s in splits) > 3000
   assert splits["validation"].num_examples > 200

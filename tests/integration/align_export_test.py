@@ -1,11 +1,13 @@
-"""Two towers leave the trainer: --mode=export of openclipart's image-tower
-embeddings with their categories (the paper's image-tower 1-NN per dim
-through knn / probe / baselines), and --mode=export_encoder's two-tower
-bundle, equal to the model and retrieving as the trainer's evaluation.
+"""Two towers end to end: the launcher trains on openclipart
+(configs/align_openclipart.py:smoke; the Debian packages scripts/setup.sh
+installs) and reports every dim, --mode=eval reproduces it; --mode=export
+writes the image tower's embeddings with their categories (the paper's
+image-tower 1-NN per dim through knn / probe / baselines), and
+--mode=export_encoder the two-tower bundle, equal to the model and
+retrieving as the trainer's evaluation.
 
-One smoke run of configs/align_openclipart.py (6 steps of tiny towers) is
-shared by the tests; each test that changes a workdir copies it first
-(conftest's copy_of).
+One smoke run (6 steps of tiny towers) is shared by the tests; each test
+that changes a workdir copies it first (conftest's copy_of).
 """
 import json
 import os
@@ -21,6 +23,7 @@ from conftest import launch_ok
 from conftest import run_offline_mode
 import mrl_jax
 from mrl_jax import config_lib
+from mrl_jax import modes
 from mrl_jax import train
 from mrl_jax.data import image_text
 from mrl_jax.data import openclipart
@@ -28,6 +31,7 @@ from mrl_jax.data import preprocess
 from mrl_jax.evaluators import cross_modal
 from mrl_jax.export import embedding_files
 from mrl_jax.export import encoder as encoder_lib
+from mrl_jax.tasks import workdir_tokenizer
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(
     os.path.abspath(__file__))))
@@ -40,12 +44,19 @@ pytestmark = pytest.mark.skipif(
     reason="needs openclipart-svg and librsvg2-bin (scripts/setup.sh)")
 
 
+@pytest.fixture(scope="module", name="trained")
+def fixture_trained(tmp_path_factory):
+  """The smoke run through the launcher: (workdir, stdout, stderr)."""
+  workdir = str(tmp_path_factory.mktemp("align_export"))
+  proc = launch_ok(SMOKE, workdir, timeout=900)
+  return workdir, proc.stdout, proc.stderr
+
+
 @pytest.fixture(scope="module", name="reference")
-def fixture_reference(tmp_path_factory):
+def fixture_reference(trained):
   """The smoke run, exported (float32, both towers) and bundled by the
   launcher."""
-  workdir = str(tmp_path_factory.mktemp("align_export"))
-  launch_ok(SMOKE, workdir)
+  workdir = trained[0]
   proc = launch_ok(SMOKE, workdir, "--mode=export",
                    "--config.export.dtype=float32",
                    "--config.export.text_embeddings=True", timeout=300)
@@ -53,6 +64,35 @@ def fixture_reference(tmp_path_factory):
   proc = launch_ok(SMOKE, workdir, "--mode=export_encoder", timeout=300)
   assert f"encoder bundle: {workdir}/encoder" in proc.stdout
   return workdir
+
+
+def test_launcher_trains_and_reports_every_dim(trained):
+  workdir, stdout, stderr = trained
+  with open(os.path.join(workdir, "eval_summary.json")) as f:
+    summary = json.load(f)
+  assert summary["task"] == "contrastive" and summary["step"] == 6
+  assert summary["nesting"] == [8, 16, 32]
+  for name in ("i2t/recall@1", "t2i/recall@5", "zero_shot/top1",
+               "cosine/span"):
+    assert set(summary[name]) == {"8", "16", "32"}, name
+    assert all(-1 <= v <= 1 for v in summary[name].values()), name
+  assert "zero_shot/top1" in stdout and "Traceback" not in stderr
+  # Zero-shot on Fashion-MNIST's class names too (an image-only extra set).
+  fmnist = summary["extra_eval"]["fashion_mnist"]
+  assert fmnist["num_examples"] == 256
+  assert set(fmnist["zero_shot/top1"]) == {"8", "16", "32"}
+  assert "zero-shot top-1 on fashion_mnist (256 images)" in stdout
+  assert os.path.exists(os.path.join(workdir, workdir_tokenizer.FILE))
+
+
+def test_eval_mode_reproduces_the_trainers_numbers(reference, tmp_path):
+  workdir = str(tmp_path / "workdir")
+  shutil.copytree(reference, workdir)
+  entry = modes.MODES["eval"]
+  summary = modes.resolve(entry.runner)(config_lib.load_config(SMOKE),
+                                        workdir)
+  with open(os.path.join(reference, "eval_summary.json")) as f:
+    assert summary == json.load(f)
 
 
 def split_dirs(workdir):
