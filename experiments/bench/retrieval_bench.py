@@ -60,15 +60,11 @@ from mrl_jax.search import ann
 from mrl_jax.search import codes
 
 FLAGS = flags.FLAGS
+synthetic_db.define_flags()
 flags.DEFINE_string("work_dir", os.path.expanduser(
     "~/.cache/mrl_jax/retrieval_bench"), "where the synthetic database and "
                     "its ground truth are generated and reused.")
-flags.DEFINE_integer("rows", 1_000_000, "database rows N.")
-flags.DEFINE_integer("dim", 2048, "embedding dim d.")
-flags.DEFINE_integer("classes", 1000, "classes.")
-flags.DEFINE_integer("subclusters", 4, "sub-clusters per class.")
 flags.DEFINE_integer("queries", 1000, "queries (quality is measured on all).")
-flags.DEFINE_integer("seed", 0, "database seed.")
 flags.DEFINE_string("fit_from", None, "an exported split to fit the "
                     "variances to (default: the MRL-like decay).")
 flags.DEFINE_integer("k", 10, "neighbours returned (recall@k).")

@@ -56,11 +56,7 @@ from mrl_jax import platforms
 from mrl_jax import search
 
 FLAGS = flags.FLAGS
-flags.DEFINE_integer("rows", 1_000_000, "database rows N.")
-flags.DEFINE_integer("dim", 2048, "embedding dim d.")
-flags.DEFINE_integer("classes", 1000, "classes.")
-flags.DEFINE_integer("subclusters", 4, "sub-clusters per class.")
-flags.DEFINE_integer("seed", 0, "database seed.")
+synthetic_db.define_flags()
 flags.DEFINE_integer("k", 10, "neighbours returned.")
 flags.DEFINE_list("batches", ["1", "100", "10000"], "query batch sizes Q.")
 flags.DEFINE_list("shortlist_dims", ["16", "32", "64"], "adaptive D_s.")

@@ -35,6 +35,7 @@ import json
 import os
 from typing import Any
 
+from absl import flags
 import numpy as np
 
 from mrl_jax import atomic_files
@@ -42,6 +43,16 @@ from mrl_jax.export import embedding_files
 
 _CHUNK = 1 << 15
 _QUERY_STREAM = 1 << 30  # seeds the queries apart from the database chunks
+
+
+def define_flags() -> None:
+  """The database's absl flags, shared by the scripts that generate it:
+  --rows, --dim, --classes, --subclusters, --seed."""
+  flags.DEFINE_integer("rows", 1_000_000, "database rows N.")
+  flags.DEFINE_integer("dim", 2048, "embedding dim d.")
+  flags.DEFINE_integer("classes", 1000, "classes.")
+  flags.DEFINE_integer("subclusters", 4, "sub-clusters per class.")
+  flags.DEFINE_integer("seed", 0, "database seed.")
 
 
 def default_variances(dim: int) -> dict[str, np.ndarray]:
