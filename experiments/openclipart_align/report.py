@@ -10,8 +10,8 @@ ROOT/ff/{eval,baselines}_summary.json (the plain two-tower model, scored at
 its first m dims: the paper's baseline); anything missing is reported as missing (never
 guessed). Writes OUT/results.md, OUT/results.json and OUT/align_vs_dim.png.
 """
-import json
 import os
+import sys
 from typing import Any
 
 from absl import app
@@ -19,6 +19,11 @@ from absl import flags
 import matplotlib
 matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt  # pylint: disable=wrong-import-position
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+# experiments/report_files.py
+# pylint: disable-next=wrong-import-position
+from report_files import load_summary, write_results
 
 FLAGS = flags.FLAGS
 
@@ -43,20 +48,12 @@ def _define_flags() -> None:
                       "Output directory.")
 
 
-def _load(root: str, name: str, kind: str) -> dict[str, Any]:
-  path = os.path.join(root, name, f"{kind}_summary.json")
-  if not os.path.exists(path):
-    return {}
-  with open(path) as f:
-    return json.load(f)
-
-
 def collect(root: str) -> dict[str, Any]:
   """{"metrics": {metric: {model: {dim: value}}}, "steps": {model: step}}."""
   metrics: dict[str, dict[str, dict[int, float]]] = {m: {} for m in METRICS}
   steps = {}
   for name in MODELS:
-    ev = _load(root, name, "eval")
+    ev = load_summary(root, name, "eval")
     steps[name] = ev.get("step")
     extra = ev.get("extra_eval", {}).get("fashion_mnist", {})
     for metric in METRICS:
@@ -67,7 +64,8 @@ def collect(root: str) -> dict[str, Any]:
   for name, kind, prefix in (("mrl", "knn", "knn/top1/d="),
                              ("ff", "baselines", "truncate/knn_top1/d=")):
     metrics["knn/top1"][name] = {
-        int(k[len(prefix):]): v for k, v in _load(root, name, kind).items()
+        int(k[len(prefix):]): v
+        for k, v in load_summary(root, name, kind).items()
         if k.startswith(prefix)}
   return {"metrics": metrics, "steps": steps}
 
@@ -156,11 +154,7 @@ def plot(r: dict[str, Any], out_dir: str) -> None:
 def main(argv) -> None:
   del argv
   r = collect(FLAGS.root)
-  os.makedirs(FLAGS.out, exist_ok=True)
-  with open(os.path.join(FLAGS.out, "results.md"), "w") as f:
-    f.write(markdown(r))
-  with open(os.path.join(FLAGS.out, "results.json"), "w") as f:
-    json.dump(r, f, indent=1)
+  write_results(FLAGS.out, r, markdown(r))
   plot(r, FLAGS.out)
   print(markdown(r))
 

@@ -15,6 +15,7 @@ OUT/lexnames_vs_dim.png.
 """
 import json
 import os
+import sys
 from typing import Any
 
 from absl import app
@@ -22,6 +23,11 @@ from absl import flags
 import matplotlib
 matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt  # pylint: disable=wrong-import-position
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+# experiments/report_files.py
+# pylint: disable-next=wrong-import-position
+from report_files import load_summary, write_results
 
 FLAGS = flags.FLAGS
 
@@ -40,31 +46,24 @@ def _define_flags() -> None:
       "(workdirs deleted, or models not rerun) are taken from it.")
 
 
-def _load(root: str, name: str, kind: str) -> dict[str, Any]:
-  path = os.path.join(root, name, f"{kind}_summary.json")
-  if not os.path.exists(path):
-    return {}
-  with open(path) as f:
-    return json.load(f)
-
-
 def collect(root: str) -> dict[str, Any]:
   """{"mlm": {series: {dim: accuracy}}, "knn": ..., "probe": ...}."""
   mlm, knn, probe = {}, {}, {}
   for name in NESTED:
-    ev = _load(root, name, "eval").get("mlm_accuracy", {})
+    ev = load_summary(root, name, "eval").get("mlm_accuracy", {})
     mlm[name] = {d: ev[str(d)] for d in DIMS if str(d) in ev}
-    nn, lin = _load(root, name, "knn"), _load(root, name, "probe")
+    nn, lin = (load_summary(root, name, "knn"),
+               load_summary(root, name, "probe"))
     knn[name] = {d: nn[f"knn/top1/d={d}"] for d in DIMS
                  if f"knn/top1/d={d}" in nn}
     probe[name] = {d: lin[f"probe/top1@all/d={d}"] for d in DIMS
                    if f"probe/top1@all/d={d}" in lin}
   mlm["ff"] = {}
   for k in FF_DIMS:
-    ev = _load(root, f"ff{k}", "eval").get("mlm_accuracy", {})
+    ev = load_summary(root, f"ff{k}", "eval").get("mlm_accuracy", {})
     if str(k) in ev:
       mlm["ff"][k] = ev[str(k)]
-  base = _load(root, "ff128", "baselines")
+  base = load_summary(root, "ff128", "baselines")
   for method in ("truncate", "svd"):
     knn[f"ff128_{method}"] = {d: base[f"{method}/knn_top1/d={d}"]
                               for d in DIMS
@@ -73,7 +72,7 @@ def collect(root: str) -> dict[str, Any]:
                                 for d in DIMS
                                 if f"{method}/linear_top1/d={d}" in base}
   return {"mlm": mlm, "knn": knn, "probe": probe,
-          "steps": {name: _load(root, name, "eval").get("step")
+          "steps": {name: load_summary(root, name, "eval").get("step")
                     for name in (*NESTED, *(f"ff{k}" for k in FF_DIMS))}}
 
 
@@ -169,11 +168,7 @@ def main(argv) -> None:
   if FLAGS.keep:
     with open(FLAGS.keep) as f:
       r = fill_from(r, json.load(f))
-  os.makedirs(FLAGS.out, exist_ok=True)
-  with open(os.path.join(FLAGS.out, "results.md"), "w") as f:
-    f.write(markdown(r))
-  with open(os.path.join(FLAGS.out, "results.json"), "w") as f:
-    json.dump(r, f, indent=1)
+  write_results(FLAGS.out, r, markdown(r))
   plot(r, FLAGS.out)
   print(markdown(r))
 
