@@ -145,3 +145,44 @@ def test_search_accel_checks_the_engine_against_plain_top_k(tmp_path):
       assert res[f"engine_f32_chunk{chunk}_recall"] == 1.0
       assert 0.9 <= res[f"engine_bf16_chunk{chunk}_recall"] <= 1.0
     assert 0.0 < res["adaptive_Ds8_recall"] <= 1.0
+
+
+def test_shortlist_bound_counts_prefix_misses_and_times_scans(tmp_path):
+  out = tmp_path / "bound.json"
+  proc = subprocess.run(
+      [sys.executable, os.path.join(BENCH_DIR, "shortlist_bound.py"),
+       f"--work_dir={tmp_path}", "--rows=3000", "--dim=64", "--classes=10",
+       "--queries=30", "--shortlist_dims=8,32", "--shortlist_ks=10,100,3000",
+       "--repeats=1", f"--out={out}"],
+      capture_output=True, text=True, check=False, timeout=600)
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  res = json.loads(out.read_text())
+  db = synthetic_db.generate(str(tmp_path), 3000, 64, 10, 30)
+  truth = synthetic_db.ground_truth(db)[:, :10]
+  x = np.asarray(db["database"], np.float32)
+  for dim, r in res["dims"].items():
+    # Independent count: rank every row by the prefix cosine.
+    p = x[:, :int(dim)] / np.linalg.norm(x[:, :int(dim)], axis=1,
+                                         keepdims=True)
+    q = db["queries"][:, :int(dim)]
+    order = np.argsort(-(q @ p.T), axis=1)
+    for kk, got in r["misses"].items():
+      want = sum(np.isin(t, o[:int(kk)], invert=True).sum()
+                 for t, o in zip(truth, order))
+      assert got == want, (dim, kk)
+    assert r["misses"]["3000"] == 0  # K = N holds every row
+    assert r["sgemm_ms"] > 0 and all(t > 0 for t in r["scan_ms"].values())
+    assert r["bound_sgemm"] == res["exact_ms"] / r["sgemm_ms"]
+  assert res["true_neighbours"] == 300
+
+
+def test_shortlist_bound_bad_flags_write_nothing(tmp_path):
+  proc = subprocess.run(
+      [sys.executable, os.path.join(BENCH_DIR, "shortlist_bound.py"),
+       f"--work_dir={tmp_path / 'w'}", "--rows=100", "--dim=16",
+       "--shortlist_dims=16"], capture_output=True, text=True, check=False,
+      timeout=600)
+  assert proc.returncode != 0
+  assert proc.stderr.strip().splitlines()[-1].startswith(
+      "shortlist_bound: error: --shortlist_dims must be in [1, --dim=16)")
+  assert not (tmp_path / "w").exists()
