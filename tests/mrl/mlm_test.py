@@ -171,7 +171,9 @@ def test_shared_decoder_matches_per_dim_decoders():
   np.testing.assert_allclose(want[0], losses, rtol=1e-5)
   np.testing.assert_array_equal(want[1], hits)
   for a, b in zip(want[2], grads):
-    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+    # Sums of large logits' terms in another order: float32 rounding of
+    # the largest entries (~20) reaches ~2e-5 in the smallest.
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
 
 
 def _hits(logits, targets, split_ties=False):
