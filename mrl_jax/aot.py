@@ -23,6 +23,7 @@ from typing import Any
 
 from absl import logging
 import jax
+from jax.experimental.compilation_cache import compilation_cache
 import ml_collections
 import numpy as np
 import tensorflow as tf
@@ -161,7 +162,7 @@ def compile_train_step(config: ml_collections.ConfigDict,
                len(devices), dict(run_setup.mesh.shape))
   lowered = step.lower(target, batch)
   logging.info("compiling (XLA TPU)")
-  compiled = lowered.compile()
+  compiled = _compile_uncached(lowered)
   variables = {"params": target.params, "batch_stats": target.batch_stats}
   facts = {
       "mesh": dict(run_setup.mesh.shape),
@@ -173,6 +174,24 @@ def compile_train_step(config: ml_collections.ConfigDict,
                     for x in jax.tree.leaves(target.params)),
   }
   return compiled, facts
+
+
+def _compile_uncached(lowered: Any) -> Any:
+  """lowered.compile() outside JAX's persistent compilation cache.
+
+  A compile-only TPU executable cannot be loaded back (there is no TPU
+  client), so with a cache enabled (JAX_COMPILATION_CACHE_DIR, common on
+  TPU VMs) every later plan would warn that it failed to read its entry.
+  reset_cache() makes JAX re-read the setting (it decides once per process).
+  """
+  enabled = jax.config.jax_enable_compilation_cache
+  jax.config.update("jax_enable_compilation_cache", False)
+  compilation_cache.reset_cache()
+  try:
+    return lowered.compile()
+  finally:
+    jax.config.update("jax_enable_compilation_cache", enabled)
+    compilation_cache.reset_cache()
 
 
 def build_report(compiled: Any, facts: dict[str, Any], topology: str,

@@ -17,6 +17,7 @@ import pathlib
 import subprocess
 import sys
 import shutil
+import tempfile
 
 import numpy as np
 from PIL import Image
@@ -33,6 +34,14 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 # tf.data must not grab the (fake) accelerators.
 os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
+# One persistent XLA compilation cache for every process of a test run (the
+# pytest workers and the launchers and multi-process runs they start): the
+# same smoke programs compile in dozens of processes. Entries are keyed by
+# program, compile options, flags and jax version, so none is reused for
+# anything else; the size bound turns on JAX's LRU eviction and file lock.
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.join(
+    tempfile.gettempdir(), f"mrl_jax-tests-xla-cache-{os.getuid()}"))
+os.environ.setdefault("JAX_COMPILATION_CACHE_MAX_SIZE", str(2 << 30))
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 CONFIG_DIR = REPO / "configs"

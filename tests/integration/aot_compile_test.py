@@ -21,13 +21,18 @@ needs_libtpu = pytest.mark.skipif(
 
 @needs_libtpu
 def test_launcher_compiles_tiny_resnet_for_v5e_2x2(tmp_path):
-  workdir = tmp_path / "aot"
+  workdir, cache = tmp_path / "aot", tmp_path / "xla_cache"
   proc = subprocess.run(
       [sys.executable, "-m", "mrl_jax.main", "--mode=aot",
        f"--config={REPO}/configs/resnet50_imagenet.py:smoke",
        f"--workdir={workdir}", "--topology=v5e:2x2"],
-      cwd=REPO, capture_output=True, text=True, timeout=600)
+      cwd=REPO, capture_output=True, text=True, timeout=600,
+      env={**os.environ, "JAX_COMPILATION_CACHE_DIR": str(cache)})
   assert proc.returncode == 0, proc.stderr[-3000:]
+  # With a persistent cache on, the compile-only TPU step stays out of it (it
+  # could not be loaded back: every later plan would warn).
+  assert not [p for p in (os.listdir(cache) if cache.exists() else [])
+              if "train_step" in p]
   with open(workdir / "aot_report.json") as f:
     report = json.load(f)
   assert report["topology"] == "v5e:2x2" and report["chips"] == 4
