@@ -38,7 +38,6 @@ Needs `pip install -e '.[bench]'` (faiss-cpu, matplotlib).
 """
 import json
 import os
-import platform
 import statistics
 import sys
 import time
@@ -61,10 +60,7 @@ from mrl_jax.search import codes
 
 FLAGS = flags.FLAGS
 synthetic_db.define_flags()
-flags.DEFINE_string("work_dir", os.path.expanduser(
-    "~/.cache/mrl_jax/retrieval_bench"), "where the synthetic database and "
-                    "its ground truth are generated and reused.")
-flags.DEFINE_integer("queries", 1000, "queries (quality is measured on all).")
+synthetic_db.define_stored_flags()
 flags.DEFINE_string("fit_from", None, "an exported split to fit the "
                     "variances to (default: the MRL-like decay).")
 flags.DEFINE_integer("k", 10, "neighbours returned (recall@k).")
@@ -389,16 +385,7 @@ def run(work_dir: str) -> dict[str, Any]:
 
 def main(argv: Sequence[str]) -> None:
   del argv
-  out = {"machine": {"platform": platform.platform(), "cpus": os.cpu_count(),
-                     "load_avg": os.getloadavg(),
-                     "jax_devices": str(jax.devices())}}
-  start = time.perf_counter()
-  try:
-    out.update(run(FLAGS.work_dir))
-  except ValueError as e:  # bad flags: one line, nothing written
-    raise SystemExit(f"retrieval_bench: error: {e}") from None
-  out["machine"].update(load_avg_end=os.getloadavg(),
-                        wall_s=time.perf_counter() - start)
+  out = synthetic_db.run_on_machine("retrieval_bench", run)
   print(markdown_table(out["results"], out["k"]))
   print(json.dumps(out["headline"], indent=1))
   if FLAGS.out:

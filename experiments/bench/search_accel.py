@@ -36,7 +36,6 @@ jax with its CUDA plugin it needs numpy, absl and the project on
 PYTHONPATH (README.md here, "GPU training throughput").
 """
 import os
-import statistics
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -104,17 +103,6 @@ def generate(rows: int, dim: int, classes: int, subclusters: int,
   return jax.block_until_ready((database, queries))
 
 
-def timed(fn: Callable[[], Any], repeats: int) -> float:
-  """Median seconds of `repeats` calls after one warm-up call."""
-  jax.block_until_ready(fn())
-  seconds = []
-  for _ in range(repeats):
-    start = time.perf_counter()
-    jax.block_until_ready(fn())
-    seconds.append(time.perf_counter() - start)
-  return statistics.median(seconds)
-
-
 @jax.jit
 def _scores(q, db):
   return jnp.matmul(q, db.T, precision=jax.lax.Precision.HIGHEST)
@@ -163,6 +151,7 @@ def measure_batch(database: jax.Array, queries: jax.Array,
   qs = queries[:q]
   top_k = _plain_top_k(k)
   out: dict[str, Any] = {"batch": q}
+  timed = synthetic_db.median_seconds
   out["matmul_s"] = timed(lambda: sliced(lambda x: _scores(x, database), qs,
                                          size, keep=False), reps)
   out["plain_s"] = timed(lambda: sliced(lambda x: top_k(x, database), qs,

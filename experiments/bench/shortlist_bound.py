@@ -30,16 +30,12 @@ Writes --out (JSON) and prints a markdown table.
 """
 import json
 import os
-import platform
-import statistics
 import sys
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 from absl import app
 from absl import flags
-import jax
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -51,10 +47,7 @@ from mrl_jax.search import codes
 
 FLAGS = flags.FLAGS
 synthetic_db.define_flags()
-flags.DEFINE_string("work_dir", os.path.expanduser(
-    "~/.cache/mrl_jax/retrieval_bench"), "retrieval_bench.py's database "
-                    "directory (generated there if missing).")
-flags.DEFINE_integer("queries", 1000, "queries.")
+synthetic_db.define_stored_flags()
 flags.DEFINE_integer("k", 10, "true neighbours per query.")
 flags.DEFINE_integer("batch", 1000, "queries per timed call.")
 flags.DEFINE_list("shortlist_dims", ["32", "64", "128", "256"], "D_s.")
@@ -65,16 +58,6 @@ flags.DEFINE_string("out", None, "JSON results.")
 _SGEMM_ROWS = 8192  # rows per BLAS call (the [Q, rows] scores stay small)
 
 
-def _median_s(fn: Callable[[], Any], repeats: int) -> float:
-  jax.block_until_ready(fn())  # compiles / warms the caches
-  times = []
-  for _ in range(repeats):
-    start = time.perf_counter()
-    jax.block_until_ready(fn())
-    times.append(time.perf_counter() - start)
-  return statistics.median(times)
-
-
 def sgemm_seconds(rows: np.ndarray, queries: np.ndarray, repeats: int
                   ) -> float:
   """Median seconds of queries [Q, m] @ rows[:, :m].T over all rows."""
@@ -83,7 +66,7 @@ def sgemm_seconds(rows: np.ndarray, queries: np.ndarray, repeats: int
   def run():
     for r0 in range(0, rows.shape[0] - _SGEMM_ROWS + 1, _SGEMM_ROWS):
       np.dot(queries, rows[r0:r0 + _SGEMM_ROWS].T, out=out)
-  return _median_s(run, repeats)
+  return synthetic_db.median_seconds(run, repeats)
 
 
 def prefix_misses(db: dict[str, Any], truth: np.ndarray, dim: int,
@@ -124,7 +107,7 @@ def run(work_dir: str) -> dict[str, Any]:
   queries = db["queries"][:FLAGS.batch]
   per_query = lambda s: 1e3 * s / len(queries)
   full = np.asarray(index.blocks[-1])  # [N, d] float32, a view
-  out = {"exact_ms": per_query(_median_s(
+  out = {"exact_ms": per_query(synthetic_db.median_seconds(
       lambda: search.search(index, queries, FLAGS.dim, FLAGS.k),
       FLAGS.repeats)),
          "sgemm_full_ms": per_query(sgemm_seconds(full, queries,
@@ -132,7 +115,7 @@ def run(work_dir: str) -> dict[str, Any]:
          "dims": {}}
   for dim in dims:
     rows = np.ascontiguousarray(full[:, :dim])
-    scan = {kk: per_query(_median_s(
+    scan = {kk: per_query(synthetic_db.median_seconds(
         lambda kk=kk: search.search(index, queries, dim, kk),
         FLAGS.repeats)) for kk in ks}
     sgemm = per_query(sgemm_seconds(rows, np.ascontiguousarray(
@@ -166,16 +149,7 @@ def markdown_table(res: dict[str, Any]) -> str:
 
 def main(argv: Sequence[str]) -> None:
   del argv
-  out = {"machine": {"platform": platform.platform(), "cpus": os.cpu_count(),
-                     "load_avg": os.getloadavg(),
-                     "jax_devices": str(jax.devices())}}
-  start = time.perf_counter()
-  try:
-    out.update(run(FLAGS.work_dir))
-  except ValueError as e:  # bad flags: one line, nothing written
-    raise SystemExit(f"shortlist_bound: error: {e}") from None
-  out["machine"].update(load_avg_end=os.getloadavg(),
-                        wall_s=time.perf_counter() - start)
+  out = synthetic_db.run_on_machine("shortlist_bound", run)
   print(markdown_table(out))
   if FLAGS.out:
     atomic_files.write_json(FLAGS.out, out)

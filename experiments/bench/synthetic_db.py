@@ -31,11 +31,16 @@ Rows are written as a float16 np.memmap in chunks (each chunk seeded by
 queries and a JSON spec next to it; a file that exists with the same spec
 is reused. The files are never committed.
 """
+from collections.abc import Callable
 import json
 import os
+import platform
+import statistics
+import time
 from typing import Any
 
 from absl import flags
+import jax
 import numpy as np
 
 from mrl_jax import atomic_files
@@ -53,6 +58,46 @@ def define_flags() -> None:
   flags.DEFINE_integer("classes", 1000, "classes.")
   flags.DEFINE_integer("subclusters", 4, "sub-clusters per class.")
   flags.DEFINE_integer("seed", 0, "database seed.")
+
+
+def define_stored_flags() -> None:
+  """--work_dir and --queries, for the scripts that keep the database on
+  disk (retrieval_bench.py, shortlist_bound.py): one directory serves both."""
+  flags.DEFINE_string("work_dir", os.path.expanduser(
+      "~/.cache/mrl_jax/retrieval_bench"), "where the synthetic database "
+                      "and its ground truth are generated and reused.")
+  flags.DEFINE_integer("queries", 1000, "queries (quality is measured on "
+                       "all).")
+
+
+def run_on_machine(script: str, run: Callable[[str], dict[str, Any]]
+                   ) -> dict[str, Any]:
+  """run(--work_dir)'s results with the machine: platform, cores, JAX
+  devices, load average before and after, wall seconds. A ValueError (a
+  bad flag, raised before anything is written) exits with one line,
+  `<script>: error: ...`."""
+  machine = {"platform": platform.platform(), "cpus": os.cpu_count(),
+             "load_avg": os.getloadavg(), "jax_devices": str(jax.devices())}
+  start = time.perf_counter()
+  try:
+    results = run(flags.FLAGS.work_dir)
+  except ValueError as e:
+    raise SystemExit(f"{script}: error: {e}") from None
+  machine.update(load_avg_end=os.getloadavg(),
+                 wall_s=time.perf_counter() - start)
+  return {"machine": machine, **results}
+
+
+def median_seconds(fn: Callable[[], Any], repeats: int) -> float:
+  """Median seconds of `repeats` calls of fn after one warm-up call (which
+  compiles), each ending when its result is ready."""
+  jax.block_until_ready(fn())
+  seconds = []
+  for _ in range(repeats):
+    start = time.perf_counter()
+    jax.block_until_ready(fn())
+    seconds.append(time.perf_counter() - start)
+  return statistics.median(seconds)
 
 
 def default_variances(dim: int) -> dict[str, np.ndarray]:
