@@ -41,11 +41,15 @@ def test_ground_truth_is_a_stable_cosine_argsort(tmp_path):
   assert os.path.exists(db["path"] + ".gt20.npy")
 
 
+def _script(name, *flags):
+  """experiments/bench/<name> with flags, in a subprocess."""
+  return subprocess.run([sys.executable, os.path.join(BENCH_DIR, name),
+                         *flags], capture_output=True, text=True,
+                        check=False, timeout=600)
+
+
 def _bench(tmp_path, *flags):
-  return subprocess.run(
-      [sys.executable, os.path.join(BENCH_DIR, "retrieval_bench.py"),
-       f"--work_dir={tmp_path}", *flags], capture_output=True, text=True,
-      check=False, timeout=600)
+  return _script("retrieval_bench.py", f"--work_dir={tmp_path}", *flags)
 
 
 def test_retrieval_bench_end_to_end(tmp_path):
@@ -124,12 +128,11 @@ def test_search_accel_checks_the_engine_against_plain_top_k(tmp_path):
   """The accelerator script on CPU at a tiny scale: every method timed,
   engine_f32 equal to lax.top_k (the tie check passes), recall reported."""
   out = tmp_path / "accel.json"
-  proc = subprocess.run(
-      [sys.executable, os.path.join(BENCH_DIR, "search_accel.py"),
-       "--rows=70000", "--dim=64", "--classes=20", "--batches=1,40",
-       "--shortlist_dims=8", "--shortlist_k=40", "--chunk_rows=default,4096",
-       "--plain_query_batch=16", "--repeats=1", f"--out={out}"],
-      capture_output=True, text=True, check=False, timeout=600)
+  proc = _script(
+      "search_accel.py", "--rows=70000", "--dim=64", "--classes=20",
+      "--batches=1,40", "--shortlist_dims=8", "--shortlist_k=40",
+      "--chunk_rows=default,4096", "--plain_query_batch=16", "--repeats=1",
+      f"--out={out}")
   assert proc.returncode == 0, proc.stderr[-2000:]
   with open(out) as f:
     results = json.load(f)
@@ -149,12 +152,10 @@ def test_search_accel_checks_the_engine_against_plain_top_k(tmp_path):
 
 def test_shortlist_bound_counts_prefix_misses_and_times_scans(tmp_path):
   out = tmp_path / "bound.json"
-  proc = subprocess.run(
-      [sys.executable, os.path.join(BENCH_DIR, "shortlist_bound.py"),
-       f"--work_dir={tmp_path}", "--rows=3000", "--dim=64", "--classes=10",
-       "--queries=30", "--shortlist_dims=8,32", "--shortlist_ks=10,100,3000",
-       "--repeats=1", f"--out={out}"],
-      capture_output=True, text=True, check=False, timeout=600)
+  proc = _script(
+      "shortlist_bound.py", f"--work_dir={tmp_path}", "--rows=3000",
+      "--dim=64", "--classes=10", "--queries=30", "--shortlist_dims=8,32",
+      "--shortlist_ks=10,100,3000", "--repeats=1", f"--out={out}")
   assert proc.returncode == 0, proc.stderr[-2000:]
   res = json.loads(out.read_text())
   db = synthetic_db.generate(str(tmp_path), 3000, 64, 10, 30)
@@ -177,11 +178,8 @@ def test_shortlist_bound_counts_prefix_misses_and_times_scans(tmp_path):
 
 
 def test_shortlist_bound_bad_flags_write_nothing(tmp_path):
-  proc = subprocess.run(
-      [sys.executable, os.path.join(BENCH_DIR, "shortlist_bound.py"),
-       f"--work_dir={tmp_path / 'w'}", "--rows=100", "--dim=16",
-       "--shortlist_dims=16"], capture_output=True, text=True, check=False,
-      timeout=600)
+  proc = _script("shortlist_bound.py", f"--work_dir={tmp_path / 'w'}",
+                 "--rows=100", "--dim=16", "--shortlist_dims=16")
   assert proc.returncode != 0
   assert proc.stderr.strip().splitlines()[-1].startswith(
       "shortlist_bound: error: --shortlist_dims must be in [1, --dim=16)")
