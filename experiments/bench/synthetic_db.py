@@ -30,6 +30,11 @@ Rows are written as a float16 np.memmap in chunks (each chunk seeded by
 (seed, chunk), so any row range is reproducible), with the labels, the
 queries and a JSON spec next to it; a file that exists with the same spec
 is reused. The files are never committed.
+
+The scripts that use this database (retrieval_bench.py, shortlist_bound.py,
+search_accel.py) also share from here its absl flags (`define_flags`,
+`define_stored_flags`), their timer (`median_seconds`) and the machine
+record around a run (`run_on_machine`).
 """
 from collections.abc import Callable
 import json
