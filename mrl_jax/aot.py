@@ -162,7 +162,7 @@ def compile_train_step(config: ml_collections.ConfigDict,
                len(devices), dict(run_setup.mesh.shape))
   lowered = step.lower(target, batch)
   logging.info("compiling (XLA TPU)")
-  compiled = _compile_uncached(lowered)
+  compiled = compile_uncached(lowered)
   variables = {"params": target.params, "batch_stats": target.batch_stats}
   facts = {
       "mesh": dict(run_setup.mesh.shape),
@@ -176,8 +176,9 @@ def compile_train_step(config: ml_collections.ConfigDict,
   return compiled, facts
 
 
-def _compile_uncached(lowered: Any) -> Any:
-  """lowered.compile() outside JAX's persistent compilation cache.
+def compile_uncached(lowered: Any) -> Any:
+  """lowered.compile() outside JAX's persistent compilation cache: how every
+  program for `topology_devices` must be compiled.
 
   A compile-only TPU executable cannot be loaded back (there is no TPU
   client), so with a cache enabled (JAX_COMPILATION_CACHE_DIR, common on

@@ -162,7 +162,8 @@ def score_memory(dims: tuple[int, ...], args: argparse.Namespace
   for form in SCORE_FORMS:
     grad = jax.jit(jax.value_and_grad(score_loss(form, dims, mesh),
                                       argnums=(0, 1, 2)))
-    compiled = grad.lower(embeddings, embeddings, log_t).compile()
+    compiled = aot.compile_uncached(grad.lower(embeddings, embeddings,
+                                               log_t))
     mem = compiled.memory_analysis()
     forms[form] = {"temp_bytes": mem.temp_size_in_bytes,
                    "argument_bytes": mem.argument_size_in_bytes}

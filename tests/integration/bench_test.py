@@ -106,6 +106,10 @@ def test_mlm_step_reports_nested_over_plain(tmp_path):
       _assert_positive_finite(value, f"decoder_per_dim.{m}.{key}")
 
 
+# The TPU compile stays out of the tests' persistent cache (aot.py): a read
+# of a compile-only executable would warn on the next run.
+@pytest.mark.filterwarnings(
+    "error:Error reading persistent compilation cache entry")
 def test_contrastive_step_reports_nested_over_plain(tmp_path):
   """Tiny towers; the loss-alone compile on a 4-chip TPU slice when libtpu
   is installed."""
