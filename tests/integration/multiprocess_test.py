@@ -96,22 +96,47 @@ def launch_two(workdir, flags=tuple(FLAGS)):
   return [finish(p)[1] for p in procs]
 
 
+def compare_curves(ref, got, prefixes):
+  """Asserts the metrics records match; returns how many values it compared.
+
+  The first logged record (a few steps from the same init) must agree to
+  float rounding. After it, the layouts' different summation orders are
+  amplified by Adam (it divides by sqrt(v), so near-zero gradients move
+  weights by their sign): on an AVX-512 CPU, 12 steps moved losses by up to
+  1e-4 relative and mean cosines near 0 by up to 3e-5 absolute. A wrong
+  batch or shard assignment already shows at the first record.
+  """
+  compared = 0
+  for n, (r, g) in enumerate(zip(ref, got)):
+    rel, abs_ = (2e-5, 1e-6) if n == 0 else (1e-3, 2e-4)
+    for key in r:
+      if key.startswith(prefixes):
+        assert g[key] == pytest.approx(r[key], rel=rel, abs=abs_), (
+            r["step"], key)
+        compared += 1
+  return compared
+
+
 def assert_close_states(config, one, two):
   """The workdirs' last checkpoints, restored in this (1-process, 8-device)
   process through the trainer's own restore, hold equal states.
 
-  Adam divides by sqrt(v): a gradient that is ~0 in both runs can differ in
-  sign and move a lone weight by ~1e-4; anything systematic shows in the
-  mean.
+  Adam divides by sqrt(v): a weight whose gradient is ~0 in both runs can
+  step by about the learning rate (1e-3 to 3e-3 here) in opposite directions
+  (on an AVX-512 CPU one weight of the default smoke model ended 5e-3 apart
+  after 12 steps, the mean over all entries 5e-6 apart). A systematic
+  difference (another batch, a missing gradient term) moves most weights,
+  and so the mean, by the order of the learning rate.
   """
   _, state_two, _ = train.restore_latest(config, two)
   _, state_one, _ = train.restore_latest(config, one)
   assert int(state_two.step) == int(state_one.step) == config.total_steps
-  for two_leaf, one_leaf in zip(
-      jax.tree.leaves((state_two.params, state_two.batch_stats)),
-      jax.tree.leaves((state_one.params, state_one.batch_stats))):
-    diff = np.abs(np.asarray(two_leaf) - np.asarray(one_leaf))
-    assert diff.max() < 1e-3 and diff.mean() < 1e-5, (diff.max(), diff.mean())
+  diff = np.concatenate([
+      np.abs(np.asarray(two_leaf) - np.asarray(one_leaf)).ravel()
+      for two_leaf, one_leaf in zip(
+          jax.tree.leaves((state_two.params, state_two.batch_stats)),
+          jax.tree.leaves((state_one.params, state_one.batch_stats)))])
+  assert diff.max() < 2e-2 and diff.mean() < 5e-5, (diff.max(), diff.mean())
 
 
 def test_two_processes_match_one_and_share_a_checkpoint(tmp_path,
@@ -126,10 +151,7 @@ def test_two_processes_match_one_and_share_a_checkpoint(tmp_path,
   # Same loss curve (and per-dim metrics) to float tolerance.
   ref, got = read_metrics(one), read_metrics(two)
   assert [r["step"] for r in got] == [r["step"] for r in ref] == [4, 8, 12, 12]
-  for r, g in zip(ref, got):
-    for key in r:
-      if key.startswith(("train/loss", "train/top1", "val/")):
-        assert g[key] == pytest.approx(r[key], rel=1e-5, abs=1e-6), key
+  assert compare_curves(ref, got, ("train/loss", "train/top1", "val/")) > 10
   assert read_summary(two)["top1"] == read_summary(one)["top1"]
 
   # Each process read its own 4 of the 8 data shards: disjoint halves.
@@ -180,14 +202,8 @@ def test_two_processes_match_one_for_two_towers(tmp_path, config_module):
   # same zero-shot on Fashion-MNIST (the last record, an extra eval set).
   ref, got = read_metrics(one), read_metrics(two)
   assert [r["step"] for r in got] == [r["step"] for r in ref] == [3, 6, 6, 6]
-  compared = 0
-  for r, g in zip(ref, got):
-    for key in r:
-      if key.startswith(("train/loss", "train/i2t_top1", "val/",
-                         "fashion_mnist/")):
-        assert g[key] == pytest.approx(r[key], rel=1e-5, abs=1e-6), key
-        compared += 1
-  assert compared > 20
+  assert compare_curves(ref, got, ("train/loss", "train/i2t_top1", "val/",
+                                   "fashion_mnist/")) > 20
   assert read_summary(two)["i2t/recall@1"] == read_summary(one)[
       "i2t/recall@1"]
   assert_close_states(config, one, two)
