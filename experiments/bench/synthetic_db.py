@@ -40,6 +40,7 @@ from collections.abc import Callable
 import json
 import os
 import platform
+import re
 import statistics
 import time
 from typing import Any
@@ -77,12 +78,13 @@ def define_stored_flags() -> None:
 
 def run_on_machine(script: str, run: Callable[[str], dict[str, Any]]
                    ) -> dict[str, Any]:
-  """run(--work_dir)'s results with the machine: platform, cores, JAX
+  """run(--work_dir)'s results with the machine: platform, CPU, cores, JAX
   devices, load average before and after, wall seconds. A ValueError (a
   bad flag, raised before anything is written) exits with one line,
   `<script>: error: ...`."""
-  machine = {"platform": platform.platform(), "cpus": os.cpu_count(),
-             "load_avg": os.getloadavg(), "jax_devices": str(jax.devices())}
+  machine = {"platform": platform.platform(), "cpu": cpu_model(),
+             "cpus": os.cpu_count(), "load_avg": os.getloadavg(),
+             "jax_devices": str(jax.devices())}
   start = time.perf_counter()
   try:
     results = run(flags.FLAGS.work_dir)
@@ -91,6 +93,23 @@ def run_on_machine(script: str, run: Callable[[str], dict[str, Any]]
   machine.update(load_avg_end=os.getloadavg(),
                  wall_s=time.perf_counter() - start)
   return {"machine": machine, **results}
+
+
+def cpu_model() -> str:
+  """The CPU's model name and widest x86 vector extension (the search
+  kernels' speed ratios differ between AVX2 and AVX-512 parts of the same
+  model name), e.g. "AMD EPYC, avx512f"; the platform's processor string
+  where /proc/cpuinfo is missing."""
+  try:
+    with open("/proc/cpuinfo") as f:
+      info = f.read()
+  except OSError:
+    return platform.processor()
+  field = lambda name: re.search(rf"^{name}\s*:(.*)$", info, re.M)
+  model, flags = field("model name"), field("flags")
+  flags = flags.group(1).split() if flags else []
+  isa = next((x for x in ("avx512f", "avx2", "avx") if x in flags), None)
+  return ", ".join(x for x in (model and model.group(1).strip(), isa) if x)
 
 
 def median_seconds(fn: Callable[[], Any], repeats: int) -> float:

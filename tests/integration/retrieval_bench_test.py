@@ -84,6 +84,8 @@ def test_retrieval_bench_end_to_end(tmp_path):
   assert [r["ef_search"] for r in by["hnsw"]] == [40, 320]
   assert result["headline"]["min_recall"] == 0.99
   assert result["database"]["rows"] == 2000
+  # The CPU (its vector extension decides the kernels' speed ratios).
+  assert result["machine"]["cpu"] == synthetic_db.cpu_model() != ""
 
 
 def test_retrieval_bench_bad_flags_write_nothing(tmp_path):
