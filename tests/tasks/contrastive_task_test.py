@@ -98,17 +98,21 @@ def test_evaluation_reports_recall_and_span_per_dim(folder_config):
 
 def test_an_image_only_extra_set_is_scored_zero_shot(folder_config):
   # Fashion-MNIST next to image-text data: its gray images made RGB, its ten
-  # class names put through the prompts, no captions (so no recall).
+  # class names put through the prompts, no captions (so no recall). It is
+  # read from TFDS's default data dir (`data_dir: None` drops the folder's),
+  # where the other Fashion-MNIST tests prepare it once.
   config = folder_config()
   size = pipeline.example_spec(
       config.data, pipeline.open_source(config.data,
                                         config.data.train_split))["image"]
   config.data.extra_eval_sets = {"fashion_mnist": {
       "name": "fashion_mnist", "split": "test[:40]", "image_text": None,
+      "data_dir": None,
       "eval_preprocess": f"gray_to_rgb|resize({size.shape[0]})|"
                          "value_range(-1, 1)|keep('image', 'label')"}}
   data_cfg = pipeline.extra_eval_sets(config.data)["fashion_mnist"]
   assert "image_text" not in data_cfg and "image_text" in config.data
+  assert "data_dir" not in data_cfg and config.data.data_dir
   s = train.setup(config)
   tx = optim.build_optimizer(config.optimizer, 1, 1)
   init, rng, target = train.abstract_train_state(
