@@ -16,6 +16,7 @@ A bad flag, a bad config value or a failed run ends in one line
 also logs the traceback.
 """
 import logging as pylogging
+import os
 
 from absl import app
 from absl import flags
@@ -24,6 +25,15 @@ from absl import logging
 from mrl_jax import config_lib
 from mrl_jax import errors
 from mrl_jax import modes
+
+# Before TensorFlow is first imported (by main, or by a config file while the
+# flags are parsed; nothing above imports it): the launcher uses only
+# tf.data, so TF's C++ INFO lines (its CPU-instruction notice) and, on CPUs
+# where TF turns oneDNN on by default (AVX-512 VNNI / BF16), oneDNN's custom
+# ops and their "different numerical results" notice, which serve TF's own
+# matmuls and convolutions, are off. A user's own values win.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
+os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
 
 FLAGS = flags.FLAGS
 config_lib.define_config_flag("config", "Config file, optionally with ':arg'.")

@@ -1,5 +1,6 @@
 """A CPU run through the launcher prints no error-level lines, even with
-libtpu installed (the launcher starts only the CPU backend there)."""
+libtpu installed (the launcher starts only the CPU backend there), and none
+of TensorFlow's import-time notices."""
 import importlib.util
 import os
 import re
@@ -16,6 +17,8 @@ REPO = os.path.dirname(os.path.dirname(os.path.dirname(
 # backend fails to start.
 ERROR_LINE = re.compile(r"^[EF]\d{4} |ERROR|Unable to initialize|"
                         r"Failed to find host bounds", re.MULTILINE)
+CPP_NOTICE = re.compile(r"oneDNN custom operations|cpu_feature_guard|"
+                        r"absl::InitializeLog")
 
 
 @pytest.mark.skipif(importlib.util.find_spec("libtpu") is None,
@@ -23,7 +26,11 @@ ERROR_LINE = re.compile(r"^[EF]\d{4} |ERROR|Unable to initialize|"
 @pytest.mark.skipif(platforms.has_accelerator(),
                     reason="this machine has a TPU or GPU")
 def test_cpu_run_prints_no_error_lines(tmp_path):
-  env = {k: v for k, v in os.environ.items() if k != "JAX_PLATFORMS"}
+  # What a user's shell has: no platform chosen, TensorFlow's log level and
+  # oneDNN switch unset (conftest sets the log level for the other tests).
+  env = {k: v for k, v in os.environ.items()
+         if k not in ("JAX_PLATFORMS", "TF_CPP_MIN_LOG_LEVEL",
+                      "TF_ENABLE_ONEDNN_OPTS")}
   proc = subprocess.run(
       [sys.executable, "-m", "mrl_jax.main",
        f"--config={REPO}/configs/default.py:smoke",
@@ -32,3 +39,6 @@ def test_cpu_run_prints_no_error_lines(tmp_path):
   assert proc.returncode == 0, proc.stderr[-3000:]
   assert "top-1" in proc.stdout  # the eval table
   assert not ERROR_LINE.findall(proc.stderr), proc.stderr[-3000:]
+  # Nor TensorFlow's import-time C++ notices (the CPU-instruction one on
+  # every x86 CPU, oneDNN's on AVX-512 ones) and absl's line before them.
+  assert not CPP_NOTICE.findall(proc.stderr), proc.stderr[-3000:]
