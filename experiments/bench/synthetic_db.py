@@ -106,9 +106,9 @@ def cpu_model() -> str:
   except OSError:
     return platform.processor()
   field = lambda name: re.search(rf"^{name}\s*:(.*)$", info, re.M)
-  model, flags = field("model name"), field("flags")
-  flags = flags.group(1).split() if flags else []
-  isa = next((x for x in ("avx512f", "avx2", "avx") if x in flags), None)
+  model, features = field("model name"), field("flags")
+  features = features.group(1).split() if features else []
+  isa = next((x for x in ("avx512f", "avx2", "avx") if x in features), None)
   return ", ".join(x for x in (model and model.group(1).strip(), isa) if x)
 
 
