@@ -1,4 +1,6 @@
-"""Quantised prefix codes (int8 / binary) as a shortlist, re-ranked exactly."""
+"""Quantised prefix codes (int8 / binary / bfloat16) as a shortlist, re-ranked
+exactly."""
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -68,6 +70,33 @@ def test_binary_shortlist_of_every_row_equals_exact_search(index):
   np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
 
 
+def _bf16(x):
+  """x rounded to bfloat16 (round to nearest even), as float32."""
+  return np.asarray(x, np.float32).astype(jnp.bfloat16).astype(np.float32)
+
+
+def test_bfloat16_shortlist_is_the_top_of_rounded_cosines(index):
+  bf16 = codes.build(DB, "bfloat16", DS)
+  assert bf16.bytes_per_row == 2 * DS and bf16.index.dtype == jnp.bfloat16
+  # Independent reference: both sides rounded to bfloat16, float32 dot,
+  # stable argsort (ties: lower id). Float64 products of bfloat16 values are
+  # exact, so only the float32 summation order can differ: compare sets up
+  # to a near-tie at the K-th place.
+  ref = (_bf16(codes.normalized_prefix(QUERIES, DS)).astype(np.float64)
+         @ _bf16(codes.normalized_prefix(DB, DS)).astype(np.float64).T)
+  got = np.asarray(bf16.shortlist(QUERIES, K))
+  want = np.argsort(-ref, axis=1, kind="stable")[:, :K]
+  kth = np.take_along_axis(ref, want[:, -1:], 1)
+  for g, w, r, t in zip(got, want, ref, kth):
+    assert set(g) ^ set(w) <= set(np.flatnonzero(np.abs(r - t) < 1e-6))
+  np.testing.assert_array_equal(got[:, :KK], want[:, :KK])
+  err = np.abs(ref - _cosine(DS))
+  assert 0 < err.max() <= 2.0**-7  # lossy, within the documented bound
+  _, exact = search.adaptive_search(index, QUERIES, DS, K, DR, KK)
+  _, ids = ann.shortlist_search(index, bf16, QUERIES, K, [(DR, KK)])
+  np.testing.assert_array_equal(np.asarray(ids), np.asarray(exact))
+
+
 def test_shortlist_spans_several_chunks(monkeypatch):
   monkeypatch.setattr(codes, "_CHUNK_ROWS", 700)
   int8 = codes.build(DB, "int8", DS)
@@ -81,6 +110,11 @@ def test_bad_input():
     codes.build(DB, "binary", 65)
   with pytest.raises(ValueError, match="unknown code kind 'int4'"):
     codes.build(DB, "int4", DS)
+  with pytest.raises(ValueError, match="D_s=65 is above"):
+    codes.build(DB, "bfloat16", 65)
+  bf16 = codes.build(DB[:50], "bfloat16", DS)
+  with pytest.raises(ValueError, match="shortlist K=51 must be in"):
+    bf16.shortlist(QUERIES, 51)
   int8 = codes.build(DB[:50], "int8", DS)
   with pytest.raises(ValueError, match="shortlist K=51 must be in"):
     int8.shortlist(QUERIES, 51)

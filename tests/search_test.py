@@ -105,9 +105,10 @@ def test_host_index_streams_equal_numpy(mesh, normalize, m, k):
   _assert_equal(got, _brute(q, db, m, k, normalize), exact=not normalize)
 
 
-def test_equal_scores_go_to_the_lower_id():
+@pytest.mark.parametrize("mesh", sorted(MESHES))  # 1 device: no final merge
+def test_equal_scores_go_to_the_lower_id(mesh):
   db = np.tile(INT_DB[:3], (40, 1))  # rows i and i + 3 are equal.
-  index = search.build_index(db, mesh=MESH8)
+  index = search.build_index(db, mesh=MESHES[mesh])
   want = _brute(INT_Q, db, 16, 30)
   # 30 winners among 3 distinct scores: every merge decides ties.
   assert max(len(np.unique(row)) for row in want[0]) <= 3
@@ -119,11 +120,28 @@ def test_an_xla_option_this_jaxlib_lacks_is_dropped_not_fatal():
   assert not scan._xla_accepts((("xla_cpu_no_such_option", "1"),))
 
 
+def test_only_wide_cpu_scans_leave_the_epilogue_to_xla():
+  """More than 64 columns read: matmul alone to YNNPACK; a narrow scan keeps
+  the fused group max, also when it reads a <= 64-d index's whole array."""
+  # pylint: disable=protected-access
+  wide = search.build_index(np.zeros((8, 128), np.float32), mesh=MESH1)
+  narrow = search.build_index(np.zeros((8, 64), np.float32), mesh=MESH1)
+  plan = lambda index, m: plan_lib.make_plan(index, m, np.zeros((1, m)))
+  assert plan(narrow, 64).whole and plan(wide, 128).whole
+  assert scan._scan_options(MESH1, plan(narrow, 64)) is None
+  assert scan._scan_options(MESH1, plan(wide, 32)) is None
+  assert scan._scan_options(MESH1, plan(wide, 65)) == dict(
+      scan._WIDE_SCAN_OPTIONS)
+
+
 def test_default_chunk_rows_are_the_cpu_values_on_cpu():
   """The cache-sized CPU chunks; accelerators get their own (16384)."""
   index = search.build_index(INT_DB, mesh=MESH1)
-  assert search.default_chunk_rows(index, 64) == 1024
-  assert search.default_chunk_rows(index, 65) == 8192
+  assert search.default_chunk_rows(index, 64, 1000) == 1024
+  assert search.default_chunk_rows(index, 64, 4096) == 1024
+  assert search.default_chunk_rows(index, 64, 100) == 8192
+  assert search.default_chunk_rows(index, 64, 1) == 65536
+  assert search.default_chunk_rows(index, 65, 1) == 8192
 
 
 @pytest.mark.parametrize("width", [1, 64])  # two passes; chunk prefilter

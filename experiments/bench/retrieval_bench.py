@@ -17,11 +17,14 @@ cached there). Every method returns k = --k ids per query:
   jax_adaptive  exact D_s shortlist of K, exact re-rank at the full dim
   hnsw / ivf    FAISS HNSW (efSearch sweep) / IVF (nprobe sweep) shortlist
                 on the normalised D_s prefix + exact re-rank
-  int8/binary   quantised D_s prefix codes scanned, + exact re-rank
+  int8/binary/bfloat16  D_s prefix codes scanned (bfloat16: by the JAX
+                engine), + exact re-rank
   hnsw_full     FAISS HNSW on the full rows, no re-rank (the baseline the
                 MRL paper's "14x" is measured against); slow to build
 
-over D_s in --shortlist_dims and K in --shortlist_ks. Metrics per
+over D_s in --shortlist_dims and K in --shortlist_ks, each re-ranked
+straight at the full dim or through the funnels in --funnels (e.g. 256:50:
+re-rank the K at 256 dims, keep 50, re-rank those at the full dim). Metrics per
 configuration: recall@k against the ground truth; shortlist coverage (the
 fraction of the true top-k inside the K candidates); mAP@10 (standard and
 the official code's corrected mAP) and a paired bootstrap 95% interval of
@@ -65,7 +68,7 @@ flags.DEFINE_string("fit_from", None, "an exported split to fit the "
                     "variances to (default: the MRL-like decay).")
 flags.DEFINE_integer("k", 10, "neighbours returned (recall@k).")
 flags.DEFINE_list("methods", ["faiss_flat", "jax_exact", "jax_adaptive",
-                              "hnsw", "ivf", "int8", "binary"],
+                              "hnsw", "ivf", "int8", "binary", "bfloat16"],
                   "methods (add hnsw_full for HNSW at the full dim).")
 flags.DEFINE_list("shortlist_dims", ["8", "16", "32", "64"], "D_s sweep.")
 flags.DEFINE_list("shortlist_ks", ["50", "100", "200", "400", "800"],
@@ -78,6 +81,10 @@ flags.DEFINE_integer("ef_construction", 40, "HNSW efConstruction.")
 flags.DEFINE_integer("ivf_nlist", 0, "IVF lists (0: about 4 sqrt(N)).")
 flags.DEFINE_list("full_ef_searches", ["16", "64", "256"],
                   "hnsw_full efSearch sweep.")
+flags.DEFINE_list("funnels", ["none"], "re-rank paths swept for every "
+                  "shortlist: none (straight to the full dim) or the "
+                  "intermediate dim:k stages joined by '+', e.g. 256:50 or "
+                  "128:100+512:30, before the full-dim re-rank.")
 flags.DEFINE_integer("batch", 1000, "queries per timed batch call.")
 flags.DEFINE_integer("latency_queries", 100, "single queries timed.")
 flags.DEFINE_integer("rerank_batch", 100, "queries per re-rank call "
@@ -89,7 +96,7 @@ flags.DEFINE_string("out", None, "JSON results.")
 flags.DEFINE_string("plot", None, "PNG Pareto plot.")
 
 METHODS = ("faiss_flat", "jax_exact", "jax_adaptive", "hnsw", "ivf", "int8",
-           "binary", "hnsw_full")
+           "binary", "bfloat16", "hnsw_full")
 _TRUTH_K = 100
 Runner = Callable[[np.ndarray], tuple[Any, Any]]  # queries -> (ids, shortlist)
 
@@ -155,18 +162,32 @@ def quality(result: dict[str, Any], reference_ap: np.ndarray,
           "mAP@10_diff_ci95": [lo, hi], **result}
 
 
+def funnel_stages(funnel: str, dim: int, k: int) -> list[tuple[int, int]]:
+  """The re-rank stages [(dim, k), ...] of a --funnels entry."""
+  if funnel == "none":
+    return [(dim, k)]
+  try:
+    stages = [tuple(int(v) for v in stage.split(":"))
+              for stage in funnel.split("+")]
+  except ValueError:
+    stages = [()]
+  if any(len(stage) != 2 for stage in stages):
+    raise ValueError(f"--funnels entry {funnel!r} is not dim:k stages "
+                     "joined by '+' (e.g. 256:50) or none")
+  return stages + [(dim, k)]
+
+
 def _rerank(index: search.PrefixIndex, shortlist: Any, queries: np.ndarray,
-            k: int) -> Any:
-  return ann.rerank_shortlist(index, queries, shortlist,
-                              [(index.dim, k)],
+            stages: list[tuple[int, int]]) -> Any:
+  return ann.rerank_shortlist(index, queries, shortlist, stages,
                               query_batch_size=min(FLAGS.rerank_batch,
                                                    len(queries)))[1]
 
 
-def _shortlisted(index, shortlister, kk, k, **kw) -> Runner:
+def _shortlisted(index, shortlister, kk, stages, **kw) -> Runner:
   def run(q):
     shortlist = shortlister.shortlist(q, kk, **kw)
-    return _rerank(index, shortlist, q, k), shortlist
+    return _rerank(index, shortlist, q, stages), shortlist
   return run
 
 
@@ -201,7 +222,7 @@ def configurations(db: dict[str, Any], index: search.PrefixIndex,
                                        None))
   for ds in map(int, FLAGS.shortlist_dims):
     first = {}
-    for kind in ("hnsw", "ivf", "int8", "binary"):
+    for kind in ann.KINDS + codes.KINDS:
       if kind not in methods:
         continue
       start = time.perf_counter()
@@ -216,27 +237,41 @@ def configurations(db: dict[str, Any], index: search.PrefixIndex,
       first[kind] = (built, {"build_s": time.perf_counter() - start,
                              "memory_bytes": size})
     for kk in map(int, FLAGS.shortlist_ks):
-      base = {"Ds": ds, "K": kk}
-      if "jax_adaptive" in methods:
-        def adaptive(q, ds=ds, kk=kk):
-          _, shortlist = search.search(index, q, ds, kk)
-          return _rerank(index, shortlist, q, k), shortlist
-        yield ({"method": "jax_adaptive", **base,
-                "memory_bytes": index_bytes}, adaptive)
-      for kind, (built, info) in first.items():
-        desc = {"method": kind, **base, **info}
-        if kind == "hnsw":
-          for mult in map(float, FLAGS.ef_search):
-            ef = max(kk, int(mult * kk))
-            yield ({**desc, "ef_search": ef},
-                   _shortlisted(index, built, kk, k, ef_search=ef))
-        elif kind == "ivf":
-          for probe in map(int, FLAGS.nprobe):
-            probe = min(probe, built.params["nlist"])
-            yield ({**desc, "nprobe": probe},
-                   _shortlisted(index, built, kk, k, nprobe=probe))
-        else:
-          yield desc, _shortlisted(index, built, kk, k)
+      for funnel in FLAGS.funnels:
+        base = {"Ds": ds, "K": kk,
+                "funnel": None if funnel == "none" else funnel}
+        yield from _shortlist_configurations(
+            index, first, "jax_adaptive" in methods, base,
+            funnel_stages(funnel, d, k))
+
+
+def _shortlist_configurations(index: search.PrefixIndex,
+                              first: dict[str, tuple[Any, dict[str, Any]]],
+                              exact_shortlist: bool, base: dict[str, Any],
+                              stages: list[tuple[int, int]]
+                              ) -> Iterator[tuple[dict[str, Any], Runner]]:
+  """(description, runner) of every first stage at one (D_s, K, funnel)."""
+  ds, kk = base["Ds"], base["K"]
+  if exact_shortlist:
+    def adaptive(q):
+      _, shortlist = search.search(index, q, ds, kk)
+      return _rerank(index, shortlist, q, stages), shortlist
+    yield ({"method": "jax_adaptive", **base,
+            "memory_bytes": sum(b.nbytes for b in index.blocks)}, adaptive)
+  for kind, (built, info) in first.items():
+    desc = {"method": kind, **base, **info}
+    if kind == "hnsw":
+      for mult in map(float, FLAGS.ef_search):
+        ef = max(kk, int(mult * kk))
+        yield ({**desc, "ef_search": ef},
+               _shortlisted(index, built, kk, stages, ef_search=ef))
+    elif kind == "ivf":
+      for probe in map(int, FLAGS.nprobe):
+        probe = min(probe, built.params["nlist"])
+        yield ({**desc, "nprobe": probe},
+               _shortlisted(index, built, kk, stages, nprobe=probe))
+    else:
+      yield desc, _shortlisted(index, built, kk, stages)
 
 
 def headline(results: list[dict[str, Any]], k: int,
@@ -257,7 +292,8 @@ def headline(results: list[dict[str, Any]], k: int,
                else exact[key] / best[key])
     out[key] = {"speedup_over_jax_exact": speedup,
                 **{n: best.get(n) for n in ("method", "Ds", "K", "ef_search",
-                                            "nprobe", f"recall@{k}")}}
+                                            "nprobe", "funnel",
+                                            f"recall@{k}")}}
   return out
 
 
@@ -278,8 +314,9 @@ def markdown_table(results: list[dict[str, Any]], k: int) -> str:
   for r in sorted(rows, key=lambda r: (-r[f"recall@{k}"], -r["qps_batch"])):
     lo, hi = r["mAP@10_diff_ci95"]
     cov = r["shortlist_coverage"]
+    funnel = f" -> {r['funnel']}" if r.get("funnel") else ""
     lines.append(
-        f"| {r['method']} | {r.get('Ds', '')} | {r.get('K', '')} | "
+        f"| {r['method']}{funnel} | {r.get('Ds', '')} | {r.get('K', '')} | "
         f"{r.get('ef_search', r.get('nprobe', ''))} | "
         f"{r[f'recall@{k}']:.3f} | {'' if cov is None else f'{cov:.3f}'} | "
         f"{100 * (r['mAP@10'] - exact['mAP@10']):+.2f} "
@@ -348,6 +385,10 @@ def check_flags() -> None:
   unknown = set(FLAGS.methods) - set(METHODS)
   if unknown:
     raise ValueError(f"unknown --methods {sorted(unknown)}; use {METHODS}")
+  for funnel in FLAGS.funnels:
+    stages = funnel_stages(funnel, FLAGS.dim, FLAGS.k)
+    for kk in map(int, FLAGS.shortlist_ks):
+      ann.check_stages(kk, stages, 1, FLAGS.dim)
 
 
 def run(work_dir: str) -> dict[str, Any]:

@@ -27,8 +27,8 @@ of `mrl_jax.search` and return flat, greppable names such as
 adaptive retrieval (D_s -> the full dim) with the shortlist picked by
 `config.retrieval` (`DEFAULTS`): exact, a FAISS HNSW / IVF index on the
 D_s prefix (built once and kept next to the exported database, under
-ann/), or int8 / binary codes of the prefix; approximate shortlists also
-report their coverage of the exact one.
+ann/), or int8 / binary / bfloat16 codes of the prefix; approximate
+shortlists also report their coverage of the exact one.
 """
 from collections.abc import Sequence
 import enum
@@ -53,8 +53,8 @@ PAPER_CLASS_SIZE = 1300
 # hnsw_*/ef_*: IndexHNSWFlat's M, efConstruction, efSearch (>= K; the
 # paper used FAISS's defaults with M = 32). ivf_nlist (0: about 4 sqrt(N)),
 # ivf_nprobe, ivf_pq_m (0: IVF-Flat, else IVF-PQ with that many
-# sub-quantisers). codes: none | int8 | binary, an exhaustive scan of
-# quantised prefix codes instead (with shortlist=exact only).
+# sub-quantisers). codes: none | int8 | binary | bfloat16, an exhaustive
+# scan of prefix codes instead (with shortlist=exact only).
 DEFAULTS = {"ks": (10, 25, 50, 100), "shortlist": "exact",
             "dim_shortlist": 16, "k_shortlist": 200, "hnsw_m": 32,
             "ef_construction": 40, "ef_search": 200,
@@ -274,7 +274,7 @@ def evaluate_exported(train_dir: str, eval_dir: str,
     "retrieval/<metric>/d=<m>" per nesting dim (exact search) and
     "retrieval/<metric>/<name>" for adaptive retrieval, where <name> is
     "Ds=16,K=200,Dr=2048" for the exact shortlist or "<kind>,Ds=...,Dr=..."
-    (kind hnsw, ivf, int8, binary), which also reports
+    (kind hnsw, ivf, int8, binary, bfloat16), which also reports
     "retrieval/shortlist_coverage/<name>" (the fraction of the exact
     shortlist's K ids it found) and "retrieval/agreement@<k>/<name>" (of
     the exact-shortlist result's top k).

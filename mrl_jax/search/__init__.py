@@ -73,11 +73,13 @@ def search(index: PrefixIndex, queries: Any, dim: int, k: int, *,
     dim: prefix length m, 1 <= m <= d (any m, not only block boundaries).
     k: neighbours per query, 1 <= k <= N (may exceed `chunk_rows`).
     chunk_rows: database rows per device per matmul / top-k step. Default
-      on CPU: 8192, or 1024 for prefixes of at most 64 dims (low-dim
-      shortlists are faster when the [Q, C] scores stay in cache; wide
-      scans want long matmuls); on GPU / TPU 16384 at any dim (long
-      matmuls, few top-k merges; experiments/bench/search_accel.py times
-      the alternatives).
+      on CPU: 8192, or for prefixes of at most 64 dims 1024 at 1,024
+      queries per call or more, up to 65536 for fewer (low-dim shortlists
+      are faster when the [Q, C] scores stay in cache; with few queries
+      that block is small and each chunk costs a loop step; wide scans want
+      long matmuls); on GPU / TPU 16384 at any dim (long matmuls, few
+      top-k merges; experiments/bench/search_accel.py times the
+      alternatives).
     query_batch_size: queries per compiled call (bounds the [Q, C] score
       memory); default all at once. A host index re-streams the database
       once per batch, so give it large batches.
@@ -89,7 +91,8 @@ def search(index: PrefixIndex, queries: Any, dim: int, k: int, *,
   plan = make_plan(index, dim, queries)
   check_k(k, index.num_rows, "k")
   if chunk_rows is None:
-    chunk_rows = default_chunk_rows(index, dim)
+    chunk_rows = default_chunk_rows(
+        index, dim, min(np.shape(queries)[0], query_batch_size or np.inf))
   if chunk_rows < 1 or host_chunk_rows < 1:
     raise ValueError(f"chunk_rows={chunk_rows} and host_chunk_rows="
                      f"{host_chunk_rows} must be positive")
@@ -99,12 +102,19 @@ def search(index: PrefixIndex, queries: Any, dim: int, k: int, *,
   return in_query_batches(run, query_batch_size, queries)
 
 
-def default_chunk_rows(index: PrefixIndex, dim: int) -> int:
-  """`search`'s chunk size when none is given (see its docstring): the
-  CPU values were tuned on a 2-core CPU and are not the accelerators'."""
+def default_chunk_rows(index: PrefixIndex, dim: int, num_queries: int) -> int:
+  """`search`'s chunk size for `num_queries` per call when none is given (see
+  its docstring): the CPU values were tuned on a 2-core CPU and are not the
+  accelerators'."""
   if index.mesh.devices.flat[0].platform != "cpu":
     return 16384
-  return 1024 if dim <= 64 else 8192
+  if dim > 64:
+    return 8192
+  # [Q, C] blocks of about 1024 x 1024 scores, C a power of two: a single
+  # query's 64-d scan of 1M rows takes half the time in chunks of 65536 rows
+  # as in chunks of 1024.
+  scale = min(64, max(1, 1024 // max(num_queries, 1)))
+  return 1024 << (scale.bit_length() - 1)
 
 
 def rerank(index: PrefixIndex, queries: Any, candidate_ids: Any, dim: int,

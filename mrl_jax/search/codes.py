@@ -9,21 +9,32 @@ does) and stored as
 * binary: the sign bit of every dimension, packed; a query scores minus the
   Hamming distance between its sign bits and the row's. D_s / 8 bytes per
   row (the float32 prefix takes 4 D_s).
+* bfloat16: the normalised prefix rounded to bfloat16 (8 significant bits);
+  a query scores its own normalised prefix, rounded alike, against it with
+  float32 accumulation: the cosine to within 2^-7 (Cauchy-Schwarz; about
+  1e-3 in practice). 2 D_s bytes per row.
 Every row is scanned (no graph, no lists), K best kept; the exact engine
 then re-ranks them in float (`ann.shortlist_search`, which takes these as a
 shortlister). Ties within the shortlist are broken arbitrarily; the re-rank
 orders the survivors exactly.
 
-numpy only (no FAISS): the scan is a chunked matmul (int8) or XOR + popcount
-(binary) with a running top-K.
+int8 and binary are scanned in numpy (a chunked matmul, or XOR + popcount,
+with a running top-K). bfloat16 codes are a `PrefixIndex` scanned by the
+exact engine (`mrl_jax.search.search`: device-resident, sharded, the
+two-pass top-K): its matmul runs at about twice the float32 rate where the
+hardware multiplies bfloat16 natively (accelerators; CPUs with AVX512_BF16
+or AMX), which is what the kind is for (experiments/bench/README.md).
 """
 import dataclasses
 from collections.abc import Callable
 from typing import Any
 
+import jax.numpy as jnp
 import numpy as np
 
-KINDS = ("int8", "binary")
+from mrl_jax.search.index import Array, PrefixIndex, build_index
+
+KINDS = ("int8", "binary", "bfloat16")
 # Rows scored per step: bounds the [Q, C] score chunk (64 MB at Q = 1,000).
 _CHUNK_ROWS = 1 << 14
 
@@ -88,12 +99,42 @@ class BinaryCodes:
                   self.num_rows, len(queries), k)
 
 
-def build(embeddings: Any, kind: str, dim: int) -> Int8Codes | BinaryCodes:
+@dataclasses.dataclass(frozen=True, eq=False)
+class BFloat16Codes:
+  """The normalised prefix in bfloat16, [N, D_s], as a `PrefixIndex`."""
+  index: PrefixIndex
+
+  @property
+  def dim(self) -> int:
+    return self.index.dim
+
+  @property
+  def num_rows(self) -> int:
+    return self.index.num_rows
+
+  @property
+  def bytes_per_row(self) -> int:
+    return 2 * self.dim
+
+  def shortlist(self, queries: Any, k: int) -> Array:
+    """[Q, K] ids of the best bfloat16 cosines, best first (ties: lower id)."""
+    _check(queries, k, self.dim, self.num_rows)
+    # Imported here: mrl_jax.search imports this module.
+    from mrl_jax import search  # pylint: disable=import-outside-toplevel
+    return search.search(self.index, normalized_prefix(queries, self.dim),
+                         self.dim, k)[1]
+
+
+Codes = Int8Codes | BinaryCodes | BFloat16Codes
+
+
+def build(embeddings: Any, kind: str, dim: int) -> Codes:
   """Codes of the normalised [:, :dim] prefix of embeddings [N, d].
 
   Args:
     embeddings: [N, d] (numpy or np.memmap; read in row chunks).
-    kind: "int8" or "binary".
+    kind: "int8", "binary" or "bfloat16" (the last placed on the default
+      mesh's devices, rows split over them).
     dim: D_s, 1 <= D_s <= d.
   """
   if kind not in KINDS:
@@ -108,6 +149,13 @@ def build(embeddings: Any, kind: str, dim: int) -> Int8Codes | BinaryCodes:
     return BinaryCodes(np.concatenate([
         sign_bits(embeddings[r0:r0 + _CHUNK_ROWS], dim) for r0 in chunks]),
                        dim)
+  if kind == "bfloat16":
+    rows = np.empty((n, dim), jnp.bfloat16)  # half the float32 prefix
+    for r0 in chunks:
+      rows[r0:r0 + _CHUNK_ROWS] = normalized_prefix(
+          embeddings[r0:r0 + _CHUNK_ROWS], dim)
+    return BFloat16Codes(build_index(rows, boundaries=(dim,),
+                                     dtype=jnp.bfloat16))
   peak = np.zeros(dim, np.float32)
   for r0 in chunks:
     peak = np.maximum(peak, np.abs(normalized_prefix(

@@ -29,12 +29,12 @@ def _scan_options(mesh: Mesh, plan: Plan) -> dict[str, str] | None:
   XLA:CPU hands a matmul to YNNPACK together with the element-wise ops and
   reductions that consume its scores (one `__ynn_fusion`). For a low-dim
   scan that fused group max is the point (the [Q, C] scores never reach
-  memory); for a wide one (it reads the whole-array block) the fused
-  epilogue (YNNPACK's group max) costs more than it saves, so wide scans
-  leave only the matmul to YNNPACK and the epilogue to XLA's own fusions
+  memory); for a wide one (more than 64 columns) the fused epilogue
+  (YNNPACK's group max) costs more than it saves, so wide scans leave only
+  the matmul to YNNPACK and the epilogue to XLA's own fusions
   (docs/design.md, "Search").
   """
-  if (mesh.devices.flat[0].platform != "cpu" or not plan.whole
+  if (mesh.devices.flat[0].platform != "cpu" or plan.spans[-1][1] <= 64
       or not _xla_accepts(_WIDE_SCAN_OPTIONS)):
     return None
   return dict(_WIDE_SCAN_OPTIONS)
@@ -91,7 +91,8 @@ def _device_search_fn(mesh: Mesh, axis: str, plan: Plan, k: int,
 
   def fn(queries, blocks, norm, num_valid):
     s, i = sharded(query_parts(queries, plan), blocks, norm, num_valid)
-    return merge_by_id(s, i, k)
+    # One device's top-k is already in (score desc, id asc) order.
+    return (s, i) if mesh.shape[axis] == 1 else merge_by_id(s, i, k)
 
   return jax.jit(fn, compiler_options=_scan_options(mesh, plan))
 

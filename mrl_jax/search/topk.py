@@ -174,9 +174,11 @@ def _scan_rows(plan: Plan, q_parts: Sequence[Array], blocks: Sequence[Array],
 
 def _two_pass_topk(plan: Plan, q_parts: Sequence[Array],
                    blocks: Sequence[Array], full_norm: Array | None,
-                   first_id: Array, num_valid: Array, k: int, group: int,
-                   chunk_rows: int) -> tuple[Array, Array]:
-  """Top-k [Q, k] of rows [n] of blocks by a group-max prefilter.
+                   carry: tuple[Array, Array], first_id: Array,
+                   num_valid: Array, k: int, group: int, chunk_rows: int
+                   ) -> tuple[Array, Array]:
+  """Merges rows [n] of blocks into a running top-k [Q, k] (ids above the
+  carry's) by a group-max prefilter.
 
   Pass 1 scans the rows in chunks and keeps only the maximum score of every
   `group` consecutive rows ([Q, n / group]); the k groups with the largest
@@ -214,7 +216,7 @@ def _two_pass_topk(plan: Plan, q_parts: Sequence[Array],
   s = dot if nrm is None else dot / jnp.maximum(nrm, NORM_FLOOR)
   ids = first_id + local
   s = jnp.where((local < n) & (ids < num_valid), s, -jnp.inf)
-  return _merge_sorted_prefix(*empty_topk(q, 0), s, ids, k)
+  return _merge_sorted_prefix(*carry, s, ids, k)
 
 
 def topk_rows(plan: Plan, q_parts: Sequence[Array], blocks: Sequence[Array],
@@ -230,9 +232,8 @@ def topk_rows(plan: Plan, q_parts: Sequence[Array], blocks: Sequence[Array],
   if not group:
     return _scan_rows(plan, q_parts, blocks, full_norm, carry, first_id,
                       num_valid, k, chunk_rows)
-  s, i = _two_pass_topk(plan, q_parts, blocks, full_norm, first_id,
+  return _two_pass_topk(plan, q_parts, blocks, full_norm, carry, first_id,
                         num_valid, k, group, chunk_rows)
-  return _merge_sorted_prefix(*carry, s, i, k)
 
 
 def empty_topk(q: int, k: int, lead: tuple[int, ...] = ()

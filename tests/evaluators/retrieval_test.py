@@ -241,7 +241,7 @@ def test_exported_hnsw_builds_saves_and_reuses_its_index(exported):
 
 @pytest.mark.parametrize("opts", [
     {"shortlist": "ivf", "ivf_nlist": 6, "ivf_nprobe": 6},
-    {"codes": "binary"}, {"codes": "int8"}])
+    {"codes": "binary"}, {"codes": "int8"}, {"codes": "bfloat16"}])
 def test_exported_exhaustive_shortlists_cover_the_exact_one(exported, opts):
   got = retrieval.evaluate_exported(*exported, {"dim_shortlist": 16, **opts})
   kind = opts.get("codes", opts.get("shortlist"))

@@ -58,9 +58,9 @@ def test_retrieval_bench_end_to_end(tmp_path):
                 "--queries=40", "--shortlist_dims=16", "--shortlist_ks=40",
                 "--ef_search=1,8", "--nprobe=1000", "--latency_queries=3",
                 "--repeats=1", "--bootstrap=50", f"--out={out}",
-                f"--plot={png}",
+                f"--plot={png}", "--funnels=none,32:20",
                 "--methods=faiss_flat,jax_exact,jax_adaptive,hnsw,ivf,"
-                "int8,binary,hnsw_full")
+                "int8,binary,bfloat16,hnsw_full")
   assert proc.returncode == 0, proc.stderr[-2000:]
   result = json.loads(out.read_text())
   assert png.stat().st_size > 0
@@ -72,7 +72,11 @@ def test_retrieval_bench_end_to_end(tmp_path):
     lo, hi = r["mAP@10_diff_ci95"]
     assert lo <= hi
   assert set(by) == {"faiss_flat", "jax_exact", "jax_adaptive", "hnsw", "ivf",
-                     "int8", "binary", "hnsw_full"}
+                     "int8", "binary", "bfloat16", "hnsw_full"}
+  assert by["bfloat16"][0]["memory_bytes"] == 2000 * 16 * 2
+  # Every shortlist configuration straight to 64 dims and through 32:20.
+  assert [r["funnel"] for r in by["jax_adaptive"]] == [None, "32:20"]
+  assert [r["funnel"] for r in by["hnsw"]] == [None, None, "32:20", "32:20"]
   assert by["jax_exact"][0]["recall@10"] == 1.0
   assert by["faiss_flat"][0]["recall@10"] == 1.0
   assert by["jax_exact"][0]["mAP@10_diff_ci95"] == [0.0, 0.0]
@@ -81,7 +85,7 @@ def test_retrieval_bench_end_to_end(tmp_path):
   assert by["ivf"][0]["shortlist_coverage"] == exact_shortlist[
       "shortlist_coverage"]
   assert by["ivf"][0]["mAP@10"] == exact_shortlist["mAP@10"]
-  assert [r["ef_search"] for r in by["hnsw"]] == [40, 320]
+  assert [r["ef_search"] for r in by["hnsw"]] == [40, 320] * 2
   assert result["headline"]["min_recall"] == 0.99
   assert result["database"]["rows"] == 2000
   # The CPU (its vector extension decides the kernels' speed ratios).
@@ -100,6 +104,13 @@ def test_retrieval_bench_bad_flags_write_nothing(tmp_path):
                 "--shortlist_dims=8,32")
   assert "--shortlist_dims [32] outside [1, --dim=16]" in proc.stderr
   assert not (tmp_path / "w").exists()
+  for funnel, error in (("8-20", "--funnels entry '8-20' is not dim:k"),
+                        ("8:30", "re-rank sizes [30, 10] must not increase")):
+    proc = _bench(tmp_path / "w", "--rows=100", "--dim=16",
+                  "--shortlist_dims=8", "--shortlist_ks=20",
+                  f"--funnels=none,{funnel}")
+    assert error in proc.stderr.strip().splitlines()[-1], proc.stderr
+    assert not (tmp_path / "w").exists()
 
 
 def test_fit_measures_an_exports_variances(tmp_path):
