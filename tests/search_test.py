@@ -301,15 +301,17 @@ def test_index_without_column_blocks_reads_the_whole_array():
                 _brute(INT_Q, INT_DB, 12, 9))
 
 
-@pytest.mark.parametrize("dim", [16, 40])
+@pytest.mark.parametrize("dim", [16, 40, 96])
 def test_two_pass_scans_with_either_compiler_split_are_exact(dim):
-  # Wide scans and low-dim scans compile with different XLA:CPU options
+  # Wide scans (96) and low-dim scans compile with different XLA:CPU options
   # (experiments/bench/cpu_fusion_check.py checks which); both are exact.
-  # 4060 rows, k = 10, 1024-row chunks: the two-pass scan.
-  db = np.tile(INT_DB, (20, 1))
+  # 16240 x 128 rows, k = 10, 1024-row chunks: the two-pass scan.
+  db, q = np.tile(INT_DB, (80, 2)), np.tile(INT_Q, (1, 2))
   index = search.build_index(db, mesh=MESH1)
-  plan = plan_lib.make_plan(index, dim, INT_Q)
+  plan = plan_lib.make_plan(index, dim, q)
+  # pylint: disable-next=protected-access
+  assert (scan._scan_options(MESH1, plan) is None) == (dim <= 64)
   fn = scan._device_search_fn(MESH1, "data", plan, 10, 1024)
   blocks, norm = scan._used(index, plan)
-  _assert_equal(fn(INT_Q, blocks, norm, jnp.int32(len(db))),
-                _brute(INT_Q, db, dim, 10))
+  _assert_equal(fn(q, blocks, norm, jnp.int32(len(db))),
+                _brute(q, db, dim, 10))

@@ -2,14 +2,15 @@ r"""Which parts of a prefix scan XLA:CPU hands to YNNPACK.
 
   .venv/bin/python experiments/bench/cpu_fusion_check.py
 
-The search engine compiles wide scans (prefixes above 32 dims, which read
-the whole-array block) with YNNPACK taking the score matmul only, and leaves
-the group max to XLA's own fusions, which is the faster split for them on
-CPU; low-dim scans keep XLA's default (YNNPACK takes the reduction too).
-That is a compiler choice that a jax upgrade can change without changing
-any result, so it is checked here, next to the benchmarks that motivate it,
-not in the unit tests: the script compiles a 16-d and a 40-d scan, prints
-what YNNPACK got, and exits 1 if a scan does not get the expected split.
+The search engine compiles wide scans (prefixes above 64 dims) with YNNPACK
+taking the score matmul only, and leaves the group max to XLA's own
+fusions, which is the faster split for them on CPU; low-dim scans keep
+XLA's default (YNNPACK takes the reduction too). That is a compiler choice
+that a jax upgrade can change without changing any result, so it is
+checked here, next to the benchmarks that motivate it, not in the unit
+tests: the script compiles 16-d, 40-d, 64-d (the whole array of a 64-d
+index) and 96-d scans, prints what YNNPACK got, and exits 1 if a scan does
+not get the expected split.
 """
 import re
 import sys
@@ -30,7 +31,7 @@ def ynn_fusion_bodies(hlo: str) -> list[str]:
   return [hlo.split(f"\n{name} ")[1].split("\n}\n")[0] for name in names]
 
 
-def ynn_ops(dim: int, rows: int = 4096, d: int = 64) -> dict[str, bool]:
+def ynn_ops(dim: int, d: int, rows: int = 4096) -> dict[str, bool]:
   """{"dot": ..., "reduce": ...}: what YNNPACK gets in a `dim`-prefix scan
   (k = 10, 1024-row chunks: the two-pass scan, one device)."""
   rng = np.random.default_rng(0)
@@ -51,11 +52,12 @@ def ynn_ops(dim: int, rows: int = 4096, d: int = 64) -> dict[str, bool]:
 def main() -> int:
   platforms.use_cpu_if_no_accelerator()
   ok = True
-  for dim in (16, 40):
-    got = ynn_ops(dim)
-    want = {"dot": True, "reduce": dim <= 32}
+  for dim, d in ((16, 128), (40, 128), (64, 64), (96, 128)):
+    got = ynn_ops(dim, d)
+    want = {"dot": True, "reduce": dim <= 64}
     ok &= got == want
-    print(f"{dim}-d scan: YNNPACK takes {got} (expected {want})")
+    print(f"{dim}-d scan of a {d}-d index: YNNPACK takes {got} "
+          f"(expected {want})")
   return 0 if ok else 1
 
 
