@@ -241,23 +241,23 @@ def configurations(db: dict[str, Any], index: search.PrefixIndex,
         base = {"Ds": ds, "K": kk,
                 "funnel": None if funnel == "none" else funnel}
         yield from _shortlist_configurations(
-            index, first, "jax_adaptive" in methods, base,
+            index, index_bytes, first, methods, base,
             funnel_stages(funnel, d, k))
 
 
-def _shortlist_configurations(index: search.PrefixIndex,
+def _shortlist_configurations(index: search.PrefixIndex, index_bytes: int,
                               first: dict[str, tuple[Any, dict[str, Any]]],
-                              exact_shortlist: bool, base: dict[str, Any],
+                              methods: Sequence[str], base: dict[str, Any],
                               stages: list[tuple[int, int]]
                               ) -> Iterator[tuple[dict[str, Any], Runner]]:
   """(description, runner) of every first stage at one (D_s, K, funnel)."""
   ds, kk = base["Ds"], base["K"]
-  if exact_shortlist:
+  if "jax_adaptive" in methods:
     def adaptive(q):
       _, shortlist = search.search(index, q, ds, kk)
       return _rerank(index, shortlist, q, stages), shortlist
-    yield ({"method": "jax_adaptive", **base,
-            "memory_bytes": sum(b.nbytes for b in index.blocks)}, adaptive)
+    yield ({"method": "jax_adaptive", **base, "memory_bytes": index_bytes},
+           adaptive)
   for kind, (built, info) in first.items():
     desc = {"method": kind, **base, **info}
     if kind == "hnsw":
@@ -388,7 +388,7 @@ def check_flags() -> None:
   for funnel in FLAGS.funnels:
     stages = funnel_stages(funnel, FLAGS.dim, FLAGS.k)
     for kk in map(int, FLAGS.shortlist_ks):
-      ann.check_stages(kk, stages, 1, FLAGS.dim)
+      ann.check_stages(kk, stages, 1, FLAGS.dim)  # D_s: checked above
 
 
 def run(work_dir: str) -> dict[str, Any]:

@@ -53,7 +53,7 @@ import numpy as np
 from mrl_jax.search import ann
 from mrl_jax.search import codes
 from mrl_jax.search.index import Array, PrefixIndex, build_index
-from mrl_jax.search.plan import check_k, make_plan
+from mrl_jax.search.plan import NARROW_DIMS, check_k, make_plan
 from mrl_jax.search.scan import (device_rerank, device_search, host_rerank,
                                  host_search, in_query_batches)
 
@@ -108,7 +108,7 @@ def default_chunk_rows(index: PrefixIndex, dim: int, num_queries: int) -> int:
   accelerators'."""
   if index.mesh.devices.flat[0].platform != "cpu":
     return 16384
-  if dim > 64:
+  if dim > NARROW_DIMS:
     return 8192
   # [Q, C] blocks of about 1024 x 1024 scores, C a power of two: a single
   # query's 64-d scan of 1M rows takes half the time in chunks of 65536 rows

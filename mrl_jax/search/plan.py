@@ -11,6 +11,11 @@ import numpy as np
 
 from mrl_jax.search.index import PrefixIndex
 
+# Prefixes up to this many dims are low-dim scans on CPU: short cache-sized
+# chunks and the fused YNNPACK group max (`search.default_chunk_rows`,
+# `scan._scan_options`); wider ones are wide scans.
+NARROW_DIMS = 64
+
 
 @dataclasses.dataclass(frozen=True)
 class Plan:

@@ -17,7 +17,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from mrl_jax.search.index import Array, PrefixIndex, pad_rows
-from mrl_jax.search.plan import Plan
+from mrl_jax.search.plan import NARROW_DIMS, Plan
 from mrl_jax.search.topk import (candidate_scores, empty_topk, finish_rerank,
                                  gathered_scores, merge_by_id, query_parts,
                                  topk_rows)
@@ -34,7 +34,8 @@ def _scan_options(mesh: Mesh, plan: Plan) -> dict[str, str] | None:
   the matmul to YNNPACK and the epilogue to XLA's own fusions
   (docs/design.md, "Search").
   """
-  if (mesh.devices.flat[0].platform != "cpu" or plan.spans[-1][1] <= 64
+  if (mesh.devices.flat[0].platform != "cpu"
+      or plan.spans[-1][1] <= NARROW_DIMS
       or not _xla_accepts(_WIDE_SCAN_OPTIONS)):
     return None
   return dict(_WIDE_SCAN_OPTIONS)
